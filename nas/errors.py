@@ -1,0 +1,27 @@
+"""Exception types with messages that name the problem and the fix."""
+
+from __future__ import annotations
+
+
+class NASError(Exception):
+    """Base class for every error the framework raises on bad input."""
+
+
+class SpaceError(NASError, ValueError):
+    """A search-space configuration is malformed."""
+
+
+class ArchitectureError(NASError, ValueError):
+    """An architecture is malformed or lies outside its search space."""
+
+
+class LUTError(NASError, ValueError):
+    """A latency lookup table is malformed, incomplete or made for something else."""
+
+
+class DataError(NASError, FileNotFoundError):
+    """A dataset is missing or laid out differently than expected."""
+
+
+class ConfigError(NASError, ValueError):
+    """A configuration value is out of range or inconsistent."""

@@ -1,0 +1,249 @@
+"""Latency measurement backends: ONNX Runtime CPU (default) and PyTorch eager CPU.
+
+A backend measures one module on one input shape: warm-up runs, then ``repeats`` timed runs, reporting the
+median (robust to the noise of shared machines) and the inter-quartile range. Threads and batch size are part
+of the backend and of its fingerprint, because the fastest op changes with them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nas.errors import ConfigError
+from nas.latency.lut import LatencyEntry
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux) or ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike | None = None,
+                opset: int = 17) -> bytes:
+    """Export ``module`` (eval mode, fixed input shape) to ONNX; return the bytes and optionally write them.
+
+    Uses the TorchScript-based exporter: it is fast (~0.1 s per small op) and deterministic, which matters when
+    a LUT needs hundreds of exports.
+    """
+    module = module.eval()
+    example = torch.randn(*input_shape)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=["output"],
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    data = buffer.getvalue()
+    if path is not None:
+        from nas.io import atomic_write_bytes
+
+        atomic_write_bytes(path, data)
+    return data
+
+
+def summarize(times_ms: list[float]) -> LatencyEntry:
+    arr = np.asarray(times_ms, dtype=np.float64)
+    q1, med, q3 = np.percentile(arr, [25, 50, 75])
+    return LatencyEntry(float(med), float(q3 - q1), len(times_ms))
+
+
+class LatencyBackend:
+    """Base class. Subclasses set ``name`` and implement :meth:`_timer` and :meth:`versions`."""
+
+    name = "base"
+
+    def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 10, repeats: int = 30) -> None:
+        for label, value, low in (("threads", threads, 1), ("batch_size", batch_size, 1),
+                                  ("warmup", warmup, 0), ("repeats", repeats, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"hardware.backend.{label} must be an integer >= {low}, got {value!r}")
+        self.threads = threads
+        self.batch_size = batch_size
+        self.warmup = warmup
+        self.repeats = repeats
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the measurements depend on: device, software versions, threads and batch size."""
+        return {
+            "backend": self.name,
+            "device": cpu_model(),
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "logical_cpus": os.cpu_count(),
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            **self.versions(),
+        }
+
+    def fingerprint_id(self) -> str:
+        blob = json.dumps(self.fingerprint(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def hardware_record(self) -> dict[str, Any]:
+        return {"backend": self.name, "threads": self.threads, "batch_size": self.batch_size,
+                "warmup": self.warmup, "repeats": self.repeats,
+                "fingerprint": self.fingerprint(), "fingerprint_id": self.fingerprint_id()}
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, int, int]) -> Callable[[], object]:
+        """A zero-argument callable that runs ``module`` once on a batch of ``batch_size`` inputs."""
+        return self._timer(module, (self.batch_size, *input_shape))
+
+    def time_calls(self, run: Callable[[], object], count: int) -> list[float]:
+        """Wall time (ms) of ``count`` separate calls of ``run``."""
+        times = []
+        for _ in range(count):
+            start = time.perf_counter_ns()
+            run()
+            times.append((time.perf_counter_ns() - start) / 1e6)
+        return times
+
+    def measure(self, module: nn.Module, input_shape: tuple[int, int, int]) -> LatencyEntry:
+        """Median latency (ms) of ``module``: ``warmup`` untimed runs, then ``repeats`` timed runs."""
+        with self.threads_context():
+            run = self.prepare(module, input_shape)
+            self.time_calls(run, self.warmup)
+            return summarize(self.time_calls(run, self.repeats))
+
+    def threads_context(self) -> contextlib.AbstractContextManager:
+        """Context in which measurements run (sets thread counts where the backend needs it)."""
+        return contextlib.nullcontext()
+
+    def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(threads={self.threads}, batch_size={self.batch_size})"
+
+
+class OnnxRuntimeCPU(LatencyBackend):
+    """ONNX Runtime, CPU execution provider, all graph optimisations, sequential execution."""
+
+    name = "onnxruntime-cpu"
+
+    def versions(self) -> dict[str, str]:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}
+
+    def session(self, model_bytes: bytes):  # noqa: ANN201
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+    def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
+        sess = self.session(export_onnx(module, shape))
+        feeds = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        return lambda: sess.run(None, feeds)
+
+
+class TorchEagerCPU(LatencyBackend):
+    """PyTorch eager mode on the CPU (``torch.inference_mode``, ``torch.set_num_threads(threads)``)."""
+
+    name = "torch-eager-cpu"
+
+    @contextlib.contextmanager
+    def threads_context(self) -> Iterator[None]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
+        module = module.eval()
+        x = torch.randn(*shape)
+
+        def run() -> None:
+            with torch.inference_mode():
+                module(x)
+
+        return run
+
+
+def count_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of the convolutions and linear layers of one forward pass on ``shape``."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * m.in_features
+
+    handles = []
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            module.eval()(torch.zeros(*shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+class MacsProxy(LatencyBackend):
+    """Not a measurement: a deterministic cost model ``overhead_ms + ms_per_mmac * MMACs`` per op.
+
+    For tests, for reproducible examples, and as a hardware-agnostic proxy when no target device is at hand.
+    Its LUTs are labelled ``macs-proxy`` so they are never mistaken for measured latencies.
+    """
+
+    name = "macs-proxy"
+
+    def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 0, repeats: int = 1,
+                 ms_per_mmac: float = 0.01, overhead_ms: float = 0.005) -> None:
+        super().__init__(threads, batch_size, warmup, repeats)
+        self.ms_per_mmac = float(ms_per_mmac)
+        self.overhead_ms = float(overhead_ms)
+
+    def versions(self) -> dict[str, str]:
+        return {"model": f"{self.overhead_ms}+{self.ms_per_mmac}*MMACs"}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": self.name, "batch_size": self.batch_size, **self.versions()}
+
+    def measure(self, module: nn.Module, input_shape: tuple[int, int, int]) -> LatencyEntry:
+        macs = count_macs(module, (self.batch_size, *input_shape))
+        return LatencyEntry(self.overhead_ms + self.ms_per_mmac * macs / 1e6, 0.0, 1)
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, int, int]) -> Callable[[], object]:
+        entry = self.measure(module, input_shape)
+        return lambda: entry
+
+    def time_calls(self, run: Callable[[], object], count: int) -> list[float]:
+        return [run().ms for _ in range(count)]  # type: ignore[attr-defined]

@@ -1,0 +1,104 @@
+"""Profile every distinct candidate op of a space into a LUT, with caching by space + hardware."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from nas.errors import LUTError
+from nas.latency.backends import LatencyBackend, summarize
+from nas.latency.lut import LatencyEntry, LatencyLUT
+from nas.latency.signatures import OpSpec, required_ops
+from nas.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool = True,
+                rounds: int = 5) -> dict[str, LatencyEntry]:
+    """Measure each op: median over ``backend.repeats`` timed runs after ``backend.warmup`` warm-up runs.
+
+    The timed runs are interleaved over ``rounds`` passes through all ops, so that a burst of load on a shared
+    machine spreads over every op instead of inflating the few measured while it lasted.
+    """
+    rounds = max(1, min(rounds, backend.repeats))
+    per_round = [backend.repeats // rounds + (1 if r < backend.repeats % rounds else 0) for r in range(rounds)]
+    samples: dict[str, list[float]] = {k: [] for k in ops}
+    with backend.threads_context():
+        runners = {}
+        for op in tqdm(ops.values(), desc=f"Preparing {len(ops)} ops for {backend.name}", unit="op",
+                       disable=not progress, leave=False):
+            runners[op.key] = backend.prepare(op.build(), op.input_shape)
+            backend.time_calls(runners[op.key], backend.warmup)
+        total = len(ops) * rounds
+        with tqdm(total=total, desc=f"Profiling {len(ops)} ops on {backend.name} ({backend.threads} thread(s))",
+                  unit="op", disable=not progress, leave=False) as bar:
+            for count in per_round:
+                for key, run in runners.items():
+                    run()  # one untimed call re-warms caches after the other ops ran
+                    samples[key].extend(backend.time_calls(run, count))
+                    bar.update(1)
+    return {key: summarize(times) for key, times in samples.items()}
+
+
+def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,
+                  progress: bool = True, base: LatencyLUT | None = None) -> LatencyLUT:
+    """A LUT covering every op of ``space``; ops already in ``base`` are not measured again."""
+    ops = required_ops(space, in_channels, num_classes)
+    known = dict(base.entries) if base is not None else {}
+    todo = {k: op for k, op in ops.items() if k not in known}
+    start = time.perf_counter()
+    known.update(profile_ops(todo, backend, progress))
+    seconds = time.perf_counter() - start
+    return LatencyLUT(entries=known, hardware=backend.hardware_record(),
+                      space={"name": space.name, "digest": space.digest},
+                      meta={"in_channels": in_channels, "num_classes": num_classes, "profiled_ops": len(todo),
+                            "profile_seconds": round(seconds, 2)})
+
+
+def cache_path(cache_dir: str | os.PathLike, space: SearchSpace, backend: LatencyBackend, in_channels: int,
+               num_classes: int) -> Path:
+    return Path(cache_dir) / (f"{space.name}-{space.digest}-i{in_channels}-c{num_classes}-{backend.name}"
+                              f"-t{backend.threads}-b{backend.batch_size}-{backend.fingerprint_id()}.json")
+
+
+def obtain_lut(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int, *,
+               cache_dir: str | os.PathLike | None = None, lut_path: str | os.PathLike | None = None,
+               strict: bool = False, progress: bool = True) -> LatencyLUT:
+    """The LUT for a search: a user-given file (validated) or the local cache, profiling what is missing.
+
+    * ``lut_path`` given: load it, check it was made for this space and covers every op, and compare its
+      hardware fingerprint with ``backend`` (warning, or error with ``strict``). Nothing is profiled.
+    * otherwise: read ``cache_dir``'s file for this space + hardware, profile missing ops, save atomically.
+    """
+    needed = {k: op.origin for k, op in required_ops(space, in_channels, num_classes).items()}
+    if lut_path:
+        lut = LatencyLUT.load(lut_path)
+        lut.check_space(space.name, space.digest)
+        lut.check_covers(needed)
+        lut.check_hardware(backend.fingerprint_id(), strict=strict)
+        return lut
+
+    path = cache_path(cache_dir, space, backend, in_channels, num_classes) if cache_dir else None
+    base = None
+    if path is not None and path.is_file():
+        try:
+            base = LatencyLUT.load(path)
+            base.check_space(space.name, space.digest)
+        except LUTError as err:
+            warnings.warn(f"ignoring unusable cached LUT ({err}); profiling again", stacklevel=2)
+            base = None
+        if base is not None and all(k in base.entries for k in needed):
+            log.info("Using cached LUT %s", path)
+            return base
+    lut = profile_space(space, backend, in_channels, num_classes, progress=progress, base=base)
+    if path is not None:
+        lut.save(path)
+        log.info("Saved LUT (%d entries, %.1f s profiling) to %s", len(lut.entries),
+                 lut.meta["profile_seconds"], path)
+    return lut

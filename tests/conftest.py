@@ -1,0 +1,59 @@
+"""Shared fixtures: small spaces and LUTs so the suite runs in minutes on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nas.latency.backends import MacsProxy  # noqa: E402
+from nas.latency.lut import LatencyLUT  # noqa: E402
+from nas.latency.profiler import profile_space  # noqa: E402
+from nas.space import SearchSpace  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+MICRO_SPACE = {
+    "name": "micro",
+    "resolution": 16,
+    "act": "relu",
+    "stem": {"channels": 8, "kernel": 3, "stride": 2},
+    "head": {"channels": 32},
+    "candidates": {"kernels": [3, 5], "expansions": [3, 6], "se_ratios": [0, 0.25, 0.5], "skip": True},
+    "stages": [
+        {"channels": 8, "stride": 1, "repeats": 1, "fixed": {"kernel": 3, "expansion": 1, "se_ratio": 0}},
+        {"channels": 16, "stride": 2, "repeats": 2},
+        {"channels": 24, "stride": 1, "repeats": 2},
+    ],
+}
+
+
+def load_space(name: str) -> SearchSpace:
+    return SearchSpace.from_config(yaml.safe_load((ROOT / "conf" / "space" / f"{name}.yaml").read_text()))
+
+
+@pytest.fixture
+def micro_space() -> SearchSpace:
+    return SearchSpace.from_config(MICRO_SPACE)
+
+
+@pytest.fixture
+def tiny_space() -> SearchSpace:
+    return load_space("tiny")
+
+
+def proxy_lut(space: SearchSpace, in_channels: int = 1, num_classes: int = 10) -> LatencyLUT:
+    """A deterministic, monotone LUT (MACs-proportional cost model) for tests of the runtime math."""
+    return profile_space(space, MacsProxy(), in_channels, num_classes, progress=False)
+
+
+@pytest.fixture
+def micro_lut(micro_space: SearchSpace) -> LatencyLUT:
+    return proxy_lut(micro_space)

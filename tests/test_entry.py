@@ -1,0 +1,94 @@
+"""End-to-end: the real `search.py` / `train.py` command lines, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.child import ChildNet
+from models.timm_interop import build_timm_model
+from nas.arch import Architecture
+from nas.checkpoint import load_checkpoint
+from tests.conftest import ROOT, load_space
+
+FAST = ["progress=false", "data.limit=400", "hardware.backend.warmup=1", "hardware.backend.repeats=3"]
+
+
+def run(script: str, *overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    proc = run("search.py", "trainer.max_epochs=1", f"hydra.run.dir={tmp}/run", f"paths.cache_dir={tmp}/cache",
+               *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc
+
+
+def test_search_writes_a_valid_architecture_that_reloads_and_builds(search_run):
+    tmp, proc = search_run
+    run_dir = tmp / "run"
+    space = load_space("tiny")
+    arch = Architecture.load(run_dir / "arch.json", space)
+    data = json.loads((run_dir / "arch.json").read_text())
+    assert data["meta"]["predicted_latency_ms"] > 0 and data["meta"]["hardware"] == "onnxruntime-cpu"
+    net = ChildNet(space, arch, in_channels=1, num_classes=10)
+    assert net(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    timm_net = build_timm_model(data["timm"]["arch_def"], num_classes=10, in_chans=1,
+                                **{k: v for k, v in data["timm"].items() if k != "arch_def"})
+    assert sum(p.numel() for p in timm_net.parameters()) == sum(p.numel() for p in net.parameters())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["architecture"] == arch.keys
+    assert (run_dir / "arch_timm.txt").read_text().strip() == summary["timm"]
+    assert "predicted latency" in proc.stdout and "timm: " in proc.stdout
+    # the run directory holds the LUT used, a resumable checkpoint and TensorBoard events
+    assert json.loads((run_dir / "lut.json").read_text())["format"] == "spnas-lut"
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["spnas"]["architecture"]["layers"] == data["layers"]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+def test_second_search_reuses_the_cached_lut(search_run):
+    tmp, _ = search_run
+    cached = list((tmp / "cache").glob("tiny-*.json"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    proc = run("search.py", "trainer.max_epochs=1", "trainer.limit_train_batches=2", f"hydra.run.dir={tmp}/run2",
+               f"paths.cache_dir={tmp}/cache", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Using cached LUT" in proc.stdout + proc.stderr
+    assert cached[0].stat().st_mtime_ns == mtime
+
+
+def test_train_py_trains_the_derived_architecture(search_run):
+    tmp, _ = search_run
+    proc = run("train.py", f"arch={tmp}/run/arch.json", "trainer.max_epochs=1", f"hydra.run.dir={tmp}/train",
+               "progress=false", "data.limit=400")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp / "train" / "train_summary.json").read_text())
+    assert 0.0 <= summary["test_acc"] <= 1.0 and summary["parameters"] > 0
+    assert (tmp / "train" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["solver.lambda_=-1"], "error: solver.lambda_ must be a finite number >= 0"),
+    (["hardware.lut_path=/nonexistent/lut.json"], "error: LUT file /nonexistent/lut.json does not exist"),
+    (["space=nope"], "Could not find 'space/nope'"),
+    (["solver.optimizer.name=adamax"], "error: unknown optimizer 'adamax'"),
+])
+def test_bad_overrides_fail_with_a_clear_message(tmp_path, overrides, message):
+    proc = run("search.py", *overrides, f"hydra.run.dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache",
+               "trainer.max_epochs=1", *FAST)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,106 @@
+"""LUT format, validation errors on bad input, fingerprints and caching."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nas.errors import LUTError
+from nas.latency.backends import MacsProxy, OnnxRuntimeCPU
+from nas.latency.lut import LatencyLUT
+from nas.latency.profiler import cache_path, obtain_lut
+from nas.latency.signatures import required_ops
+from nas.runtime import RuntimeModel
+from tests.conftest import MICRO_SPACE, proxy_lut
+
+
+def test_round_trip_and_version(tmp_path, micro_space, micro_lut):
+    path = micro_lut.save(tmp_path / "lut.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == "spnas-lut" and data["version"] == 1 and data["unit"] == "ms"
+    assert data["space"] == {"name": "micro", "digest": micro_space.digest}
+    loaded = LatencyLUT.load(path)
+    assert loaded.entries == micro_lut.entries
+    assert set(loaded.entries) == set(required_ops(micro_space, 1, 10))
+
+
+def test_malformed_lut_names_the_file(tmp_path):
+    path = tmp_path / "lut.json"
+    path.write_text('{"format": "spnas-lut", "version": 1, "entries": ')
+    with pytest.raises(LUTError, match=r"lut\.json: malformed LUT, not valid JSON"):
+        LatencyLUT.load(path)
+    path.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(LUTError, match="'format' is 'something-else'"):
+        LatencyLUT.load(path)
+
+
+def test_bad_entry_value_names_the_entry(tmp_path, micro_lut):
+    data = micro_lut.to_dict()
+    key = sorted(data["entries"])[3]
+    data["entries"][key]["ms"] = -1
+    path = tmp_path / "lut.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(LUTError, match=rf"entries\['{key}'\]: 'ms' must be a finite, non-negative number"):
+        LatencyLUT.load(path)
+
+
+def test_lut_missing_a_layer_names_key_and_layer(tmp_path, micro_space, micro_lut):
+    key = next(k for k in micro_lut.entries if "_k5_e6_se0.5_" in k and "_r4_i16_o16_" in k)
+    del micro_lut.entries[key]
+    path = micro_lut.save(tmp_path / "partial.json")
+    with pytest.raises(LUTError, match=rf"partial\.json: missing 1 of \d+ entries[\s\S]*{key}\s+\(needed by layer 2"):
+        obtain_lut(micro_space, MacsProxy(), 1, 10, lut_path=path)
+    with pytest.raises(LUTError, match=rf"no entry '{key}'"):
+        RuntimeModel(micro_space, LatencyLUT.load(path), 1, 10)
+
+
+def test_lut_made_for_another_space_is_rejected(tmp_path, micro_space, micro_lut):
+    from nas.space import SearchSpace
+
+    other = SearchSpace.from_config({**MICRO_SPACE, "name": "other",
+                                     "stages": [*MICRO_SPACE["stages"][:2], {"channels": 32, "stride": 1,
+                                                                              "repeats": 2}]})
+    path = proxy_lut(other).save(tmp_path / "other.json")
+    with pytest.raises(LUTError, match=r"made for space 'other' .* but the search uses space 'micro'"):
+        obtain_lut(micro_space, MacsProxy(), 1, 10, lut_path=path)
+
+
+def test_fingerprint_mismatch_warns_or_fails_when_strict(tmp_path, micro_space, micro_lut):
+    path = micro_lut.save(tmp_path / "lut.json")
+    onnx = OnnxRuntimeCPU(threads=2)
+    with pytest.warns(UserWarning, match="does not match the selected hardware"):
+        obtain_lut(micro_space, onnx, 1, 10, lut_path=path)
+    with pytest.raises(LUTError, match="does not match the selected hardware"):
+        obtain_lut(micro_space, onnx, 1, 10, lut_path=path, strict=True)
+    assert OnnxRuntimeCPU(threads=1).fingerprint_id() != OnnxRuntimeCPU(threads=2).fingerprint_id()
+    assert OnnxRuntimeCPU(batch_size=1).fingerprint_id() != OnnxRuntimeCPU(batch_size=8).fingerprint_id()
+
+
+class CountingBackend(MacsProxy):
+    calls = 0
+
+    def prepare(self, module, input_shape):
+        CountingBackend.calls += 1
+        return super().prepare(module, input_shape)
+
+
+def test_cache_profiles_once_per_space_and_hardware(tmp_path, micro_space):
+    backend = CountingBackend()
+    first = obtain_lut(micro_space, backend, 1, 10, cache_dir=tmp_path, progress=False)
+    n_ops = len(required_ops(micro_space, 1, 10))
+    assert CountingBackend.calls == n_ops
+    assert cache_path(tmp_path, micro_space, backend, 1, 10).is_file()
+    second = obtain_lut(micro_space, backend, 1, 10, cache_dir=tmp_path, progress=False)
+    assert CountingBackend.calls == n_ops and second.entries == first.entries
+    # another data shape needs new stem/head entries only
+    obtain_lut(micro_space, backend, 3, 100, cache_dir=tmp_path, progress=False)
+    assert CountingBackend.calls == 2 * n_ops
+
+
+def test_onnxruntime_profiles_real_ops(micro_space):
+    backend = OnnxRuntimeCPU(warmup=1, repeats=3)
+    ops = required_ops(micro_space, 1, 10)
+    small = ops[next(k for k in ops if "_k3_e3_se0_" in k)]
+    entry = backend.measure(small.build(), small.input_shape)
+    assert entry.ms > 0 and entry.runs == 3

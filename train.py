@@ -1,0 +1,19 @@
+"""Train a derived architecture from scratch: `python train.py arch=<search run>/arch.json [overrides]`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from nas.entry import main_guard
+from nas.training import run_train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Returns the test accuracy."""
+    return main_guard(lambda: run_train(cfg)["test_acc"])
+
+
+if __name__ == "__main__":
+    main()
