@@ -76,3 +76,59 @@ def build_timm_model(arch_def: list[list[str]], *, num_classes: int, in_chans: i
     if stem_stride != 2:
         model.conv_stem.stride = (stem_stride, stem_stride)
     return model
+
+
+def _parse_block(text: str, where: str) -> dict[str, Any]:
+    from nas.errors import ArchitectureError
+
+    tokens = text.split("_")
+    if tokens[0] not in ("ir", "ds"):
+        raise ArchitectureError(f"{where}: block {text!r} is not an 'ir_...' or 'ds_...' block string (e.g. "
+                                "ir_r1_k5_s2_e6_c24_se0.25)")
+    out: dict[str, Any] = {"kind": tokens[0], "r": 1, "s": 1, "e": 1.0, "se": 0.0}
+    try:
+        for token in tokens[1:]:
+            for prefix, cast in (("se", float), ("r", int), ("k", int), ("s", int), ("e", float), ("c", int)):
+                if token.startswith(prefix) and token[len(prefix):]:
+                    out[prefix] = cast(token[len(prefix):])
+                    break
+            else:
+                raise ValueError(token)
+        out["k"], out["c"]  # noqa: B018 - both are required
+    except (ValueError, KeyError) as err:
+        raise ArchitectureError(f"{where}: cannot read {err} in block {text!r}; expected e.g. "
+                                "ir_r1_k5_s2_e6_c24_se0.25") from None
+    return out
+
+
+def architecture_from_timm_string(text: str, space: SearchSpace) -> Architecture:
+    """The :class:`Architecture` of ``space`` that :func:`timm_string` writes as ``text`` (its inverse).
+
+    Stage ``i`` of the string fills the first layers of stage ``i`` of the space; its remaining layers are the
+    skip-op (all non-first layers of a stage have the same shape, so which ones are skipped does not matter).
+    """
+    from nas.arch import LayerChoice
+    from nas.errors import ArchitectureError
+
+    stages_text = parse_timm_string(text)
+    by_stage: dict[int, list] = {}
+    for spec in space.layers:
+        by_stage.setdefault(spec.stage, []).append(spec)
+    if len(stages_text) != len(by_stage):
+        raise ArchitectureError(f"timm string has {len(stages_text)} stages ('|'-separated) but space '{space.name}' "
+                                f"has {len(by_stage)}; select the space it was derived in (space=...)")
+    layers: list[LayerChoice] = []
+    for (stage, specs), blocks in zip(sorted(by_stage.items()), stages_text):
+        if len(blocks) > len(specs):
+            raise ArchitectureError(f"timm string stage {stage} has {len(blocks)} blocks but the space's stage has "
+                                    f"only {len(specs)} layers")
+        for spec, block in zip(specs, blocks):
+            where = f"timm string stage {stage}, layer {spec.index}"
+            b = _parse_block(block, where)
+            if b["r"] != 1 or b["c"] != spec.out_channels or b["s"] != spec.stride:
+                raise ArchitectureError(f"{where}: block {block!r} has r{b['r']}/c{b['c']}/s{b['s']}, the space's "
+                                        f"layer needs r1, c{spec.out_channels}, s{spec.stride}; select the space "
+                                        "the string was derived in (space=...)")
+            layers.append(LayerChoice(b["k"], b["e"] if b["kind"] == "ir" else 1.0, b["se"]))
+        layers.extend(LayerChoice.skip() for _ in specs[len(blocks):])
+    return space.architecture(layers)

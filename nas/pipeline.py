@@ -18,6 +18,7 @@ from models.timm_interop import timm_string
 from nas.checkpoint import AtomicCheckpointIO
 from nas.errors import ConfigError
 from nas.io import atomic_write_json, atomic_write_text
+from nas.latency.backends import build_backend
 from nas.latency.profiler import obtain_lut
 from nas.space import SearchSpace
 
@@ -37,7 +38,7 @@ def build_search(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate space, data, backend, LUT and solver from ``cfg`` (no training)."""
     space = SearchSpace.from_config(cfg.space)
     datamodule = instantiate(cfg.data)
-    backend = instantiate(cfg.hardware.backend)
+    backend = build_backend(cfg.hardware.backend)
     lut = obtain_lut(space, backend, datamodule.in_channels, datamodule.num_classes,
                      cache_dir=cfg.paths.cache_dir, lut_path=cfg.hardware.get("lut_path"),
                      strict=bool(cfg.hardware.get("strict", False)), progress=bool(cfg.get("progress", True)))

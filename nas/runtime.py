@@ -100,7 +100,7 @@ class RuntimeModel(nn.Module):
 
     # ------------------------------------------------------------------ differentiable R
     def forward(self, decisions: Sequence[LayerDecision | None]) -> torch.Tensor:
-        """``R`` in ms for the given indicators (Eq 5.8)."""
+        """``R`` in ms for the given indicators (Eq 5.8), with the LUT's network calibration (scale, overhead)."""
         total = self.constant_ms
         for i in self.searchable:
             dec = decisions[i]
@@ -108,7 +108,7 @@ class RuntimeModel(nn.Module):
                 raise ConfigError(f"no decision for searchable layer {i}; pass supernet.decisions()")
             layer = self.layer_runtime_exact(i, dec) if self.form == "exact" else self.layer_runtime_thesis(i, dec)
             total = total + layer
-        return total
+        return total * self.lut.scale + self.lut.overhead_ms
 
     def layer_runtime_exact(self, i: int, dec: LayerDecision) -> torch.Tensor:
         pk = level_probabilities(dec.kernel)
@@ -142,7 +142,7 @@ class RuntimeModel(nn.Module):
 
     # ------------------------------------------------------------------ discrete architectures
     def predict(self, arch: Architecture) -> float:
-        """Plain LUT sum for a discrete architecture (stem + layers + head), in ms."""
+        """LUT sum for a discrete architecture (stem + layers + head), calibrated by the LUT's scale and overhead."""
         arch.validate(self.space)
         total = self.lut.ms(stem_key(self.space, self.in_channels), "stem")
         total += self.lut.ms(head_key(self.space, self.num_classes), "head")
@@ -150,7 +150,7 @@ class RuntimeModel(nn.Module):
             key = layer_key(spec, choice, self.space.act)
             if key is not None:
                 total += self.lut.ms(key, f"layer {spec.index} ({spec.name})")
-        return total
+        return self.lut.network_ms(total)
 
     def per_layer(self, arch: Architecture) -> list[float]:
         """LUT runtime of each layer of ``arch`` (0 for skipped layers)."""

@@ -1,4 +1,9 @@
-"""Training a derived architecture from scratch (what ``python train.py`` runs)."""
+"""Training a derived architecture from scratch (what ``python train.py`` runs).
+
+After training and testing, the network is exported to ONNX (checked with ``onnx.checker`` and against the
+torch outputs in ONNX Runtime), its latency is measured on the ``hardware=`` backend and compared with the
+runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i`` plus the LUT's calibrated constant).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from models.child import ChildNet
 from nas.arch import Architecture
 from nas.checkpoint import AtomicCheckpointIO
-from nas.errors import ArchitectureError
+from nas.errors import ArchitectureError, ConfigError
 from nas.io import atomic_write_json
 from nas.solvers.base import cosine_factor, make_optimizer
 from nas.space import SearchSpace
@@ -74,7 +79,12 @@ class ChildTrainingModule(pl.LightningModule):
 
 
 def load_architecture(path: str, space: SearchSpace) -> Architecture:
-    """Read ``arch.json`` and check it belongs to ``space`` (clear error naming the fix otherwise)."""
+    """Read ``arch.json`` (or parse a timm architecture string) and check it belongs to ``space``."""
+    text = str(path).strip()
+    if not text.endswith(".json") and not Path(text).exists() and text.split("_")[0] in ("ir", "ds"):
+        from models.timm_interop import architecture_from_timm_string
+
+        return architecture_from_timm_string(text, space)
     arch = Architecture.load(path)
     if arch.space_name and arch.space_name != space.name:
         raise ArchitectureError(f"{path} was derived in space '{arch.space_name}', but space '{space.name}' is "
@@ -110,8 +120,77 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": round(time.perf_counter() - start, 2),
         "checkpoint": str(out / "checkpoints" / "last.ckpt"),
     }
+    export_cfg = cfg.train.get("export") or {}
+    if trainer.is_global_zero and export_cfg.get("onnx", True):
+        result.update(export_and_check(net, out / "model.onnx", float(export_cfg.get("atol", 1e-4)),
+                                       batch_size=int(cfg.hardware.backend.get("batch_size", 1))))
+        if export_cfg.get("latency", True):
+            result.update(predicted_vs_measured(cfg, space, arch, net, datamodule.in_channels,
+                                                datamodule.num_classes))
     if trainer.is_global_zero:
         atomic_write_json(out / "train_summary.json", result)
         print(f"\ntrained {' '.join(arch.keys)} ({result['parameters']} parameters) for {result['epochs']} epochs: "
               f"test accuracy {result['test_acc']:.4f} (val {result['val_acc']:.4f}); outputs in {out}")
+        if "onnx" in result:
+            print(f"ONNX: {result['onnx']} (onnx.checker passed; ONNX Runtime vs torch max |diff| "
+                  f"{result['onnx_max_abs_diff']:.2e})")
+        if "measured_latency_ms" in result:
+            print(f"latency on {result['latency_backend']}: predicted {result['predicted_latency_ms']:.4f} ms, "
+                  f"measured {result['measured_latency_ms']:.4f} ms (IQR {result['measured_latency_iqr_ms']:.4f}, "
+                  f"{result['latency_error_pct']:+.2f} %)")
     return result
+
+
+def export_and_check(net: ChildNet, path: Path, atol: float = 1e-4, batch_size: int = 1) -> dict[str, Any]:
+    """Export ``net`` to ONNX, run ``onnx.checker`` and compare ONNX Runtime with torch on a random batch.
+
+    Raises :class:`~nas.errors.ConfigError` naming the difference when the outputs
+    differ by more than ``atol`` (absolute, on logits).
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from nas.latency.backends import export_onnx
+
+    net = net.eval()
+    shape = (batch_size, net.stem[0].in_channels, net.space.resolution, net.space.resolution)
+    export_onnx(net, shape, path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    diff = float(np.max(np.abs(got - expected)))
+    if not diff <= atol:
+        raise ConfigError(f"{path}: ONNX Runtime output differs from torch by {diff:.3g} (> train.export.atol="
+                          f"{atol}); the export is not faithful. Report it with the architecture, or raise "
+                          "train.export.atol if the difference is acceptable.")
+    return {"onnx": str(path), "onnx_opset": int(model.opset_import[0].version), "onnx_max_abs_diff": diff}
+
+
+def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architecture, net: ChildNet,
+                          in_channels: int, num_classes: int) -> dict[str, Any]:
+    """The runtime model's prediction for ``arch`` (the search's LUT) and the network's measured latency.
+
+    The LUT is the one ``search.py`` uses for this space and hardware (``hardware.lut_path`` or the cache);
+    the network is measured by the same procedure as its entries (warm-up, interleaved rounds, median).
+    """
+    from nas.latency.backends import build_backend
+    from nas.latency.profiler import obtain_lut, profile_ops
+    from nas.latency.signatures import OpSpec
+    from nas.runtime import RuntimeModel
+
+    backend = build_backend(cfg.hardware.backend)
+    lut = obtain_lut(space, backend, in_channels, num_classes, cache_dir=cfg.paths.cache_dir,
+                     lut_path=cfg.hardware.get("lut_path"), strict=bool(cfg.hardware.get("strict", False)),
+                     progress=bool(cfg.get("progress", True)))
+    predicted = RuntimeModel(space, lut, in_channels, num_classes).predict(arch)
+    op = OpSpec("network", (in_channels, space.resolution, space.resolution), lambda: net.eval(), "trained network")
+    entry = profile_ops({"network": op}, backend, progress=False, rounds=10)["network"]
+    return {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
+            "predicted_latency_ms": predicted, "measured_latency_ms": entry.ms,
+            "measured_latency_iqr_ms": entry.iqr_ms,
+            "latency_error_pct": 100 * (predicted - entry.ms) / entry.ms}

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas.entry import main_guard  # noqa: E402
+from nas.latency.backends import build_backend  # noqa: E402
 from nas.latency.profiler import cache_path, obtain_lut  # noqa: E402
 from nas.space import SearchSpace  # noqa: E402
 
@@ -24,7 +25,7 @@ from nas.space import SearchSpace  # noqa: E402
 def profile(cfg: DictConfig) -> None:
     space = SearchSpace.from_config(cfg.space)
     datamodule = instantiate(cfg.data)
-    backend = instantiate(cfg.hardware.backend)
+    backend = build_backend(cfg.hardware.backend)
     path = cache_path(cfg.paths.cache_dir, space, backend, datamodule.in_channels, datamodule.num_classes)
     if cfg.force and path.exists():
         path.unlink()

@@ -73,11 +73,32 @@ def test_second_search_reuses_the_cached_lut(search_run):
 def test_train_py_trains_the_derived_architecture(search_run):
     tmp, _ = search_run
     proc = run("train.py", f"arch={tmp}/run/arch.json", "trainer.max_epochs=1", f"hydra.run.dir={tmp}/train",
-               "progress=false", "data.limit=400")
+               f"paths.cache_dir={tmp}/cache", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp / "train" / "train_summary.json").read_text())
     assert 0.0 <= summary["test_acc"] <= 1.0 and summary["parameters"] > 0
     assert (tmp / "train" / "checkpoints" / "last.ckpt").is_file()
+    # ONNX export: passes the checker and computes what the trained torch network computes
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    onnx_path = tmp / "train" / "model.onnx"
+    onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
+    space = load_space("tiny")
+    net = ChildNet(space, Architecture.load(tmp / "run" / "arch.json", space), 1, 10)
+    state = load_checkpoint(tmp / "train" / "checkpoints" / "last.ckpt")["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+    x = torch.randn(3, 1, 32, 32)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    single = [session.run(None, {session.get_inputs()[0].name: x[i:i + 1].numpy()})[0] for i in range(3)]
+    with torch.no_grad():
+        np.testing.assert_allclose(np.concatenate(single), net.eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert summary["onnx_max_abs_diff"] <= 1e-4
+    # latency on the target backend, against the runtime model's prediction from the search's LUT
+    assert summary["measured_latency_ms"] > 0 and summary["predicted_latency_ms"] > 0
+    assert summary["lut"].startswith(str(tmp / "cache"))
+    assert "predicted" in proc.stdout and "measured" in proc.stdout
 
 
 @pytest.mark.parametrize("overrides, message", [

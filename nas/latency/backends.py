@@ -1,8 +1,13 @@
-"""Latency measurement backends: ONNX Runtime CPU (default) and PyTorch eager CPU.
+"""Latency measurement backends: ONNX Runtime CPU (default), PyTorch eager CPU and PyTorch CUDA.
 
 A backend measures one module on one input shape: warm-up runs, then ``repeats`` timed runs, reporting the
 median (robust to the noise of shared machines) and the inter-quartile range. Threads and batch size are part
 of the backend and of its fingerprint, because the fastest op changes with them.
+
+CPU backends can evict the per-core cache before every timed call (``cache_flush_mb``): an op measured on its
+own, call after call, finds its weights in L2, whereas inside a network the other layers' weights have passed
+through the cache in between. Flushing puts the op back in the state it meets inside a network; see
+docs/latency.md for the measured effect on the runtime model's accuracy.
 """
 
 from __future__ import annotations
@@ -60,10 +65,18 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: str | os.
     return data
 
 
-def summarize(times_ms: list[float]) -> LatencyEntry:
+STATISTICS = {"median": 50.0, "p25": 25.0, "p10": 10.0, "min": 0.0}
+
+
+def summarize(times_ms: list[float], statistic: str = "median") -> LatencyEntry:
+    """One entry from timed runs: the ``statistic`` (median, p25, p10 or min) and the inter-quartile range.
+
+    On a shared machine interference only ever adds time, so a low percentile estimates the undisturbed runtime
+    more stably than the median; which one is used is part of the backend's fingerprint.
+    """
     arr = np.asarray(times_ms, dtype=np.float64)
-    q1, med, q3 = np.percentile(arr, [25, 50, 75])
-    return LatencyEntry(float(med), float(q3 - q1), len(times_ms))
+    q1, q3 = np.percentile(arr, [25, 75])
+    return LatencyEntry(float(np.percentile(arr, STATISTICS[statistic])), float(q3 - q1), len(times_ms))
 
 
 class LatencyBackend:
@@ -71,15 +84,28 @@ class LatencyBackend:
 
     name = "base"
 
-    def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 10, repeats: int = 30) -> None:
+    def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 10, repeats: int = 30,
+                 cache_flush_mb: float = 0.0, calibration_networks: int = 0, statistic: str = "median") -> None:
+        if statistic not in STATISTICS:
+            raise ConfigError(f"hardware.backend.statistic must be one of {list(STATISTICS)}, got {statistic!r}")
         for label, value, low in (("threads", threads, 1), ("batch_size", batch_size, 1),
-                                  ("warmup", warmup, 0), ("repeats", repeats, 1)):
-            if not isinstance(value, int) or value < low:
+                                  ("warmup", warmup, 0), ("repeats", repeats, 1),
+                                  ("calibration_networks", calibration_networks, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"hardware.backend.{label} must be an integer >= {low}, got {value!r}")
+        if isinstance(cache_flush_mb, bool) or not isinstance(cache_flush_mb, (int, float)) or not (
+                0 <= cache_flush_mb <= 1024):
+            raise ConfigError(f"hardware.backend.cache_flush_mb must be a number in [0, 1024] (0 = no flush), "
+                              f"got {cache_flush_mb!r}")
         self.threads = threads
         self.batch_size = batch_size
         self.warmup = warmup
         self.repeats = repeats
+        self.cache_flush_mb = float(cache_flush_mb)
+        self.statistic = statistic
+        #: random networks measured with the ops to calibrate the LUT's per-inference constant (nas.latency.lut)
+        self.calibration_networks = calibration_networks
+        self._scratch: np.ndarray | None = None
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
@@ -94,6 +120,8 @@ class LatencyBackend:
             "logical_cpus": os.cpu_count(),
             "threads": self.threads,
             "batch_size": self.batch_size,
+            "cache_flush_mb": self.cache_flush_mb,
+            "statistic": self.statistic,
             **self.versions(),
         }
 
@@ -103,17 +131,27 @@ class LatencyBackend:
 
     def hardware_record(self) -> dict[str, Any]:
         return {"backend": self.name, "threads": self.threads, "batch_size": self.batch_size,
-                "warmup": self.warmup, "repeats": self.repeats,
+                "warmup": self.warmup, "repeats": self.repeats, "cache_flush_mb": self.cache_flush_mb,
+                "statistic": self.statistic,
                 "fingerprint": self.fingerprint(), "fingerprint_id": self.fingerprint_id()}
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, int, int]) -> Callable[[], object]:
         """A zero-argument callable that runs ``module`` once on a batch of ``batch_size`` inputs."""
         return self._timer(module, (self.batch_size, *input_shape))
 
+    def flush_cache(self) -> None:
+        """Evict the CPU caches by streaming through a ``cache_flush_mb`` buffer (no-op when 0)."""
+        if self.cache_flush_mb <= 0:
+            return
+        if self._scratch is None:
+            self._scratch = np.zeros(max(1, int(self.cache_flush_mb * 2**20) // 8))
+        np.add(self._scratch, 1.0, out=self._scratch)
+
     def time_calls(self, run: Callable[[], object], count: int) -> list[float]:
-        """Wall time (ms) of ``count`` separate calls of ``run``."""
+        """Wall time (ms) of ``count`` separate calls of ``run`` (each after an untimed cache flush)."""
         times = []
         for _ in range(count):
+            self.flush_cache()
             start = time.perf_counter_ns()
             run()
             times.append((time.perf_counter_ns() - start) / 1e6)
@@ -124,7 +162,7 @@ class LatencyBackend:
         with self.threads_context():
             run = self.prepare(module, input_shape)
             self.time_calls(run, self.warmup)
-            return summarize(self.time_calls(run, self.repeats))
+            return summarize(self.time_calls(run, self.repeats), self.statistic)
 
     def threads_context(self) -> contextlib.AbstractContextManager:
         """Context in which measurements run (sets thread counts where the backend needs it)."""
@@ -189,6 +227,79 @@ class TorchEagerCPU(LatencyBackend):
         return run
 
 
+class TorchCUDA(LatencyBackend):
+    """PyTorch on a CUDA GPU, timed with CUDA events around each call and a synchronisation after it.
+
+    Kernel launches are asynchronous, so host wall time would measure the launch, not the work: each timed call
+    records a start and an end event on the current stream, and ``end.synchronize()`` waits for the GPU before
+    ``elapsed_time`` is read. Warm-up calls (``warmup``) let cuDNN pick its algorithms and the caching allocator
+    settle. ``threads`` sets the host's ``torch.set_num_threads`` (it drives the launch overhead).
+    """
+
+    name = "torch-cuda"
+
+    def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 20, repeats: int = 50,
+                 device: int = 0, cudnn_benchmark: bool = True, calibration_networks: int = 0,
+                 statistic: str = "median") -> None:
+        super().__init__(threads, batch_size, warmup, repeats, 0.0, calibration_networks, statistic)
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "hardware=cuda needs a CUDA GPU, but torch.cuda.is_available() is False here (torch "
+                f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). Run on a machine with an NVIDIA "
+                "GPU and a CUDA build of PyTorch, or pick a CPU target: hardware=cpu_onnx or hardware=cpu_torch.")
+        if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < torch.cuda.device_count():
+            raise ConfigError(f"hardware.backend.device must be a GPU index in [0, {torch.cuda.device_count()}), "
+                              f"got {device!r}")
+        self.device = torch.device("cuda", device)
+        self.cudnn_benchmark = bool(cudnn_benchmark)
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "cuda": str(torch.version.cuda),
+                "cudnn": str(torch.backends.cudnn.version())}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": torch.cuda.get_device_name(self.device),
+                "capability": ".".join(map(str, torch.cuda.get_device_capability(self.device))),
+                "threads": self.threads, "batch_size": self.batch_size, "statistic": self.statistic,
+                "cudnn_benchmark": self.cudnn_benchmark, **self.versions()}
+
+    @contextlib.contextmanager
+    def threads_context(self) -> Iterator[None]:
+        previous = (torch.get_num_threads(), torch.backends.cudnn.benchmark)
+        torch.set_num_threads(self.threads)
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        try:
+            with torch.cuda.device(self.device):
+                yield
+        finally:
+            torch.set_num_threads(previous[0])
+            torch.backends.cudnn.benchmark = previous[1]
+
+    def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
+        module = module.eval().to(self.device)
+        x = torch.randn(*shape, device=self.device)
+
+        def run() -> None:
+            with torch.inference_mode():
+                module(x)
+
+        return run
+
+    def time_calls(self, run: Callable[[], object], count: int) -> list[float]:
+        """GPU time (ms) of ``count`` calls, each between two CUDA events, synchronised before reading."""
+        times = []
+        torch.cuda.synchronize(self.device)
+        for _ in range(count):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(float(start.elapsed_time(end)))
+        return times
+
+
 def count_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of the convolutions and linear layers of one forward pass on ``shape``."""
     total = 0
@@ -226,8 +337,8 @@ class MacsProxy(LatencyBackend):
     name = "macs-proxy"
 
     def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 0, repeats: int = 1,
-                 ms_per_mmac: float = 0.01, overhead_ms: float = 0.005) -> None:
-        super().__init__(threads, batch_size, warmup, repeats)
+                 ms_per_mmac: float = 0.01, overhead_ms: float = 0.005, calibration_networks: int = 0) -> None:
+        super().__init__(threads, batch_size, warmup, repeats, calibration_networks=calibration_networks)
         self.ms_per_mmac = float(ms_per_mmac)
         self.overhead_ms = float(overhead_ms)
 
@@ -247,3 +358,22 @@ class MacsProxy(LatencyBackend):
 
     def time_calls(self, run: Callable[[], object], count: int) -> list[float]:
         return [run().ms for _ in range(count)]  # type: ignore[attr-defined]
+
+
+def build_backend(cfg: Any) -> LatencyBackend:
+    """Instantiate the ``hardware.backend`` config; a bad value surfaces as the framework's own clear error.
+
+    (Hydra wraps exceptions raised by a target in ``InstantiationException``; the CLI's ``main_guard`` turns
+    only :class:`~nas.errors.NASError` into ``error: ...``, so the original error is re-raised.)
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from nas.errors import NASError
+
+    try:
+        return instantiate(cfg)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, NASError):
+            raise err.__cause__ from None
+        raise

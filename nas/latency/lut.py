@@ -8,8 +8,16 @@ File format (``format: spnas-lut``, ``version: 1``)::
       "hardware": {"backend": "onnxruntime-cpu", "threads": 1, "batch_size": 1,
                    "fingerprint": {...}, "fingerprint_id": "3f2a..."},
       "created": "2026-11-23T10:00:00+00:00",
+      "scale": 1.08, "overhead_ms": -0.05,   # optional network calibration (defaults 1 and 0)
       "entries": {"mbconv_r16_i16_o24_s2_k5_e6_se0.25_relu": {"ms": 0.41, "iqr_ms": 0.01, "runs": 30}, ...}
     }
+
+A network's runtime is ``R = scale * (sum of its entries) + overhead_ms``. Both are calibrated by measuring a
+few whole networks (the space's smallest, its largest and random ones) together with the ops
+(``nas.latency.profiler.fit_network_calibration``) and absorb what a per-op sum cannot see: ops inside a
+network run slower than alone, in proportion to their work (cache and memory state: ``scale``), and a per-call
+session overhead is paid once per op when ops are timed alone but once per network (``overhead_ms``, may be
+negative). Without calibration they are 1 and 0, the plain sum of Eq 5.8. See docs/latency.md.
 """
 
 from __future__ import annotations
@@ -53,6 +61,12 @@ class LatencyLUT:
     created: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    overhead_ms: float = 0.0
+    scale: float = 1.0
+
+    def network_ms(self, op_sum_ms: float) -> float:
+        """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms``."""
+        return self.scale * op_sum_ms + self.overhead_ms
 
     @property
     def source(self) -> str:
@@ -115,6 +129,8 @@ class LatencyLUT:
             "hardware": self.hardware,
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "meta": self.meta,
+            "scale": self.scale,
+            "overhead_ms": self.overhead_ms,
             "entries": {k: e.to_dict() for k, e in sorted(self.entries.items())},
         }
 
@@ -156,8 +172,16 @@ class LatencyLUT:
         space = data.get("space") or {}
         if not isinstance(space, dict):
             raise LUTError(f"{source}: 'space' must be an object with name and digest")
+        overhead = data.get("overhead_ms", 0.0)
+        if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or not math.isfinite(overhead):
+            raise LUTError(f"{source}: 'overhead_ms' must be a finite number (ms added once per network), got "
+                           f"{overhead!r}")
+        scale = data.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise LUTError(f"{source}: 'scale' must be a finite number > 0 (multiplier on the per-op sum), got "
+                           f"{scale!r}")
         return cls(entries=entries, hardware=hardware, space=space, created=str(data.get("created", "")),
-                   meta=dict(data.get("meta") or {}), path=source)
+                   meta=dict(data.get("meta") or {}), path=source, overhead_ms=float(overhead), scale=float(scale))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyLUT:

@@ -8,20 +8,22 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from nas.errors import LUTError
 from nas.latency.backends import LatencyBackend, summarize
 from nas.latency.lut import LatencyEntry, LatencyLUT
-from nas.latency.signatures import OpSpec, required_ops
+from nas.latency.signatures import OpSpec, calibration_networks, required_ops
 from nas.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 
 def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool = True,
-                rounds: int = 5) -> dict[str, LatencyEntry]:
-    """Measure each op: median over ``backend.repeats`` timed runs after ``backend.warmup`` warm-up runs.
+                rounds: int = 5, samples_out: dict[str, list[float]] | None = None) -> dict[str, LatencyEntry]:
+    """Measure each op: ``backend.statistic`` (default median) of ``backend.repeats`` timed runs after
+    ``backend.warmup`` warm-up runs. ``samples_out``, when given, receives every op's timed runs in order.
 
     The timed runs are interleaved over ``rounds`` passes through all ops, so that a burst of load on a shared
     machine spreads over every op instead of inflating the few measured while it lasted.
@@ -43,22 +45,66 @@ def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool 
                     run()  # one untimed call re-warms caches after the other ops ran
                     samples[key].extend(backend.time_calls(run, count))
                     bar.update(1)
-    return {key: summarize(times) for key, times in samples.items()}
+    if samples_out is not None:
+        samples_out.update(samples)
+    statistic = getattr(backend, "statistic", "median")
+    return {key: summarize(times, statistic) for key, times in samples.items()}
+
+
+def fit_network_calibration(op_sums: list[float], measured: list[float]) -> tuple[float, float]:
+    """``(scale, overhead_ms)`` with ``measured ~ scale * op_sum + overhead`` over calibration networks.
+
+    Least squares when there are >= 3 networks whose op sums span >= 20 % (the calibration set includes the
+    space's smallest and largest networks for that); otherwise, or if the fitted scale is implausible (outside
+    [0.5, 2], or the smallest network would get a runtime <= 0), ``scale = 1`` and the overhead is the median
+    residual. No networks: ``(1.0, 0.0)``.
+    """
+    p = np.asarray(op_sums, dtype=np.float64)
+    m = np.asarray(measured, dtype=np.float64)
+    if len(p) == 0:
+        return 1.0, 0.0
+    if len(p) >= 3 and p.max() >= 1.2 * p.min():
+        scale, overhead = np.linalg.lstsq(np.stack([p, np.ones_like(p)], 1), m, rcond=None)[0]
+        if 0.5 <= scale <= 2.0 and scale * p.min() + overhead > 0:
+            return float(scale), float(overhead)
+    return 1.0, float(np.median(m - p))
+
+
+def calibrate_networks(network_ms: dict[str, float], network_keys: dict[str, list[str]],
+                       entries: dict[str, LatencyEntry]) -> tuple[float, float, dict[str, list[float]]]:
+    """Fit the LUT's ``scale`` and ``overhead_ms`` on whole networks measured with the ops (see above)."""
+    sums = [sum(entries[k].ms for k in network_keys[name]) for name in network_keys]
+    measured = [network_ms[name] for name in network_keys]
+    scale, overhead = fit_network_calibration(sums, measured)
+    return scale, overhead, {"op_sum_ms": [round(v, 6) for v in sums], "measured_ms": [round(v, 6) for v in measured]}
 
 
 def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,
-                  progress: bool = True, base: LatencyLUT | None = None) -> LatencyLUT:
-    """A LUT covering every op of ``space``; ops already in ``base`` are not measured again."""
+                  progress: bool = True, base: LatencyLUT | None = None, rounds: int = 10) -> LatencyLUT:
+    """A LUT covering every op of ``space``; ops already in ``base`` are not measured again.
+
+    With ``backend.calibration_networks = n > 0``, n seeded random whole networks are measured in the same
+    interleaved rounds as the ops (so load drift hits both alike) and set the LUT's ``scale`` and ``overhead_ms``.
+    """
     ops = required_ops(space, in_channels, num_classes)
     known = dict(base.entries) if base is not None else {}
     todo = {k: op for k, op in ops.items() if k not in known}
+    n_cal = getattr(backend, "calibration_networks", 0)
+    networks, network_keys = calibration_networks(space, in_channels, num_classes, n_cal) if n_cal and todo else (
+        {}, {})
     start = time.perf_counter()
-    known.update(profile_ops(todo, backend, progress))
+    measured = profile_ops({**todo, **networks}, backend, progress, rounds=rounds)
     seconds = time.perf_counter() - start
+    known.update({k: v for k, v in measured.items() if k in todo})
+    meta = {"in_channels": in_channels, "num_classes": num_classes, "profiled_ops": len(todo),
+            "profile_seconds": round(seconds, 2)}
+    scale, overhead = (base.scale, base.overhead_ms) if base is not None else (1.0, 0.0)
+    if networks:
+        scale, overhead, record = calibrate_networks({k: measured[k].ms for k in networks}, network_keys, known)
+        meta["calibration"] = {"networks": len(networks), **record}
     return LatencyLUT(entries=known, hardware=backend.hardware_record(),
-                      space={"name": space.name, "digest": space.digest},
-                      meta={"in_channels": in_channels, "num_classes": num_classes, "profiled_ops": len(todo),
-                            "profile_seconds": round(seconds, 2)})
+                      space={"name": space.name, "digest": space.digest}, meta=meta, overhead_ms=overhead,
+                      scale=scale)
 
 
 def cache_path(cache_dir: str | os.PathLike, space: SearchSpace, backend: LatencyBackend, in_channels: int,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from nas.arch import LayerChoice, format_number
+from nas.arch import Architecture, LayerChoice, format_number
 from nas.space import LayerSpec, SearchSpace
 
 
@@ -32,6 +32,17 @@ def stem_key(space: SearchSpace, in_channels: int) -> str:
 def head_key(space: SearchSpace, num_classes: int) -> str:
     return (f"head_r{space.final_resolution}_i{space.final_channels}_o{space.head.channels}"
             f"_c{num_classes}_{space.act}")
+
+
+def network_op_keys(space: SearchSpace, arch: Architecture, in_channels: int, num_classes: int) -> list[str]:
+    """The LUT keys whose sum is the runtime of ``arch`` (stem, every non-skipped layer, head), in order."""
+    keys = [stem_key(space, in_channels)]
+    for spec, choice in zip(space.layers, arch.layers):
+        key = layer_key(spec, choice, space.act)
+        if key is not None:
+            keys.append(key)
+    keys.append(head_key(space, num_classes))
+    return keys
 
 
 @dataclass(frozen=True)
@@ -64,3 +75,27 @@ def required_ops(space: SearchSpace, in_channels: int, num_classes: int) -> dict
     ops[hk] = OpSpec(hk, (space.final_channels, space.final_resolution, space.final_resolution),
                      lambda: build_head(space, num_classes), "head")
     return ops
+
+
+def calibration_networks(space: SearchSpace, in_channels: int, num_classes: int, count: int,
+                         seed: int = 1234) -> tuple[dict[str, OpSpec], dict[str, list[str]]]:
+    """``count`` whole networks of ``space`` to calibrate a LUT's ``scale`` and ``overhead_ms``: the smallest, the
+    largest (so the fit spans the space's range), then seeded random ones.
+
+    Returns the networks as ops (key ``network_<i>``) and, per network, the LUT keys its prediction sums.
+    """
+    import random
+
+    from models.child import ChildNet
+
+    rng = random.Random(seed)
+    ops: dict[str, OpSpec] = {}
+    keys: dict[str, list[str]] = {}
+    fixed = [space.smallest(), space.largest()]
+    for i in range(count):
+        arch = fixed[i] if i < len(fixed) else space.sample(rng)
+        name = f"network_{i}"
+        ops[name] = OpSpec(name, (in_channels, space.resolution, space.resolution),
+                           lambda a=arch: ChildNet(space, a, in_channels, num_classes), f"calibration network {i}")
+        keys[name] = network_op_keys(space, arch, in_channels, num_classes)
+    return ops, keys

@@ -1,0 +1,97 @@
+"""Latency backends: CUDA selection and errors, fingerprints, cache flush and statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from nas.errors import ConfigError
+from nas.latency.backends import OnnxRuntimeCPU, TorchCUDA, TorchEagerCPU, build_backend, summarize
+from tests.conftest import ROOT
+
+
+def hardware_config(name: str, *overrides: str):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("search", overrides=[f"hardware={name}", *overrides]).hardware
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no GPU is present")
+def test_cuda_without_gpu_is_a_clear_error():
+    cfg = hardware_config("cuda")
+    assert cfg.backend._target_ == "nas.latency.backends.TorchCUDA"
+    with pytest.raises(ConfigError, match=r"hardware=cuda needs a CUDA GPU.*hardware=cpu_onnx"):
+        build_backend(cfg.backend)
+
+
+def fake_gpu(monkeypatch):
+    """Mock of the CUDA device queries, because this machine has no GPU (fingerprint logic only)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU 80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+
+
+def test_cuda_fingerprint_has_gpu_threads_and_batch(monkeypatch):
+    fake_gpu(monkeypatch)
+    cfg = hardware_config("cuda", "hardware.backend.batch_size=8")
+    backend = instantiate(cfg.backend)
+    fp = backend.fingerprint()
+    assert fp["device"] == "Fake GPU 80GB" and fp["capability"] == "9.0" and fp["batch_size"] == 8
+    assert backend.fingerprint_id() != TorchCUDA(batch_size=1).fingerprint_id()
+    assert TorchCUDA(threads=1).fingerprint_id() != TorchCUDA(threads=4).fingerprint_id()
+    with pytest.raises(ConfigError, match=r"hardware.backend.device must be a GPU index in \[0, 1\)"):
+        TorchCUDA(device=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_measures_an_op_on_the_gpu(micro_space):
+    from nas.latency.signatures import required_ops
+
+    backend = TorchCUDA(warmup=3, repeats=5)
+    ops = required_ops(micro_space, 1, 10)
+    small, big = ops[next(k for k in ops if "_k3_e3_se0_" in k)], ops[next(k for k in ops if "_k5_e6_se0.5_" in k)]
+    assert 0 < backend.measure(small.build(), small.input_shape).ms
+    assert backend.measure(big.build(), big.input_shape).runs == 5
+
+
+def test_threads_batch_flush_and_statistic_are_part_of_the_fingerprint():
+    base = OnnxRuntimeCPU()
+    for other in (OnnxRuntimeCPU(threads=2), OnnxRuntimeCPU(batch_size=4), OnnxRuntimeCPU(cache_flush_mb=2.0),
+                  OnnxRuntimeCPU(statistic="p10")):
+        assert other.fingerprint_id() != base.fingerprint_id()
+    assert OnnxRuntimeCPU(warmup=3, repeats=7).fingerprint_id() == base.fingerprint_id()
+    assert TorchEagerCPU().fingerprint_id() != base.fingerprint_id()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"statistic": "mean"}, "statistic must be one of"),
+    ({"cache_flush_mb": -1}, r"cache_flush_mb must be a number in \[0, 1024\]"),
+    ({"calibration_networks": 1.5}, "calibration_networks must be an integer >= 0"),
+    ({"threads": 0}, "threads must be an integer >= 1"),
+])
+def test_bad_backend_settings_name_the_field(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        OnnxRuntimeCPU(**kwargs)
+
+
+def test_summary_statistics():
+    times = [5.0, 1.0, 2.0, 3.0, 4.0]
+    assert summarize(times).ms == 3.0
+    assert summarize(times, "min").ms == 1.0
+    assert summarize(times, "p25").ms == 2.0
+    assert summarize(times, "p10").ms == pytest.approx(1.4)
+    assert summarize(times).iqr_ms == 2.0 and summarize(times).runs == 5
+
+
+def test_cache_flush_runs_before_each_timed_call():
+    backend = OnnxRuntimeCPU(cache_flush_mb=0.25)
+    seen = []
+
+    def run():
+        seen.append(float(backend._scratch[0]))
+
+    backend.time_calls(run, 3)
+    assert seen == [1.0, 2.0, 3.0]  # the buffer was streamed (incremented) once before every call
+    assert backend._scratch.nbytes == 2**18

@@ -1,0 +1,131 @@
+"""Device-side profiling: export ops -> runner (onnxruntime + numpy only) -> LUT -> the search reads it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from nas.errors import ConfigError, LUTError
+from nas.latency.backends import MacsProxy, OnnxRuntimeCPU
+from nas.latency.device_export import export_space_ops
+from nas.latency.lut import LatencyLUT
+from nas.latency.profiler import fit_network_calibration, obtain_lut
+from nas.latency.signatures import network_op_keys, required_ops
+from nas.runtime import RuntimeModel
+from nas.space import SearchSpace
+from tests.conftest import MICRO_SPACE, ROOT
+
+RUNNER = ROOT / "scripts" / "device_runner.py"
+# run the runner where neither torch nor this framework can be imported (as on a bare device)
+BARE = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['nas'] = None; sys.modules['models'] = None; "
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def backend(**overrides) -> OnnxRuntimeCPU:
+    settings = {"warmup": 1, "repeats": 4, "cache_flush_mb": 0.5, "calibration_networks": 3, "statistic": "p25"}
+    return OnnxRuntimeCPU(**{**settings, **overrides})
+
+
+def run_runner(folder, *args, cwd):
+    runner = cwd / "device_runner.py"
+    shutil.copy(RUNNER, runner)
+    return subprocess.run([sys.executable, "-c", BARE, str(runner), str(folder), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    space = SearchSpace.from_config(MICRO_SPACE)
+    folder = tmp_path_factory.mktemp("device") / "ops_micro"
+    manifest = export_space_ops(space, backend(), 1, 10, folder, rounds=2, progress=False)
+    return space, folder, json.loads(manifest.read_text())
+
+
+def test_round_trip_export_runner_lut_search(export, tmp_path):
+    space, folder, manifest = export
+    ops = required_ops(space, 1, 10)
+    assert [op["key"] for op in manifest["ops"]] == list(ops)
+    assert len(manifest["networks"]) == 3 and manifest["settings"]["statistic"] == "p25"
+    device = tmp_path / "device"
+    device.mkdir()
+    shutil.copytree(folder, device / "ops_micro")
+    proc = run_runner(device / "ops_micro", "--out", "lut.json", "--no-progress", cwd=device)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((device / "lut.json").read_text())
+    assert set(data["entries"]) == set(ops) and all(e["ms"] > 0 and e["runs"] == 4 for e in data["entries"].values())
+    # the calibration is the framework's fit over the calibration networks, whose sums the runner recorded
+    cal = data["meta"]["calibration"]
+    assert cal["networks"] == 3 and len(cal["op_sum_ms"]) == 3
+    for keys, op_sum in zip((n["ops"] for n in manifest["networks"]), cal["op_sum_ms"]):
+        assert op_sum == pytest.approx(sum(data["entries"][k]["ms"] for k in keys), abs=1e-5)
+    fitted = fit_network_calibration(cal["op_sum_ms"], cal["measured_ms"])
+    assert (data["scale"], data["overhead_ms"]) == pytest.approx(fitted, abs=1e-5)
+    # same machine, same settings: the runner's fingerprint is the framework's, so even strict mode accepts it
+    lut = obtain_lut(space, backend(), 1, 10, lut_path=device / "lut.json", strict=True)
+    assert lut.hardware["fingerprint_id"] == backend().fingerprint_id()
+    model = RuntimeModel(space, lut, 1, 10)
+    for arch in (space.largest(), space.smallest()):
+        op_sum = sum(data["entries"][k]["ms"] for k in network_op_keys(space, arch, 1, 10))
+        expected = data["scale"] * op_sum + data["overhead_ms"]
+        assert model.predict(arch) == pytest.approx(expected, rel=1e-6)
+
+
+def test_lut_from_other_settings_warns_or_fails_when_strict(export, tmp_path):
+    space, folder, _ = export
+    proc = run_runner(folder, "--out", str(tmp_path / "lut2.json"), "--statistic", "median", "--repeats", "2",
+                      "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.warns(UserWarning, match=r"LUT fingerprint \w+ .*does not match the selected hardware"):
+        obtain_lut(space, backend(), 1, 10, lut_path=tmp_path / "lut2.json")
+    with pytest.raises(LUTError, match="does not match the selected hardware"):
+        obtain_lut(space, backend(), 1, 10, lut_path=tmp_path / "lut2.json", strict=True)
+
+
+def test_corrupt_exports_fail_clearly(export, tmp_path):
+    _, folder, manifest = export
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    (bad / "manifest.json").write_text('{"format": "spnas-op-export", "version": 1, "ops": [')
+    proc = run_runner(bad, "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2 and "error: " in proc.stderr and "corrupt manifest, not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    victim = bad / manifest["ops"][2]["file"]
+    victim.write_bytes(victim.read_bytes()[:-7] + b"garbage")
+    proc = run_runner(bad, "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2 and "is corrupt (SHA-256" in proc.stderr and manifest["ops"][2]["file"] in proc.stderr
+
+    broken = {**manifest, "settings": {**manifest["settings"], "repeats": 0}}
+    (bad / "manifest.json").write_text(json.dumps(broken))
+    proc = run_runner(bad, "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2 and "settings.repeats must be an integer >= 1" in proc.stderr
+
+    proc = run_runner(tmp_path / "nowhere", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not (tmp_path / "lut.json").exists()
+
+
+def test_export_refuses_other_backends_and_foreign_folders(micro_space, tmp_path):
+    with pytest.raises(ConfigError, match="select hardware=cpu_onnx"):
+        export_space_ops(micro_space, MacsProxy(), 1, 10, tmp_path / "x", progress=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty and holds no op export"):
+        export_space_ops(micro_space, backend(), 1, 10, tmp_path / "busy", progress=False)
+
+
+def test_device_lut_loads_like_any_lut(export, tmp_path):
+    """The runner writes the framework's LUT format; a wrong overhead value is caught on load."""
+    _, folder, _ = export
+    proc = run_runner(folder, "--out", str(tmp_path / "lut.json"), "--repeats", "2", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "lut.json").read_text())
+    assert LatencyLUT.from_dict(data).overhead_ms == data["overhead_ms"]
+    data["overhead_ms"] = "fast"
+    with pytest.raises(LUTError, match="'overhead_ms' must be a finite number"):
+        LatencyLUT.from_dict(data, source="lut.json")

@@ -1,0 +1,109 @@
+"""Runtime-model validation: metrics, the overhead calibration, and the validation script end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from models.child import ChildNet
+from nas.errors import ConfigError
+from nas.latency.backends import MacsProxy, count_macs
+from nas.latency.profiler import fit_network_calibration
+from nas.latency.signatures import calibration_networks, network_op_keys
+from nas.latency.validation import runtime_model_metrics, sample_architectures, validate_runtime_model
+from tests.conftest import ROOT, proxy_lut
+
+
+def test_metrics_against_hand_computed_values():
+    m = runtime_model_metrics(np.array([1.0, 2.0, 3.0, 5.0]), np.array([2.0, 2.0, 3.0, 4.0]))
+    assert m["mape_pct"] == pytest.approx(100 * (0.5 + 0 + 0 + 0.25) / 4)
+    assert m["max_ape_pct"] == pytest.approx(50.0)
+    assert m["rmse_ms"] == pytest.approx(np.sqrt((1 + 0 + 0 + 1) / 4))
+    assert m["mean_signed_error_pct"] == pytest.approx(100 * (-0.5 + 0.25) / 4)
+    assert runtime_model_metrics(np.arange(1.0, 6.0), np.arange(1.0, 6.0) * 3)["kendall_tau"] == pytest.approx(1.0)
+    assert runtime_model_metrics(np.arange(1.0, 6.0), np.arange(5.0, 0.0, -1))["kendall_tau"] == pytest.approx(-1.0)
+
+
+def test_samples_are_distinct_and_seeded(micro_space):
+    first = sample_architectures(micro_space, 12, seed=3)
+    assert len({tuple(a.keys) for a in first}) == 12
+    assert [a.keys for a in first] == [a.keys for a in sample_architectures(micro_space, 12, seed=3)]
+    with pytest.raises(ConfigError, match="number of networks must be an integer >= 2"):
+        sample_architectures(micro_space, 1, seed=0)
+
+
+def test_network_calibration_fit():
+    sums = [2.0, 3.0, 4.0, 6.0]
+    scale, overhead = fit_network_calibration(sums, [1.1 * p - 0.2 for p in sums])
+    assert scale == pytest.approx(1.1) and overhead == pytest.approx(-0.2)
+    # too narrow a range to separate scale from overhead: a constant offset (median residual)
+    assert fit_network_calibration([2.0, 2.1, 2.05], [2.5, 2.5, 2.9]) == (1.0, pytest.approx(0.5))
+    assert fit_network_calibration([], []) == (1.0, 0.0)
+    # an implausible slope (noise on few networks) falls back to the offset as well
+    assert fit_network_calibration([1.0, 2.0, 3.0], [9.0, 1.0, 0.5])[0] == 1.0
+
+
+def test_calibration_removes_an_over_counted_per_call_cost(micro_space):
+    """MacsProxy charges ``overhead`` once per call, so a per-op sum over-counts it (n_ops - 1) times.
+
+    Deterministic: the networks' "measurements" are checked against an independent MAC count, and the LUT's
+    calibration is the fit over the calibration networks (smallest, largest, random), not over the validation set.
+    """
+    backend = MacsProxy(overhead_ms=0.05, calibration_networks=5)
+    result = validate_runtime_model(micro_space, backend, 1, 10, n=10, seed=0, progress=False)
+    assert result["mode"] == "joint" and result["n"] == 10
+    for row, arch in zip(result["rows"], sample_architectures(micro_space, 10, 0)):
+        macs = count_macs(ChildNet(micro_space, arch, 1, 10), (1, 1, 16, 16))
+        assert row["measured_ms"] == pytest.approx(0.05 + 0.01 * macs / 1e6)
+        assert row["ops"] == len(network_op_keys(micro_space, arch, 1, 10))
+        assert row["predicted_plain_ms"] - row["measured_ms"] == pytest.approx((row["ops"] - 1) * 0.05)
+    cal_ops, cal_keys = calibration_networks(micro_space, 1, 10, 5)
+    sums, measured = [], []
+    for name, keys in cal_keys.items():
+        sums.append(sum(result["lut"].entries[k].ms for k in keys))
+        measured.append(0.05 + 0.01 * count_macs(cal_ops[name].build(), (1, 1, 16, 16)) / 1e6)
+    assert (result["scale"], result["overhead_ms"]) == pytest.approx(fit_network_calibration(sums, measured))
+    assert result["plain_sum"]["mean_signed_error_pct"] > 0
+    assert result["calibrated"]["mape_pct"] < result["plain_sum"]["mape_pct"] / 2
+    # a given LUT is used as is ("lut" mode): its entries, no calibration
+    given = validate_runtime_model(micro_space, backend, 1, 10, n=4, seed=1, lut=proxy_lut(micro_space),
+                                   progress=False)
+    assert given["mode"] == "lut" and (given["scale"], given["overhead_ms"]) == (1.0, 0.0)
+    assert given["calibrated"]["mape_pct"] == given["plain_sum"]["mape_pct"]
+
+
+def run_validate(*overrides):
+    env = {**os.environ, "PYTHONWARNINGS": "default", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "validate_runtime_model.py"), "progress=false",
+                           "space=tiny", "in_channels=1", "hardware.backend.warmup=1", "hardware.backend.repeats=3",
+                           "hardware.backend.calibration_networks=2", *overrides],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_validation_script_writes_figures_and_png(tmp_path):
+    proc = run_validate("n=4", "seed=5", f"hydra.run.dir={tmp_path}/joint")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "joint"
+    result = json.loads((out / "validation.json").read_text())
+    assert result["n"] == 4 and result["seed"] == 5 and len(result["rows"]) == 4
+    assert result["hardware"]["statistic"] == "p10" and result["hardware"]["cache_flush_mb"] == 2.0
+    for key in ("plain_sum", "calibrated"):
+        m = result[key]
+        pred = np.array([r["predicted_plain_ms" if key == "plain_sum" else "predicted_ms"] for r in result["rows"]])
+        meas = np.array([r["measured_ms"] for r in result["rows"]])
+        assert m["mape_pct"] == pytest.approx(100 * np.mean(np.abs(pred - meas) / meas))
+        assert -1 <= m["kendall_tau"] <= 1
+    assert 0 <= result["repeatability"]["mape_pct"] and -1 <= result["repeatability"]["kendall_tau"] <= 1
+    assert (out / "validation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "MAPE" in proc.stdout and "Kendall tau" in proc.stdout
+    # a LUT measured with other settings (statistic) is refused with hardware.strict=true, before measuring
+    lut = out / "lut.json"
+    proc = run_validate("n=3", f"hardware.lut_path={lut}", "hardware.backend.statistic=median",
+                        "hardware.strict=true", f"hydra.run.dir={tmp_path}/strict")
+    assert proc.returncode == 2 and "error: " in proc.stderr and "does not match the selected hardware" in proc.stderr
+    assert "Traceback" not in proc.stderr
