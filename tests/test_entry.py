@@ -17,7 +17,8 @@ from nas.arch import Architecture
 from nas.checkpoint import load_checkpoint
 from tests.conftest import ROOT, load_space
 
-FAST = ["progress=false", "data.limit=400", "hardware.backend.warmup=1", "hardware.backend.repeats=3"]
+FAST = ["progress=false", "data.limit=400", "hardware.backend.warmup=1", "hardware.backend.repeats=3",
+        "hardware.backend.calibration_networks=3"]
 
 
 def run(script: str, *overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -97,6 +98,7 @@ def test_train_py_trains_the_derived_architecture(search_run):
     assert summary["onnx_max_abs_diff"] <= 1e-4
     # latency on the target backend, against the runtime model's prediction from the search's LUT
     assert summary["measured_latency_ms"] > 0 and summary["predicted_latency_ms"] > 0
+    assert summary["remeasured_prediction_ms"] > 0
     assert summary["lut"].startswith(str(tmp / "cache"))
     assert "predicted" in proc.stdout and "measured" in proc.stdout
 
