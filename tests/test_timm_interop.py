@@ -79,3 +79,14 @@ def test_bad_timm_strings_name_the_problem():
         architecture_from_timm_string(good.replace("_k5_", "_kx_", 1), space)
     with pytest.raises(ArchitectureError):
         architecture_from_timm_string(good.replace("_k5_", "_k9_", 1), space)  # not a candidate kernel
+
+
+def test_train_accepts_a_timm_string_as_arch(tmp_path):
+    from nas.training import load_architecture
+
+    space = load_space("tiny")
+    arch = space.sample(random.Random(11))
+    from_string = load_architecture(timm_string(arch, space), space)
+    assert timm_string(from_string, space) == timm_string(arch, space)
+    path = arch.save(tmp_path / "arch.json", space)
+    assert load_architecture(str(path), space).keys == arch.keys
