@@ -32,7 +32,7 @@ from nas.space import SearchSpace
 
 ARCH_DATA = ("val", "train")
 DEFAULT_WEIGHT_OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 4e-5}
-DEFAULT_ARCH_OPTIMIZER = {"name": "adam", "lr": 0.01, "betas": [0.5, 0.999], "weight_decay": 0.0}
+DEFAULT_ARCH_OPTIMIZER = {"name": "adam", "lr": 0.02, "betas": [0.5, 0.999], "weight_decay": 0.0}
 
 
 class BilevelSearch(SearchModule):
