@@ -76,3 +76,17 @@ def test_trainer_configs_that_cannot_run_here_fail_clearly(name, message):
     for trainer in ("cpu", "ddp", "ddp_cpu", "gpu", "tpu"):
         text = (ROOT / "conf" / "trainer" / f"{trainer}.yaml").read_text()
         assert "- default" in text  # every trainer option extends the default Trainer settings
+
+
+def test_slurm_launcher_config_composes_for_a_sweep():
+    # SLURM itself cannot run here: this checks the launcher config resolves against the submitit plugin's schema
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("search", overrides=["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.partition=gpu",
+                                           "hydra.launcher.tasks_per_node=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.tasks_per_node == 4 and launcher.timeout_min > 0
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm

@@ -81,3 +81,16 @@ def test_tensorboard_has_the_monitoring_tags(sweep):
     # hparams plugin with the final metrics
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= tags
     assert {"hparams/val_acc", "hparams/predicted_latency_ms", "hparams/objective"} <= tags
+
+
+def test_gp_sampler_proposes_lambdas_from_its_gaussian_process():
+    optuna = pytest.importorskip("optuna")
+    from nas.sweep import gp_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=gp_sampler(seed=0, n_initial_points=3))
+    # a smooth 1-d objective with its maximum at λ = 0.3: after 3 random points the GP should close in
+    study.optimize(lambda trial: -(math.log(trial.suggest_float("lambda_", 0.005, 2.0, log=True) / 0.3)) ** 2,
+                   n_trials=8)
+    assert type(study.sampler).__name__ == "SkoptSampler"
+    assert abs(math.log(study.best_params["lambda_"] / 0.3)) < 0.5
