@@ -146,6 +146,20 @@ except ImportError:  # pragma: no cover - hydra is a core dependency
 class LambdaSweepReport(_HydraCallback):
     """Hydra callback (``hydra.callbacks``): writes the sweep report when the multirun ends."""
 
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """Refuse to start a λ-for-target sweep without a target (it would silently maximise accuracy)."""
+        from omegaconf import OmegaConf
+
+        from nas.entry import main_guard
+
+        def check() -> None:
+            target = None if OmegaConf.is_missing(config.hardware, "target_ms") else config.hardware.target_ms
+            if target is None or float(target) <= 0:
+                raise ConfigError("hparams_search=lambda_for_target needs the runtime target: add "
+                                  "hardware.target_ms=<ms on the target hardware> (> 0)")
+
+        main_guard(check)
+
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         sampler = str(config.hydra.sweeper.get("sampler", {}).get("_target_", "")) or None

@@ -94,3 +94,11 @@ def test_gp_sampler_proposes_lambdas_from_its_gaussian_process():
                    n_trials=8)
     assert type(study.sampler).__name__ == "SkoptSampler"
     assert abs(math.log(study.best_params["lambda_"] / 0.3)) < 0.5
+
+
+def test_lambda_sweep_without_a_target_is_refused(tmp_path):
+    proc = run("search.py", "-m", "hparams_search=lambda_for_target", "hardware=macs_proxy",
+               f"hydra.sweep.dir={tmp_path}/sweep", f"paths.cache_dir={tmp_path}/cache")
+    assert proc.returncode == 2
+    assert "error: hparams_search=lambda_for_target needs the runtime target: add hardware.target_ms=" in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.glob("sweep/*/summary.json"))
