@@ -97,12 +97,12 @@ def decisions_figure(space: SearchSpace, history: Sequence[tuple[int, Architectu
     specs = space.searchable_layers
     grid = [[_choice_code(arch.layers[spec.index], spec) for _, arch in history] for spec in specs]
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * max(1, len(history)), 0.9 + 0.35 * len(specs)))
-    ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0,
+    ax.imshow(grid, cmap="Pastel1", aspect="auto", vmin=0,
               vmax=max(1, max((len(s.choices()) - 1 for s in specs), default=1)))
     for row, spec in enumerate(specs):
         for col, (_, arch) in enumerate(history):
             ax.text(col, row, arch.layers[spec.index].key.replace("_", "\n"), ha="center", va="center",
-                    fontsize=5, color="white")
+                    fontsize=5, color="black")
     ax.set_yticks(range(len(specs)), [f"L{s.index:02d}" for s in specs], fontsize=7)
     ax.set_xticks(range(len(history)), [str(step) for step, _ in history], fontsize=7)
     ax.set_xlabel("global step")
