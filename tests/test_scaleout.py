@@ -6,11 +6,13 @@ import json
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nas.checkpoint import load_checkpoint
 from nas.distributed import GlobalBatchNorm2d, ProcessSyncBatchNorm, check_trainer_config
 from nas.errors import ConfigError
+from nas.pipeline import run_search
 from tests.conftest import ROOT
 from tests.test_entry import run
 
@@ -26,8 +28,11 @@ def thresholds(run_dir) -> dict[str, torch.Tensor]:
 def test_ddp_two_cpu_processes_agree_with_each_other_and_with_one_process(tmp_path):
     # Both processes of the DDP run need a core each: this is the one test not pinned to a single core.
     cache = f"paths.cache_dir={tmp_path}/cache"
-    single = run("search.py", *COMMON, "data.batch_size=32", f"hydra.run.dir={tmp_path}/single", cache)
-    assert single.returncode == 0, single.stderr[-3000:]
+    # the single-process reference runs in this process (same pipeline as search.py, one interpreter start less)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("search", overrides=[*COMMON, "data.batch_size=32", f"paths.output_dir={tmp_path}/single",
+                                           cache])
+    run_search(cfg)
     ddp = run("search.py", *COMMON, "trainer=ddp_cpu", "data.batch_size=16", f"hydra.run.dir={tmp_path}/ddp",
               cache)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -81,8 +86,6 @@ def test_trainer_configs_that_cannot_run_here_fail_clearly(name, message):
 def test_slurm_launcher_config_composes_for_a_sweep():
     # SLURM itself cannot run here: this checks the launcher config resolves against the submitit plugin's schema
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("search", overrides=["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.partition=gpu",
                                            "hydra.launcher.tasks_per_node=4"], return_hydra_config=True)

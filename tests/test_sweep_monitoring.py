@@ -12,7 +12,7 @@ from nas.arch import Architecture
 from nas.errors import ConfigError
 from nas.pipeline import target_objective
 from nas.sweep import best_trial, write_sweep_report
-from tests.conftest import load_space
+from tests.conftest import ROOT, load_space
 from tests.test_entry import run
 
 TARGET_MS = 0.05  # between the smallest and the largest tiny-space network under the MAC-count cost model
@@ -96,9 +96,16 @@ def test_gp_sampler_proposes_lambdas_from_its_gaussian_process():
     assert abs(math.log(study.best_params["lambda_"] / 0.3)) < 0.5
 
 
-def test_lambda_sweep_without_a_target_is_refused(tmp_path):
-    proc = run("search.py", "-m", "hparams_search=lambda_for_target", "hardware=macs_proxy",
-               f"hydra.sweep.dir={tmp_path}/sweep", f"paths.cache_dir={tmp_path}/cache")
-    assert proc.returncode == 2
-    assert "error: hparams_search=lambda_for_target needs the runtime target: add hardware.target_ms=" in proc.stderr
-    assert "Traceback" not in proc.stderr and not list(tmp_path.glob("sweep/*/summary.json"))
+def test_lambda_sweep_without_a_target_is_refused(capsys):
+    from hydra import compose, initialize_config_dir
+
+    from nas.sweep import LambdaSweepReport
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("search", overrides=["hparams_search=lambda_for_target"], return_hydra_config=True)
+    assert cfg.hydra.callbacks.lambda_sweep_report._target_ == "nas.sweep.LambdaSweepReport"
+    with pytest.raises(SystemExit) as exit_info:  # before any trial runs, as `search.py -m` would
+        LambdaSweepReport().on_multirun_start(cfg)
+    assert exit_info.value.code == 2
+    assert ("error: hparams_search=lambda_for_target needs the runtime target: add hardware.target_ms="
+            in capsys.readouterr().err)
