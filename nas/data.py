@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from nas.errors import DataError
+from nas.resume import resumable_loader, trainer_progress
 
 
 def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
@@ -80,7 +81,14 @@ class _SplitDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
+        """Seeded, rank-sharded and resumable mid-epoch (see :mod:`nas.resume`)."""
+        if self.train_set is None:
+            self.setup("fit")
+        assert self.train_set is not None
+        return resumable_loader(self.train_set, self.batch_size, self.seed,
+                                progress=lambda: trainer_progress(self.trainer),
+                                drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
+                                persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False)

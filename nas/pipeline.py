@@ -16,10 +16,11 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from models.timm_interop import timm_string
 from nas.checkpoint import AtomicCheckpointIO
+from nas.distributed import RankAgreement, check_trainer_config, obtain_lut_once, sync_batchnorm_arguments
 from nas.errors import ConfigError
 from nas.io import atomic_write_json, atomic_write_text
 from nas.latency.backends import build_backend
-from nas.latency.profiler import obtain_lut
+from nas.monitoring import log_final_hparams
 from nas.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def build_search(cfg: DictConfig) -> dict[str, Any]:
     space = SearchSpace.from_config(cfg.space)
     datamodule = instantiate(cfg.data)
     backend = build_backend(cfg.hardware.backend)
-    lut = obtain_lut(space, backend, datamodule.in_channels, datamodule.num_classes,
+    lut = obtain_lut_once(space, backend, datamodule.in_channels, datamodule.num_classes,
                      cache_dir=cfg.paths.cache_dir, lut_path=cfg.hardware.get("lut_path"),
                      strict=bool(cfg.hardware.get("strict", False)), progress=bool(cfg.get("progress", True)))
     # objects are passed after instantiation: Hydra would turn dataclasses (space, LUT) into configs
@@ -52,6 +53,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     """Run one search and write ``arch.json``, ``arch_timm.txt``, ``lut.json`` and ``summary.json``."""
     start = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    check_trainer_config(cfg.trainer)
     out = Path(cfg.paths.output_dir)
     parts = build_search(cfg)
     space, datamodule, lut, solver = parts["space"], parts["datamodule"], parts["lut"], parts["solver"]
@@ -62,8 +64,10 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
                                  auto_insert_metric_name=False, save_last=True, save_top_k=1,
                                  every_n_train_steps=cfg.checkpoint.get("every_n_train_steps"))
     logger = TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint],
-                                      plugins=[AtomicCheckpointIO()])
+    agreement = RankAgreement()
+    sync = sync_batchnorm_arguments(cfg.trainer)  # CPU processes: BatchNorm over the global batch
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[agreement, checkpoint],
+                                      plugins=[AtomicCheckpointIO(), *sync.pop("layer_sync", [])], **sync)
     trainer.fit(solver, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     arch = solver.derive_architecture()
@@ -85,6 +89,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         "epochs": int(trainer.current_epoch),
         "wall_time_s": round(time.perf_counter() - start, 2),
         "output_dir": str(out),
+        "ddp": agreement.summary(),
     }
     if trainer.is_global_zero:
         arch = arch.with_meta(val_acc=val_acc, hardware=lut.hardware.get("backend"),
@@ -94,8 +99,18 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         lut_copy = type(lut).from_dict(lut.to_dict(), source=lut.source)
         lut_copy.save(out / "lut.json")
         atomic_write_json(out / "summary.json", result)
+        log_final_hparams(logger, search_hparams(cfg), {k: result[k] for k in ("val_acc", "predicted_latency_ms",
+                                                                                  "objective")})
         print(format_result(result, arch, space))
     return result
+
+
+def search_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The settings a sweep compares, for TensorBoard's hparams tab."""
+    return {"solver": OmegaConf.to_container(cfg.solver, resolve=True), "space": cfg.space.name,
+            "hardware": cfg.hardware.name, "target_ms": cfg.hardware.get("target_ms"), "seed": cfg.seed,
+            "max_epochs": cfg.trainer.get("max_epochs"), "batch_size": cfg.data.get("batch_size"),
+            "devices": str(cfg.trainer.get("devices")), "num_nodes": cfg.trainer.get("num_nodes", 1)}
 
 
 def format_result(result: dict[str, Any], arch: Any, space: SearchSpace) -> str:

@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 from nas.arch import Architecture
 from nas.errors import ConfigError
 from nas.latency.lut import LatencyLUT
+from nas.monitoring import SearchMonitor
+from nas.resume import capture_rng_state, restore_loader_position, restore_rng_state
 from nas.runtime import RuntimeModel
 from nas.space import SearchSpace
 
@@ -67,6 +69,8 @@ class SearchModule(pl.LightningModule):
         self.lambda_ = float(lambda_)
         self.label_smoothing = float(label_smoothing)
         self.runtime_model = RuntimeModel(space, lut, in_channels, num_classes, form=runtime_form)
+        self.monitor = SearchMonitor()  # TensorBoard figures shared by every solver (nas/monitoring.py)
+        self._rng_to_restore: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ to implement
     def derive_architecture(self) -> Architecture:
@@ -124,6 +128,12 @@ class SearchModule(pl.LightningModule):
         experiment = getattr(self.logger, "experiment", None)
         if experiment is not None and hasattr(experiment, "add_text") and self.global_rank == 0:
             experiment.add_text(f"{prefix}/layers", " ".join(arch.keys), self.global_step)
+        self.monitor.on_architecture(self, arch)
+
+    def on_fit_end(self) -> None:
+        """Draw the derived architecture into TensorBoard (``arch/final``)."""
+        arch = self.derive_architecture()
+        self.monitor.on_fit_end(self, arch, self.predicted_latency_ms(arch))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         arch = self.derive_architecture()
@@ -133,6 +143,7 @@ class SearchModule(pl.LightningModule):
             "space_digest": self.space.digest,
             "architecture": arch.to_dict(),
             "predicted_latency_ms": self.predicted_latency_ms(arch),
+            "rng": capture_rng_state(),  # resumed runs continue the same random stream (nas/resume.py)
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -146,3 +157,11 @@ class SearchModule(pl.LightningModule):
             raise ConfigError(f"checkpoint was written for space '{info.get('space')}' ({info.get('space_digest')}),"
                               f" but this run uses space '{self.space.name}' ({self.space.digest}); pass the same "
                               "space=... override as the run that wrote it")
+        self._rng_to_restore = info.get("rng")
+
+    def on_train_start(self) -> None:
+        """On resume: restore the data position and RNG state saved with the checkpoint (nas/resume.py)."""
+        restore_loader_position(self.trainer)
+        if self._rng_to_restore is not None:
+            restore_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None

@@ -1,0 +1,95 @@
+"""Scaling out: DDP over 2 CPU processes (gloo) matches one process with the same global batch and seed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nas.checkpoint import load_checkpoint
+from nas.distributed import GlobalBatchNorm2d, ProcessSyncBatchNorm, check_trainer_config
+from nas.errors import ConfigError
+from nas.pipeline import run_search
+from tests.conftest import ROOT
+from tests.test_entry import run
+
+COMMON = ["progress=false", "hardware=macs_proxy", "trainer.max_epochs=1", "data.limit=400",
+          "solver.subset_dropout.epochs=0", "solver.lambda_=1.0"]
+
+
+def thresholds(run_dir) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1].startswith("t_")}
+
+
+def test_ddp_two_cpu_processes_agree_with_each_other_and_with_one_process(tmp_path):
+    # Both processes of the DDP run need a core each: this is the one test not pinned to a single core.
+    cache = f"paths.cache_dir={tmp_path}/cache"
+    # the single-process reference runs in this process (same pipeline as search.py, one interpreter start less)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("search", overrides=[*COMMON, "data.batch_size=32", f"paths.output_dir={tmp_path}/single",
+                                           cache])
+    run_search(cfg)
+    ddp = run("search.py", *COMMON, "trainer=ddp_cpu", "data.batch_size=16", f"hydra.run.dir={tmp_path}/ddp",
+              cache)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    log = ddp.stdout + ddp.stderr
+    assert "GLOBAL_RANK: 1" in log and "Using rank 0's LUT" in log  # rank 1 loaded the LUT rank 0 profiled
+
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    reference = json.loads((tmp_path / "single" / "summary.json").read_text())
+    # every rank ends with the same thresholds (gathered from both ranks after the fit)
+    assert summary["ddp"] == {"world_size": 2, "max_threshold_diff_across_ranks": 0.0}
+    assert reference["ddp"]["world_size"] == 1
+    # 2 x 16 samples with BatchNorm over the global batch = 1 x 32: same architecture, thresholds equal up to
+    # float rounding amplified by the hard indicators over the epoch's 8 steps
+    assert summary["architecture"] == reference["architecture"]
+    assert summary["architecture"] != [reference["architecture"][0]] + ["k5_e6_se0.5"] * 5  # the search moved
+    t_ddp, t_single = thresholds(tmp_path / "ddp"), thresholds(tmp_path / "single")
+    assert t_ddp.keys() == t_single.keys()
+    diff = max(float((t_ddp[k] - t_single[k]).abs().max()) for k in t_ddp)
+    spread = max(float(v.abs().max()) for v in t_single.values())
+    assert diff < 0.15 * spread, (diff, spread)
+
+
+def test_global_batchnorm_is_plain_batchnorm_in_one_process_and_swaps_back():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    x = torch.randn(6, 3, 8, 8)
+    expected = net(x)
+    plugin = ProcessSyncBatchNorm()
+    synced = plugin.apply(net)
+    assert isinstance(synced[1], GlobalBatchNorm2d)
+    torch.testing.assert_close(synced(x), expected)  # no process group: identical to BatchNorm2d
+    reverted = plugin.revert(synced)
+    assert type(reverted[1]) is torch.nn.BatchNorm2d
+    assert torch.equal(reverted[1].running_mean, synced[1].running_mean)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("gpu", "no CUDA GPU"),
+    ("tpu", "torch_xla"),
+])
+def test_trainer_configs_that_cannot_run_here_fail_clearly(name, message):
+    cfg = OmegaConf.load(ROOT / "conf" / "trainer" / f"{name}.yaml")
+    if name == "gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match=message):
+        check_trainer_config(cfg)
+    for trainer in ("cpu", "ddp", "ddp_cpu", "gpu", "tpu"):
+        text = (ROOT / "conf" / "trainer" / f"{trainer}.yaml").read_text()
+        assert "- default" in text  # every trainer option extends the default Trainer settings
+
+
+def test_slurm_launcher_config_composes_for_a_sweep():
+    # SLURM itself cannot run here: this checks the launcher config resolves against the submitit plugin's schema
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("search", overrides=["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.partition=gpu",
+                                           "hydra.launcher.tasks_per_node=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.tasks_per_node == 4 and launcher.timeout_min > 0
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm
