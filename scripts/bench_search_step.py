@@ -27,30 +27,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.child import ChildNet  # noqa: E402
+from nas.benchmarking import saved_tensor_bytes, state_bytes  # noqa: E402
 from nas.space import SearchSpace  # noqa: E402
 from nas.supernet import SinglePathSupernet  # noqa: E402
 
 
 def saved_activation_bytes(step: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the tensors autograd keeps for backward during one forward pass (unique storages)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = step()
+    """Bytes of the tensors autograd keeps for backward during one forward pass (then runs backward)."""
+    loss, saved = saved_tensor_bytes(step)
     loss.backward()
-    return sum(seen.values())
-
-
-def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    opt = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-              if torch.is_tensor(v))
-    return 2 * params + opt  # parameters + gradients + optimiser state
+    return saved
 
 
 class Variant:
@@ -117,7 +103,7 @@ def main() -> None:
         v.step(x, y)  # warm-up; creates optimiser state
         v.optimizer.zero_grad(set_to_none=True)
         activations = saved_activation_bytes(lambda v=v: F.cross_entropy(v.forward(x), y))
-        memory[v.name] = (activations, state_bytes(v.model, v.optimizer))
+        memory[v.name] = (activations, state_bytes(v.model, [v.optimizer]))
         if device.type == "cuda":
             peak[v.name] = v.peak_cuda_bytes(x, y)
     per_round = max(1, args.steps // args.rounds)

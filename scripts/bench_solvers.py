@@ -29,6 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nas.benchmarking import saved_tensor_bytes, state_bytes  # noqa: E402
 from nas.latency.backends import MacsProxy  # noqa: E402
 from nas.latency.profiler import profile_space  # noqa: E402
 from nas.solvers import MultiPathSearch, ProxylessSearch, SinglePathSearch, SinglePathSoftmaxSearch  # noqa: E402
@@ -43,25 +44,9 @@ class Meter:
         self.peak = 0
 
     def track(self, loss_fn: Callable[[], torch.Tensor]) -> None:
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = loss_fn()
-        self.peak = max(self.peak, sum(seen.values()))
+        loss, saved = saved_tensor_bytes(loss_fn)
+        self.peak = max(self.peak, saved)
         loss.backward()
-
-
-def state_bytes(module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> int:
-    params = sum(p.numel() * p.element_size() for p in module.parameters())
-    grads = sum(p.numel() * p.element_size() for p in module.parameters() if p.grad is not None)
-    opt = sum(v.numel() * v.element_size() for o in optimizers for s in o.state.values() for v in s.values()
-              if torch.is_tensor(v))
-    return params + grads + opt
 
 
 class Solver:
