@@ -87,3 +87,16 @@ def test_checkpoint_carries_thresholds_and_loads_weights_only(micro_space, micro
     restored.on_load_checkpoint(ckpt)
     restored.load_state_dict(state)
     assert restored.derive_architecture() == arch
+
+
+def test_search_runs_in_float64_with_bn_calibration(micro_space, micro_lut, tmp_path):
+    # BN calibration feeds its own batches to the network: they must follow the trainer's precision
+    module = make_search(micro_space, micro_lut, bn_calibration_batches=2)
+    pl.seed_everything(0, verbose=False)
+    dm = DigitsDataModule(image_size=micro_space.resolution, batch_size=32, limit=96, seed=0)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", precision="64-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    assert next(module.parameters()).dtype == torch.float64
+    assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0

@@ -111,7 +111,8 @@ class SearchModule(pl.LightningModule):
             for i, (x, _) in enumerate(loader):
                 if i >= num_batches:
                     break
-                forward(x.to(self.device))
+                # the trainer's precision applies to these batches too (e.g. float64 with precision=64-true)
+                forward(self.trainer.precision_plugin.convert_input(x.to(self.device)))
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         self.train(was_training)
