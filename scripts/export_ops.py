@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas.entry import main_guard  # noqa: E402
+from nas.latency import device_runner  # noqa: E402
 from nas.latency.backends import build_backend  # noqa: E402
 from nas.latency.device_export import export_space_ops  # noqa: E402
 from nas.space import SearchSpace  # noqa: E402
@@ -33,7 +34,7 @@ def export(cfg: DictConfig) -> Path:
     out = Path(str(cfg.out))
     manifest = export_space_ops(space, backend, datamodule.in_channels, datamodule.num_classes, out,
                                 rounds=int(cfg.rounds), progress=bool(cfg.progress))
-    runner = Path(__file__).resolve().parent / "device_runner.py"
+    runner = Path(device_runner.__file__)
     shutil.copy2(runner, out / runner.name)
     n_ops = len(list((out / "ops").glob("*.onnx")))
     print(f"exported {n_ops} ops of space '{space.name}' ({space.digest}) and {backend.calibration_networks} "

@@ -19,7 +19,7 @@ from nas.runtime import RuntimeModel
 from nas.space import SearchSpace
 from tests.conftest import MICRO_SPACE, ROOT
 
-RUNNER = ROOT / "scripts" / "device_runner.py"
+RUNNER = ROOT / "nas" / "latency" / "device_runner.py"
 # run the runner where neither torch nor this framework can be imported (as on a bare device)
 BARE = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['nas'] = None; sys.modules['models'] = None; "
         "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")

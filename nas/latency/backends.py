@@ -28,19 +28,10 @@ import torch
 from torch import nn
 
 from nas.errors import ConfigError
+
+# the standalone device runner holds the measurement rules both sides share (it imports nothing from here)
+from nas.latency.device_runner import STATISTICS, cpu_model, summary
 from nas.latency.lut import LatencyEntry
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux) or ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike | None = None,
@@ -65,18 +56,13 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: str | os.
     return data
 
 
-STATISTICS = {"median": 50.0, "p25": 25.0, "p10": 10.0, "min": 0.0}
-
-
 def summarize(times_ms: list[float], statistic: str = "median") -> LatencyEntry:
     """One entry from timed runs: the ``statistic`` (median, p25, p10 or min) and the inter-quartile range.
 
     On a shared machine interference only ever adds time, so a low percentile estimates the undisturbed runtime
     more stably than the median; which one is used is part of the backend's fingerprint.
     """
-    arr = np.asarray(times_ms, dtype=np.float64)
-    q1, q3 = np.percentile(arr, [25, 75])
-    return LatencyEntry(float(np.percentile(arr, STATISTICS[statistic])), float(q3 - q1), len(times_ms))
+    return LatencyEntry(**summary(times_ms, statistic))
 
 
 class LatencyBackend:

@@ -1,9 +1,9 @@
 """Device-side profiling, torch side: export every distinct candidate op of a space as ONNX plus a manifest.
 
 The "portable agent" idea of the PFP-NAS paper: the target device never sees torch, the framework or the data.
-It receives a folder of small ONNX files and ``manifest.json``; ``scripts/device_runner.py`` (onnxruntime,
-numpy and the standard library only) times them there and writes a LUT JSON that ``search.py`` reads with
-``hardware.lut_path=...``.
+It receives a folder of small ONNX files, ``manifest.json`` and a copy of ``nas/latency/device_runner.py``
+(onnxruntime, numpy and the standard library only), which times them there and writes a LUT JSON that
+``search.py`` reads with ``hardware.lut_path=...``.
 
 Manifest (``format: spnas-op-export``, ``version: 1``)::
 

@@ -8,11 +8,11 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from nas.errors import LUTError
 from nas.latency.backends import LatencyBackend, summarize
+from nas.latency.device_runner import fit_network_calibration
 from nas.latency.lut import LatencyEntry, LatencyLUT
 from nas.latency.signatures import OpSpec, calibration_networks, required_ops
 from nas.space import SearchSpace
@@ -49,25 +49,6 @@ def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool 
         samples_out.update(samples)
     statistic = getattr(backend, "statistic", "median")
     return {key: summarize(times, statistic) for key, times in samples.items()}
-
-
-def fit_network_calibration(op_sums: list[float], measured: list[float]) -> tuple[float, float]:
-    """``(scale, overhead_ms)`` with ``measured ~ scale * op_sum + overhead`` over calibration networks.
-
-    Least squares when there are >= 3 networks whose op sums span >= 20 % (the calibration set includes the
-    space's smallest and largest networks for that); otherwise, or if the fitted scale is implausible (outside
-    [0.5, 2], or the smallest network would get a runtime <= 0), ``scale = 1`` and the overhead is the median
-    residual. No networks: ``(1.0, 0.0)``.
-    """
-    p = np.asarray(op_sums, dtype=np.float64)
-    m = np.asarray(measured, dtype=np.float64)
-    if len(p) == 0:
-        return 1.0, 0.0
-    if len(p) >= 3 and p.max() >= 1.2 * p.min():
-        scale, overhead = np.linalg.lstsq(np.stack([p, np.ones_like(p)], 1), m, rcond=None)[0]
-        if 0.5 <= scale <= 2.0 and scale * p.min() + overhead > 0:
-            return float(scale), float(overhead)
-    return 1.0, float(np.median(m - p))
 
 
 def calibrate_networks(network_ms: dict[str, float], network_keys: dict[str, list[str]],

@@ -13,7 +13,7 @@ graph optimisations; per op ``warmup`` untimed runs, then ``repeats`` timed runs
 passes through all ops (one untimed re-warm run first in each pass), each timed run after streaming through a
 ``cache_flush_mb`` buffer; the ``statistic`` (median, p25, p10 or min) and inter-quartile range are kept.
 The calibration networks of the export set the LUT's ``scale`` and ``overhead_ms`` (``measured ~ scale * sum
-of entries + overhead``, as ``nas.latency.profiler.fit_network_calibration`` fits them). The hardware
+of entries + overhead``, with the same ``fit_network_calibration`` the framework imports from this file). The hardware
 fingerprint is computed as ``nas.latency.backends.OnnxRuntimeCPU`` does, so a LUT measured here on the
 search machine matches it exactly.
 
@@ -115,7 +115,7 @@ def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- fingerprint
 def cpu_model() -> str:
-    """CPU model name, as ``nas.latency.backends.cpu_model`` reads it."""
+    """CPU model name from /proc/cpuinfo (Linux) or ``platform.processor()`` (part of every CPU fingerprint)."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -140,7 +140,7 @@ def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, ca
     return {"backend": BACKEND, "threads": threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,
             "cache_flush_mb": float(cache_flush_mb), "statistic": statistic, "fingerprint": fingerprint,
             "fingerprint_id": fingerprint_id,
-            "measured_by": "scripts/device_runner.py"}
+            "measured_by": "device_runner.py"}
 
 
 # ---------------------------------------------------------------------------------------------- measurement
@@ -180,14 +180,21 @@ class Runner:
         return times
 
 
-def _summary(times: list[float], statistic: str) -> dict[str, float]:
+def summary(times: list[float], statistic: str) -> dict[str, float]:
+    """``ms`` (the ``statistic`` of the timed runs), ``iqr_ms`` and ``runs``; the framework's entries use it too."""
     arr = np.asarray(times, dtype=np.float64)
     q1, q3 = np.percentile(arr, [25, 75])
     return {"ms": float(np.percentile(arr, STATISTICS[statistic])), "iqr_ms": float(q3 - q1), "runs": len(times)}
 
 
 def fit_network_calibration(op_sums: list[float], measured: list[float]) -> tuple[float, float]:
-    """``(scale, overhead_ms)``: least squares ``measured ~ scale * op_sum + overhead`` (same rule as the framework)."""
+    """``(scale, overhead_ms)`` with ``measured ~ scale * op_sum + overhead`` over calibration networks.
+
+    Least squares when there are >= 3 networks whose op sums span >= 20 % (the calibration set includes the
+    space's smallest and largest networks for that); otherwise, or if the fitted scale is implausible (outside
+    [0.5, 2], or the smallest network would get a runtime <= 0), ``scale = 1`` and the overhead is the median
+    residual. No networks: ``(1.0, 0.0)``. The framework's profiler uses this same function.
+    """
     p = np.asarray(op_sums, dtype=np.float64)
     m = np.asarray(measured, dtype=np.float64)
     if len(p) == 0:
@@ -222,10 +229,10 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
             print(f"\rmeasuring: round {r + 1}/{rounds} of {len(runs)} files", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    entries = {op["key"]: _summary(samples[op["key"]], statistic) for op in manifest["ops"]}
+    entries = {op["key"]: summary(samples[op["key"]], statistic) for op in manifest["ops"]}
     networks = manifest.get("networks") or []
     sums = [sum(entries[k]["ms"] for k in n["ops"]) for n in networks]
-    measured = [_summary(samples[n["name"]], statistic)["ms"] for n in networks]
+    measured = [summary(samples[n["name"]], statistic)["ms"] for n in networks]
     scale, overhead = fit_network_calibration(sums, measured)
     batch = int(manifest["settings"]["batch_size"])
     return {
