@@ -76,6 +76,30 @@ class SearchModule(pl.LightningModule):
     def derive_architecture(self) -> Architecture:
         raise NotImplementedError
 
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits that validation scores: those of the network the solver currently derives."""
+        raise NotImplementedError
+
+    def validation_extras(self) -> dict[str, float]:
+        """Solver-specific scalars logged with each validation (besides accuracy and predicted runtime)."""
+        return {}
+
+    # ------------------------------------------------------------------ validation (shared by the solvers)
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.eval_logits(x)
+        self.log("val/ce", self.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
+        self.log("val/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        arch = self.derive_architecture()
+        self.log("val/runtime_ms", self.predicted_latency_ms(arch), prog_bar=True, sync_dist=False)
+        for name, value in self.validation_extras().items():
+            self.log(name, value, sync_dist=False)
+        self.log_architecture(arch)
+
     # ------------------------------------------------------------------ shared helpers
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)

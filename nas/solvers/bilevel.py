@@ -101,10 +101,6 @@ class BilevelSearch(SearchModule):
         """``(CE + lambda * log(E[R]), CE, E[R] in ms)`` of an architecture step."""
         raise NotImplementedError
 
-    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the currently derived (discrete) architecture."""
-        raise NotImplementedError
-
     def expected_runtime_ms(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -178,20 +174,9 @@ class BilevelSearch(SearchModule):
     def on_validation_epoch_start(self) -> None:
         self.recalibrate_batchnorm(self.eval_logits, self.bn_calibration_batches)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self.eval_logits(x)
-        self.log("val/ce", self.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
-        self.log("val/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True, sync_dist=True)
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        arch = self.derive_architecture()
-        self.log("val/runtime_ms", self.predicted_latency_ms(arch), prog_bar=True, sync_dist=False)
+    def validation_extras(self) -> dict[str, float]:
         with torch.no_grad():
-            self.log("val/expected_runtime_ms", float(self.expected_runtime_ms()), sync_dist=False)
-        self.log_architecture(arch)
+            return {"val/expected_runtime_ms": float(self.expected_runtime_ms())}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:

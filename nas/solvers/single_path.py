@@ -106,18 +106,8 @@ class SinglePathSearch(SearchModule):
         decisions = [d.map(torch.Tensor.detach) if d is not None else None for d in self.supernet.decisions()]
         self.recalibrate_batchnorm(lambda x: self.supernet(x, decisions), self.bn_calibration_batches)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self.supernet(x, self.supernet.decisions())
-        self.log("val/ce", self.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
-        self.log("val/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True, sync_dist=True)
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        arch = self.derive_architecture()
-        self.log("val/runtime_ms", self.predicted_latency_ms(arch), prog_bar=True, sync_dist=False)
-        self.log_architecture(arch)
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet(x, self.supernet.decisions())
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
