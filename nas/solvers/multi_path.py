@@ -30,7 +30,36 @@ def gumbel_temperature(epoch: int, initial: float, decay: float, minimum: float)
     return max(float(minimum), float(initial) * float(decay) ** int(epoch))
 
 
-class MultiPathSearch(BilevelSearch):
+class CandidatePathSearch(BilevelSearch):
+    """Base of the solvers over a :class:`~nas.multipath.MultiPathSupernet` (one path per candidate op, one logit
+    per candidate): its weights and logits, the expected runtime ``E[R]`` under ``softmax(alpha)`` from the LUT,
+    and validation of the argmax architecture. Subclasses decide how paths are weighted or sampled.
+    """
+
+    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT,
+                 **kwargs: Any) -> None:
+        super().__init__(space, in_channels, num_classes, lut, **kwargs)
+        self.supernet = MultiPathSupernet(space, in_channels, num_classes)
+        self.expected_runtime = CandidateRuntime(space, lut, in_channels, num_classes)
+
+    def weight_parameters(self) -> list[torch.nn.Parameter]:
+        return self.supernet.weight_parameters()
+
+    def arch_parameters(self) -> list[torch.nn.Parameter]:
+        return self.supernet.arch_parameters()
+
+    def expected_runtime_ms(self) -> torch.Tensor:
+        return self.expected_runtime(self.supernet.probabilities())
+
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        best = [int(a.argmax()) for a in self.supernet.arch_parameters()]
+        return self.supernet.forward_choices(x, best)
+
+    def max_path_probabilities(self) -> list[float]:
+        return [round(float(p.detach().max()), 4) for p in self.supernet.probabilities()]
+
+
+class MultiPathSearch(CandidatePathSearch):
     """Multi-path supernet search; every path is computed in every step (memory grows with the candidates).
 
     Args:
@@ -43,16 +72,14 @@ class MultiPathSearch(BilevelSearch):
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT,
                  weighting: str = "softmax", temperature: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(space, in_channels, num_classes, lut, **kwargs)
         if weighting not in WEIGHTINGS:
             raise ConfigError(f"solver.weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}")
         schedule = {"initial": 5.0, "decay": 0.956, "min": 0.1, **(temperature or {})}
         if not (float(schedule["initial"]) > 0 and 0 < float(schedule["decay"]) <= 1 and float(schedule["min"]) > 0):
             raise ConfigError(f"solver.temperature needs initial > 0, 0 < decay <= 1 and min > 0, got {schedule}")
+        super().__init__(space, in_channels, num_classes, lut, **kwargs)
         self.weighting = weighting
         self.temperature_schedule = {k: float(v) for k, v in schedule.items()}
-        self.supernet = MultiPathSupernet(space, in_channels, num_classes)
-        self.expected_runtime = CandidateRuntime(space, lut, in_channels, num_classes)
         self.save_hyperparameters({**self.common_hparams(), "solver": f"{self.solver_name}_{weighting}"
                                    if weighting != "softmax" else self.solver_name, "weighting": weighting,
                                    "temperature": self.temperature_schedule})
@@ -73,15 +100,6 @@ class MultiPathSearch(BilevelSearch):
         return {"train/temperature": self.temperature()} if self.weighting == "gumbel" else {}
 
     # ------------------------------------------------------------------ BilevelSearch
-    def weight_parameters(self) -> list[torch.nn.Parameter]:
-        return self.supernet.weight_parameters()
-
-    def arch_parameters(self) -> list[torch.nn.Parameter]:
-        return self.supernet.arch_parameters()
-
-    def expected_runtime_ms(self) -> torch.Tensor:
-        return self.expected_runtime(self.supernet.probabilities())
-
     def weight_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weights = [w.detach() for w in self.path_weights()]
         logits = self.supernet.forward_weighted(x, weights)
@@ -93,11 +111,6 @@ class MultiPathSearch(BilevelSearch):
         runtime_ms = self.expected_runtime_ms()
         return ce + self.runtime_loss(runtime_ms, self.lambda_), ce, runtime_ms
 
-    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
-        best = [int(a.argmax()) for a in self.supernet.arch_parameters()]
-        return self.supernet.forward_choices(x, best)
-
     def derive_architecture(self) -> Architecture:
-        arch = self.supernet.derive()
-        probs = [round(float(p.detach().max()), 4) for p in self.supernet.probabilities()]
-        return self.finish_derivation(arch, weighting=self.weighting, max_path_probability=probs)
+        return self.finish_derivation(self.supernet.derive(), weighting=self.weighting,
+                                      max_path_probability=self.max_path_probabilities())

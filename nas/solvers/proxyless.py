@@ -24,12 +24,11 @@ import torch
 
 from nas.arch import Architecture
 from nas.latency.lut import LatencyLUT
-from nas.multipath import CandidateRuntime, MultiPathSupernet
-from nas.solvers.bilevel import BilevelSearch
+from nas.solvers.multi_path import CandidatePathSearch
 from nas.space import SearchSpace
 
 
-class ProxylessSearch(BilevelSearch):
+class ProxylessSearch(CandidatePathSearch):
     """Binarised-path search (ProxylessNAS). Arguments: see :class:`~nas.solvers.bilevel.BilevelSearch`."""
 
     solver_name = "proxyless"
@@ -37,8 +36,6 @@ class ProxylessSearch(BilevelSearch):
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT,
                  **kwargs: Any) -> None:
         super().__init__(space, in_channels, num_classes, lut, **kwargs)
-        self.supernet = MultiPathSupernet(space, in_channels, num_classes)
-        self.expected_runtime = CandidateRuntime(space, lut, in_channels, num_classes)
         self._pairs: list[torch.Tensor] = []
         self._pair_logsumexp: list[torch.Tensor] = []
         self.save_hyperparameters(self.common_hparams())
@@ -70,15 +67,6 @@ class ProxylessSearch(BilevelSearch):
         return active, inactive, gates
 
     # ------------------------------------------------------------------ BilevelSearch
-    def weight_parameters(self) -> list[torch.nn.Parameter]:
-        return self.supernet.weight_parameters()
-
-    def arch_parameters(self) -> list[torch.nn.Parameter]:
-        return self.supernet.arch_parameters()
-
-    def expected_runtime_ms(self) -> torch.Tensor:
-        return self.expected_runtime(self.supernet.probabilities())
-
     def weight_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.supernet.forward_choices(x, self.sample_paths())
         return self.cross_entropy(logits, y), logits
@@ -96,9 +84,5 @@ class ProxylessSearch(BilevelSearch):
         for alpha, pair, old in zip(self.supernet.arch_parameters(), self._pairs, self._pair_logsumexp):
             alpha[pair] += old - torch.logsumexp(alpha[pair], 0)
 
-    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.supernet.forward_choices(x, [int(a.argmax()) for a in self.supernet.arch_parameters()])
-
     def derive_architecture(self) -> Architecture:
-        probs = [round(float(p.detach().max()), 4) for p in self.supernet.probabilities()]
-        return self.finish_derivation(self.supernet.derive(), max_path_probability=probs)
+        return self.finish_derivation(self.supernet.derive(), max_path_probability=self.max_path_probabilities())
