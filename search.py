@@ -11,8 +11,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from nas.entry import main_guard
-from nas.pipeline import run_search
+from nas.cli import main_guard
+from nas.search.pipeline import run_search
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="search")

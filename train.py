@@ -5,8 +5,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from nas.entry import main_guard
-from nas.training import run_train
+from nas.cli import main_guard
+from nas.search.training import run_train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -1,4 +1,4 @@
-"""Plain building blocks of child networks (the ops a derived architecture is made of).
+"""Plain building blocks of child networks (the ops a derived architecture is made of); PyTorch only.
 
 Layer names follow timm's ``_efficientnet_blocks`` (``conv_pw``, ``bn1``, ``conv_dw``, ``bn2``, ``se``,
 ``conv_pwl``, ``bn3``) so that parameter counts and structure can be compared with timm directly.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from nas.errors import SpaceError
 
 
 def make_act(name: str) -> nn.Module:
@@ -22,7 +20,7 @@ def make_act(name: str) -> nn.Module:
         return nn.SiLU(inplace=True)
     if name == "hard_swish":
         return nn.Hardswish(inplace=True)
-    raise SpaceError(f"unknown activation {name!r}; choose relu, relu6, silu or hard_swish")
+    raise ValueError(f"unknown activation {name!r}; choose relu, relu6, silu or hard_swish")
 
 
 class ConvBnAct(nn.Sequential):

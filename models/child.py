@@ -1,46 +1,34 @@
-"""Standalone (child) networks built from a derived :class:`~nas.arch.Architecture`."""
+"""Stand-alone (child) networks: a stem, a sequence of blocks and a head, in plain PyTorch.
+
+This package is the bottom layer of spnas: it knows nothing of search spaces or architectures.
+``nas.space.networks`` builds a :class:`ChildNet` for one architecture of a space.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from models.blocks import ConvBnAct, Head, MBConv
-from nas.arch import Architecture, LayerChoice
-from nas.space import LayerSpec, SearchSpace
-
-
-def build_layer(spec: LayerSpec, choice: LayerChoice, act: str) -> MBConv | None:
-    """The plain MBConv for one layer's choice; ``None`` for the skip-op."""
-    if choice.is_skip:
-        return None
-    return MBConv(spec.in_channels, spec.out_channels, spec.stride, choice.kernel,
-                  spec.mid_channels(choice.expansion), spec.se_channels(choice.se_ratio, choice.expansion), act)
-
-
-def build_stem(space: SearchSpace, in_channels: int) -> ConvBnAct:
-    return ConvBnAct(in_channels, space.stem.channels, space.stem.kernel, space.stem.stride, act=space.act)
-
-
-def build_head(space: SearchSpace, num_classes: int) -> Head:
-    return Head(space.final_channels, space.head.channels, num_classes, space.act, space.head.dropout)
-
 
 class ChildNet(nn.Module):
-    """The network of one architecture: stem, the chosen MBConv layers (skips removed), head."""
+    """The network of one architecture: stem, the chosen blocks in order (keyed by their layer index), head.
 
-    def __init__(self, space: SearchSpace, arch: Architecture, in_channels: int = 3, num_classes: int = 1000) -> None:
+    ``space`` and ``arch`` are the search space and architecture it was built from (kept for reporting and
+    export; the network does not use them).
+    """
+
+    def __init__(self, stem: nn.Module, blocks: Mapping[str, nn.Module], head: nn.Module, *, space: Any = None,
+                 arch: Any = None, in_channels: int = 3) -> None:
         super().__init__()
-        arch.validate(space)
         self.space = space
         self.arch = arch
-        self.stem = build_stem(space, in_channels)
-        self.blocks = nn.ModuleDict()
-        for spec, choice in zip(space.layers, arch.layers):
-            block = build_layer(spec, choice, space.act)
-            if block is not None:
-                self.blocks[str(spec.index)] = block
-        self.head = build_head(space, num_classes)
+        self.in_channels = in_channels
+        self.stem = stem
+        self.blocks = nn.ModuleDict(dict(blocks))
+        self.head = head
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

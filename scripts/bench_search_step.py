@@ -24,12 +24,10 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.child import ChildNet  # noqa: E402
-from nas.benchmarking import saved_tensor_bytes, state_bytes  # noqa: E402
-from nas.space import SearchSpace  # noqa: E402
-from nas.supernet import SinglePathSupernet  # noqa: E402
+from nas.benchmarking import saved_tensor_bytes, state_bytes
+from nas.space.networks import build_child
+from nas.space.search_space import SearchSpace
+from nas.supernets.single_path_supernet import SinglePathSupernet
 
 
 def saved_activation_bytes(step: Callable[[], torch.Tensor]) -> int:
@@ -89,8 +87,8 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     space = SearchSpace.from_config(yaml.safe_load((root / "conf" / "space" / f"{args.space}.yaml").read_text()))
     supernet = SinglePathSupernet(space, 3, args.classes).to(device)
-    big = ChildNet(space, space.largest(), 3, args.classes).to(device)
-    small = ChildNet(space, space.smallest(), 3, args.classes).to(device)
+    big = build_child(space, space.largest(), 3, args.classes).to(device)
+    small = build_child(space, space.smallest(), 3, args.classes).to(device)
     variants = [
         Variant("single-path supernet", supernet, lambda x: supernet(x, supernet.decisions())),
         Variant("largest child", big, big),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,14 +26,12 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nas.benchmarking import saved_tensor_bytes, state_bytes  # noqa: E402
-from nas.latency.backends import MacsProxy  # noqa: E402
-from nas.latency.profiler import profile_space  # noqa: E402
-from nas.solvers import MultiPathSearch, ProxylessSearch, SinglePathSearch, SinglePathSoftmaxSearch  # noqa: E402
-from nas.solvers.base import make_optimizer  # noqa: E402
-from nas.space import SearchSpace  # noqa: E402
+from nas.benchmarking import saved_tensor_bytes, state_bytes
+from nas.cost.backends import MacsProxy
+from nas.cost.profiler import profile_space
+from nas.search.solvers import MultiPathSearch, ProxylessSearch, SinglePathSearch, SinglePathSoftmaxSearch
+from nas.search.solvers.base import make_optimizer
+from nas.space.search_space import SearchSpace
 
 
 class Meter:

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SOLVERS = ["single_path", "single_path_ste", "single_path_softmax", "multi_path", "multi_path_gumbel", "proxyless",
            "random"]
@@ -62,12 +61,12 @@ def retrain(space: Any, arch: Any, cfg: Any, epochs: int, seed: int) -> dict[str
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from models.child import ChildNet
-    from nas.training import ChildTrainingModule
+    from nas.search.training import ChildTrainingModule
+    from nas.space.networks import build_child
 
     pl.seed_everything(seed, verbose=False)
     datamodule = instantiate(cfg.data)
-    net = ChildNet(space, arch, datamodule.in_channels, datamodule.num_classes)
+    net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
     module = ChildTrainingModule(net, optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
                                                  "weight_decay": 4e-5}, label_smoothing=0.1)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -140,12 +139,12 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from nas.arch import Architecture
-    from nas.entry import main_guard
+    from nas.cli import main_guard
+    from nas.cost.profiler import obtain_lut
+    from nas.cost.runtime_model import RuntimeModel
     from nas.io import atomic_write_json, atomic_write_text
-    from nas.latency.profiler import obtain_lut
-    from nas.runtime import RuntimeModel
-    from nas.space import SearchSpace
+    from nas.space.architecture import Architecture
+    from nas.space.search_space import SearchSpace
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -193,9 +192,9 @@ def main() -> None:
                        "search_process_s": round(time.perf_counter() - start, 2), "search_peak_rss_mib": rss,
                        "predicted_latency_ms": summary["predicted_latency_ms"]}
             arch = Architecture.load(run_dir / "arch.json", space)
-            from models.child import ChildNet
+            from nas.space.networks import build_child
 
-            net = ChildNet(space, arch, datamodule.in_channels, datamodule.num_classes).eval()
+            net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes).eval()
             measured = backend.measure(net, (datamodule.in_channels, space.resolution, space.resolution)).ms
             record = {"solver": solver, "seed": seed, "architecture": arch.keys,
                       "predicted_latency_ms": old["predicted_latency_ms"], "measured_latency_ms": measured,

@@ -11,20 +11,17 @@ flush come from the ``hardware=`` config and are recorded in the manifest (the r
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nas.entry import main_guard  # noqa: E402
-from nas.latency import device_runner  # noqa: E402
-from nas.latency.backends import build_backend  # noqa: E402
-from nas.latency.device_export import export_space_ops  # noqa: E402
-from nas.space import SearchSpace  # noqa: E402
+from nas.cli import main_guard
+from nas.cost import device_runner
+from nas.cost.backends import build_backend
+from nas.cost.device_export import export_space_ops
+from nas.space.search_space import SearchSpace
 
 
 def export(cfg: DictConfig) -> Path:

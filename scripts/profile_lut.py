@@ -6,20 +6,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nas.entry import main_guard  # noqa: E402
-from nas.latency.backends import build_backend  # noqa: E402
-from nas.latency.profiler import cache_path, obtain_lut  # noqa: E402
-from nas.space import SearchSpace  # noqa: E402
+from nas.cli import main_guard
+from nas.cost.backends import build_backend
+from nas.cost.profiler import cache_path, obtain_lut
+from nas.space.search_space import SearchSpace
 
 
 def profile(cfg: DictConfig) -> None:

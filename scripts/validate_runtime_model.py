@@ -10,21 +10,18 @@ run folder, and prints MAPE, RMSE and Kendall's τ for the plain per-op sum and 
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nas.entry import main_guard  # noqa: E402
-from nas.io import atomic_write_json  # noqa: E402
-from nas.latency.backends import build_backend  # noqa: E402
-from nas.latency.lut import LatencyLUT  # noqa: E402
-from nas.latency.validation import plot_predicted_vs_measured, validate_runtime_model  # noqa: E402
-from nas.space import SearchSpace  # noqa: E402
+from nas.cli import main_guard
+from nas.cost.backends import build_backend
+from nas.cost.lut import LatencyLUT
+from nas.cost.validation import plot_predicted_vs_measured, validate_runtime_model
+from nas.io import atomic_write_json
+from nas.space.search_space import SearchSpace
 
 
 def validate(cfg: DictConfig) -> dict:

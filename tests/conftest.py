@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from nas.cost.backends import MacsProxy
+from nas.cost.lut import LatencyLUT
+from nas.cost.profiler import profile_space
+from nas.space.search_space import SearchSpace
 
-from nas.latency.backends import MacsProxy  # noqa: E402
-from nas.latency.lut import LatencyLUT  # noqa: E402
-from nas.latency.profiler import profile_space  # noqa: E402
-from nas.space import SearchSpace  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -8,17 +8,24 @@ import random
 import pytest
 import torch
 
-from models.child import ChildNet
-from models.timm_interop import build_timm_model, parse_timm_string, timm_arch_def, timm_model_kwargs, timm_string
-from nas.arch import ARCH_FORMAT_VERSION, Architecture, LayerChoice
 from nas.errors import ArchitectureError
+from nas.space.architecture import ARCH_FORMAT_VERSION, Architecture, LayerChoice
+from nas.space.networks import build_child
+from nas.space.timm_interop import (
+    build_timm_model,
+    parse_timm_string,
+    timm_arch_def,
+    timm_model_kwargs,
+    timm_record,
+    timm_string,
+)
 
 
 def test_json_round_trip_keeps_every_choice(tmp_path, tiny_space):
     rng = random.Random(0)
     for _ in range(10):
         arch = tiny_space.sample(rng).with_meta(predicted_latency_ms=1.25)
-        path = arch.save(tmp_path / "arch.json", tiny_space)
+        path = arch.save(tmp_path / "arch.json", timm=timm_record(arch, tiny_space))
         data = json.loads(path.read_text())
         assert data["format_version"] == ARCH_FORMAT_VERSION and data["space_digest"] == tiny_space.digest
         loaded = Architecture.load(path, tiny_space)
@@ -28,7 +35,7 @@ def test_json_round_trip_keeps_every_choice(tmp_path, tiny_space):
 
 
 def _write(tmp_path, arch, space, edit) -> str:
-    data = arch.to_dict(space)
+    data = arch.to_dict(timm_record(arch, space))
     edit(data)
     path = tmp_path / "bad_arch.json"
     path.write_text(json.dumps(data))
@@ -65,7 +72,7 @@ def test_timm_string_builds_the_same_network_with_timm(tiny_space):
     for arch in (tiny_space.largest(), tiny_space.smallest(), tiny_space.sample(rng)):
         arch_def = timm_arch_def(arch, tiny_space)
         assert parse_timm_string(timm_string(arch, tiny_space)) == arch_def
-        ours = ChildNet(tiny_space, arch, in_channels=1, num_classes=10)
+        ours = build_child(tiny_space, arch, in_channels=1, num_classes=10)
         theirs = build_timm_model(arch_def, num_classes=10, in_chans=1, **timm_model_kwargs(tiny_space))
         assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
         x = torch.randn(2, 1, 32, 32)

@@ -7,8 +7,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from nas.cost.backends import OnnxRuntimeCPU, TorchCUDA, TorchEagerCPU, build_backend, summarize
 from nas.errors import ConfigError
-from nas.latency.backends import OnnxRuntimeCPU, TorchCUDA, TorchEagerCPU, build_backend, summarize
 from tests.conftest import ROOT
 
 
@@ -20,7 +20,7 @@ def hardware_config(name: str, *overrides: str):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no GPU is present")
 def test_cuda_without_gpu_is_a_clear_error():
     cfg = hardware_config("cuda")
-    assert cfg.backend._target_ == "nas.latency.backends.TorchCUDA"
+    assert cfg.backend._target_ == "nas.cost.backends.TorchCUDA"
     with pytest.raises(ConfigError, match=r"hardware=cuda needs a CUDA GPU.*hardware=cpu_onnx"):
         build_backend(cfg.backend)
 
@@ -47,7 +47,7 @@ def test_cuda_fingerprint_has_gpu_threads_and_batch(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_measures_an_op_on_the_gpu(micro_space):
-    from nas.latency.signatures import required_ops
+    from nas.cost.signatures import required_ops
 
     backend = TorchCUDA(warmup=3, repeats=5)
     ops = required_ops(micro_space, 1, 10)

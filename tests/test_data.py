@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nas.data import CIFARDataModule, DigitsDataModule, ImageFolderDataModule
 from nas.errors import DataError
+from nas.search.data import CIFARDataModule, DigitsDataModule, ImageFolderDataModule
 
 
 def test_digits_split_is_seeded_disjoint_and_resized():

@@ -9,17 +9,17 @@ import sys
 
 import pytest
 
+from nas.cost.backends import MacsProxy, OnnxRuntimeCPU
+from nas.cost.device_export import export_space_ops
+from nas.cost.lut import LatencyLUT
+from nas.cost.profiler import fit_network_calibration, obtain_lut
+from nas.cost.runtime_model import RuntimeModel
+from nas.cost.signatures import network_op_keys, required_ops
 from nas.errors import ConfigError, LUTError
-from nas.latency.backends import MacsProxy, OnnxRuntimeCPU
-from nas.latency.device_export import export_space_ops
-from nas.latency.lut import LatencyLUT
-from nas.latency.profiler import fit_network_calibration, obtain_lut
-from nas.latency.signatures import network_op_keys, required_ops
-from nas.runtime import RuntimeModel
-from nas.space import SearchSpace
+from nas.space.search_space import SearchSpace
 from tests.conftest import MICRO_SPACE, ROOT
 
-RUNNER = ROOT / "nas" / "latency" / "device_runner.py"
+RUNNER = ROOT / "nas" / "cost" / "device_runner.py"
 # run the runner where neither torch nor this framework can be imported (as on a bare device)
 BARE = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['nas'] = None; sys.modules['models'] = None; "
         "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")

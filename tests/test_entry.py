@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.child import ChildNet
-from models.timm_interop import build_timm_model
-from nas.arch import Architecture
-from nas.checkpoint import load_checkpoint
+from nas.search.checkpoint import load_checkpoint
+from nas.space.architecture import Architecture
+from nas.space.networks import build_child
+from nas.space.timm_interop import build_timm_model
 from tests.conftest import ROOT, load_space
 
 FAST = ["progress=false", "data.limit=400", "hardware.backend.warmup=1", "hardware.backend.repeats=3",
@@ -43,7 +43,7 @@ def test_search_writes_a_valid_architecture_that_reloads_and_builds(search_run):
     arch = Architecture.load(run_dir / "arch.json", space)
     data = json.loads((run_dir / "arch.json").read_text())
     assert data["meta"]["predicted_latency_ms"] > 0 and data["meta"]["hardware"] == "onnxruntime-cpu"
-    net = ChildNet(space, arch, in_channels=1, num_classes=10)
+    net = build_child(space, arch, in_channels=1, num_classes=10)
     assert net(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     timm_net = build_timm_model(data["timm"]["arch_def"], num_classes=10, in_chans=1,
                                 **{k: v for k, v in data["timm"].items() if k != "arch_def"})
@@ -87,7 +87,7 @@ def test_train_py_trains_the_derived_architecture(search_run):
     onnx_path = tmp / "train" / "model.onnx"
     onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
     space = load_space("tiny")
-    net = ChildNet(space, Architecture.load(tmp / "run" / "arch.json", space), 1, 10)
+    net = build_child(space, Architecture.load(tmp / "run" / "arch.json", space), 1, 10)
     state = load_checkpoint(tmp / "train" / "checkpoints" / "last.ckpt")["state_dict"]
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
     x = torch.randn(3, 1, 32, 32)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from nas.cost.backends import MacsProxy, OnnxRuntimeCPU
+from nas.cost.lut import LatencyLUT
+from nas.cost.profiler import cache_path, obtain_lut
+from nas.cost.runtime_model import RuntimeModel
+from nas.cost.signatures import required_ops
 from nas.errors import LUTError
-from nas.latency.backends import MacsProxy, OnnxRuntimeCPU
-from nas.latency.lut import LatencyLUT
-from nas.latency.profiler import cache_path, obtain_lut
-from nas.latency.signatures import required_ops
-from nas.runtime import RuntimeModel
 from tests.conftest import MICRO_SPACE, proxy_lut
 
 
@@ -56,7 +56,7 @@ def test_lut_missing_a_layer_names_key_and_layer(tmp_path, micro_space, micro_lu
 
 
 def test_lut_made_for_another_space_is_rejected(tmp_path, micro_space, micro_lut):
-    from nas.space import SearchSpace
+    from nas.space.search_space import SearchSpace
 
     other = SearchSpace.from_config({**MICRO_SPACE, "name": "other",
                                      "stages": [*MICRO_SPACE["stages"][:2], {"channels": 32, "stride": 1,

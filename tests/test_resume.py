@@ -8,11 +8,11 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import TensorDataset
 
-from nas.checkpoint import AtomicCheckpointIO, load_checkpoint
-from nas.data import DigitsDataModule
 from nas.errors import ConfigError
-from nas.resume import EpochSampler, ResumableDataLoader, SeededItems
-from nas.solvers import SinglePathSearch
+from nas.search.checkpoint import AtomicCheckpointIO, load_checkpoint
+from nas.search.data import DigitsDataModule
+from nas.search.loaders import EpochSampler, ResumableDataLoader, SeededItems
+from nas.search.solvers import SinglePathSearch
 
 
 def test_sharded_epoch_sampler_reproduces_the_single_process_global_batches():

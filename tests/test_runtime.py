@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
-from nas.arch import LayerChoice
-from nas.latency.backends import TorchEagerCPU
-from nas.latency.lut import LatencyEntry
-from nas.latency.profiler import profile_space
-from nas.latency.signatures import head_key, layer_key, stem_key
-from nas.runtime import RuntimeModel, level_probabilities
-from nas.supernet import SinglePathSupernet
+from nas.cost.backends import TorchEagerCPU
+from nas.cost.lut import LatencyEntry
+from nas.cost.profiler import profile_space
+from nas.cost.runtime_model import RuntimeModel, level_probabilities
+from nas.cost.signatures import head_key, layer_key, stem_key
+from nas.space.architecture import LayerChoice
+from nas.supernets.single_path_supernet import SinglePathSupernet
 from tests.conftest import proxy_lut
 
 

@@ -9,10 +9,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from nas.checkpoint import load_checkpoint
-from nas.distributed import GlobalBatchNorm2d, ProcessSyncBatchNorm, check_trainer_config
 from nas.errors import ConfigError
-from nas.pipeline import run_search
+from nas.search.checkpoint import load_checkpoint
+from nas.search.global_batchnorm import GlobalBatchNorm2d, ProcessSyncBatchNorm
+from nas.search.pipeline import run_search
+from nas.search.preflight import check_trainer_config
 from tests.conftest import ROOT
 from tests.test_entry import run
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from nas.checkpoint import AtomicCheckpointIO, load_checkpoint
-from nas.data import DigitsDataModule
-from nas.solvers import SinglePathSearch
+from nas.search.checkpoint import AtomicCheckpointIO, load_checkpoint
+from nas.search.data import DigitsDataModule
+from nas.search.solvers import SinglePathSearch
 
 
 def make_search(space, lut, **kwargs) -> SinglePathSearch:

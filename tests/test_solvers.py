@@ -11,14 +11,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from models.blocks import MBConv
-from nas.arch import Architecture
-from nas.checkpoint import load_checkpoint
-from nas.data import DigitsDataModule
+from nas.cost.runtime_model import CandidateRuntime, RuntimeModel, level_probabilities
 from nas.errors import ConfigError
-from nas.multipath import CandidateRuntime, MixedLayer, MultiPathSupernet
-from nas.pipeline import run_search
-from nas.runtime import RuntimeModel, level_probabilities
-from nas.solvers import (
+from nas.search.checkpoint import load_checkpoint
+from nas.search.data import DigitsDataModule
+from nas.search.pipeline import run_search
+from nas.search.solvers import (
     MultiPathSearch,
     ProxylessSearch,
     RandomSearch,
@@ -26,10 +24,12 @@ from nas.solvers import (
     SinglePathSoftmaxSearch,
     SinglePathSTESearch,
 )
-from nas.solvers.multi_path import gumbel_temperature
-from nas.solvers.random_search import sample_under_target
-from nas.solvers.single_path_variants import indicators_from_levels
-from nas.superkernel import SuperMBConv
+from nas.search.solvers.multi_path import gumbel_temperature
+from nas.search.solvers.random_search import sample_under_target
+from nas.search.solvers.single_path_variants import indicators_from_levels
+from nas.space.architecture import Architecture
+from nas.supernets.multi_path_supernet import MixedLayer, MultiPathSupernet
+from nas.supernets.superkernel import SuperMBConv
 from tests.conftest import ROOT
 
 FAST = {"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "bn_calibration_batches": 2}

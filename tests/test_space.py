@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from nas.errors import SpaceError
-from nas.space import SearchSpace
+from nas.space.search_space import SearchSpace
 from tests.conftest import MICRO_SPACE, load_space
 
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import SqueezeExcite
-from nas.arch import LayerChoice
-from nas.superkernel import SuperMBConv, relaxed_indicator
-from nas.supernet import SinglePathSupernet, drop_subsets
+from nas.space.architecture import LayerChoice
+from nas.supernets.single_path_supernet import SinglePathSupernet, drop_subsets
+from nas.supernets.superkernel import SuperMBConv, relaxed_indicator
 
 
 def randomize(module: nn.Module, seed: int = 0) -> None:

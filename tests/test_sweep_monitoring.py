@@ -8,10 +8,10 @@ import math
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from nas.arch import Architecture
 from nas.errors import ConfigError
-from nas.pipeline import target_objective
-from nas.sweep import best_trial, write_sweep_report
+from nas.search.pipeline import target_objective
+from nas.search.sweep import best_trial, write_sweep_report
+from nas.space.architecture import Architecture
 from tests.conftest import ROOT, load_space
 from tests.test_entry import run
 
@@ -85,7 +85,7 @@ def test_tensorboard_has_the_monitoring_tags(sweep):
 
 def test_gp_sampler_proposes_lambdas_from_its_gaussian_process():
     optuna = pytest.importorskip("optuna")
-    from nas.sweep import gp_sampler
+    from nas.search.sweep import gp_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=gp_sampler(seed=0, n_initial_points=3))
@@ -99,11 +99,11 @@ def test_gp_sampler_proposes_lambdas_from_its_gaussian_process():
 def test_lambda_sweep_without_a_target_is_refused(capsys):
     from hydra import compose, initialize_config_dir
 
-    from nas.sweep import LambdaSweepReport
+    from nas.search.sweep import LambdaSweepReport
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("search", overrides=["hparams_search=lambda_for_target"], return_hydra_config=True)
-    assert cfg.hydra.callbacks.lambda_sweep_report._target_ == "nas.sweep.LambdaSweepReport"
+    assert cfg.hydra.callbacks.lambda_sweep_report._target_ == "nas.search.sweep.LambdaSweepReport"
     with pytest.raises(SystemExit) as exit_info:  # before any trial runs, as `search.py -m` would
         LambdaSweepReport().on_multirun_start(cfg)
     assert exit_info.value.code == 2

@@ -8,15 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from models.child import ChildNet
-from models.timm_interop import (
+from nas.errors import ArchitectureError
+from nas.space.networks import build_child
+from nas.space.timm_interop import (
     architecture_from_timm_string,
     build_timm_model,
     parse_timm_string,
     timm_model_kwargs,
+    timm_record,
     timm_string,
 )
-from nas.errors import ArchitectureError
 from tests.conftest import load_space
 
 
@@ -42,7 +43,7 @@ def test_timm_string_builds_the_same_network(space_name, in_chans, n_random):
     rng = random.Random(7)
     archs = [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(n_random))]
     for arch in archs:
-        child = ChildNet(space, arch, in_chans, 10).eval()
+        child = build_child(space, arch, in_chans, 10).eval()
         text = timm_string(arch, space)
         timm_net = build_timm_model(parse_timm_string(text), num_classes=10, in_chans=in_chans,
                                     **timm_model_kwargs(space)).eval()
@@ -82,11 +83,11 @@ def test_bad_timm_strings_name_the_problem():
 
 
 def test_train_accepts_a_timm_string_as_arch(tmp_path):
-    from nas.training import load_architecture
+    from nas.search.training import load_architecture
 
     space = load_space("tiny")
     arch = space.sample(random.Random(11))
     from_string = load_architecture(timm_string(arch, space), space)
     assert timm_string(from_string, space) == timm_string(arch, space)
-    path = arch.save(tmp_path / "arch.json", space)
+    path = arch.save(tmp_path / "arch.json", timm=timm_record(arch, space))
     assert load_architecture(str(path), space).keys == arch.keys

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from models.child import ChildNet
+from nas.cost.backends import MacsProxy, count_macs
+from nas.cost.profiler import fit_network_calibration
+from nas.cost.signatures import calibration_networks, network_op_keys
+from nas.cost.validation import runtime_model_metrics, sample_architectures, validate_runtime_model
 from nas.errors import ConfigError
-from nas.latency.backends import MacsProxy, count_macs
-from nas.latency.profiler import fit_network_calibration
-from nas.latency.signatures import calibration_networks, network_op_keys
-from nas.latency.validation import runtime_model_metrics, sample_architectures, validate_runtime_model
+from nas.space.networks import build_child
 from tests.conftest import ROOT, proxy_lut
 
 
@@ -58,7 +58,7 @@ def test_calibration_removes_an_over_counted_per_call_cost(micro_space):
     result = validate_runtime_model(micro_space, backend, 1, 10, n=10, seed=0, progress=False)
     assert result["mode"] == "joint" and result["n"] == 10
     for row, arch in zip(result["rows"], sample_architectures(micro_space, 10, 0)):
-        macs = count_macs(ChildNet(micro_space, arch, 1, 10), (1, 1, 16, 16))
+        macs = count_macs(build_child(micro_space, arch, 1, 10), (1, 1, 16, 16))
         assert row["measured_ms"] == pytest.approx(0.05 + 0.01 * macs / 1e6)
         assert row["ops"] == len(network_op_keys(micro_space, arch, 1, 10))
         assert row["predicted_plain_ms"] - row["measured_ms"] == pytest.approx((row["ops"] - 1) * 0.05)

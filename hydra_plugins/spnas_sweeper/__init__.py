@@ -20,9 +20,9 @@ if SamplerConfig is not None:
 
     @dataclass
     class GPSamplerConfig(SamplerConfig):
-        """Gaussian-process Bayesian optimisation (:func:`nas.sweep.gp_sampler`)."""
+        """Gaussian-process Bayesian optimisation (:func:`nas.search.sweep.gp_sampler`)."""
 
-        _target_: str = "nas.sweep.gp_sampler"
+        _target_: str = "nas.search.sweep.gp_sampler"
         seed: Optional[int] = None  # noqa: UP045
         n_initial_points: int = 3
         acq_func: str = "EI"

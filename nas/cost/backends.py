@@ -1,0 +1,364 @@
+"""Latency measurement backends: ONNX Runtime CPU (default), PyTorch eager CPU and PyTorch CUDA.
+
+A backend measures one module on one input shape: warm-up runs, then ``repeats`` timed runs, reporting the
+median (robust to the noise of shared machines) and the inter-quartile range. Threads and batch size are part
+of the backend and of its fingerprint, because the fastest op changes with them.
+
+CPU backends can evict the per-core cache before every timed call (``cache_flush_mb``): an op measured on its
+own, call after call, finds its weights in L2, whereas inside a network the other layers' weights have passed
+through the cache in between. Flushing puts the op back in the state it meets inside a network; see
+docs/latency.md for the measured effect on the runtime model's accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# the standalone device runner holds the measurement rules both sides share (it imports nothing from here)
+from nas.cost.device_runner import STATISTICS, cpu_model, summary
+from nas.cost.lut import LatencyEntry
+from nas.errors import ConfigError
+
+
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike | None = None,
+                opset: int = 17) -> bytes:
+    """Export ``module`` (eval mode, fixed input shape) to ONNX; return the bytes and optionally write them.
+
+    Uses the TorchScript-based exporter: it is fast (~0.1 s per small op) and deterministic, which matters when
+    a LUT needs hundreds of exports.
+    """
+    module = module.eval()
+    example = torch.randn(*input_shape)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=["output"],
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    data = buffer.getvalue()
+    if path is not None:
+        from nas.io import atomic_write_bytes
+
+        atomic_write_bytes(path, data)
+    return data
+
+
+def summarize(times_ms: list[float], statistic: str = "median") -> LatencyEntry:
+    """One entry from timed runs: the ``statistic`` (median, p25, p10 or min) and the inter-quartile range.
+
+    On a shared machine interference only ever adds time, so a low percentile estimates the undisturbed runtime
+    more stably than the median; which one is used is part of the backend's fingerprint.
+    """
+    return LatencyEntry(**summary(times_ms, statistic))
+
+
+class LatencyBackend:
+    """Base class. Subclasses set ``name`` and implement :meth:`_timer` and :meth:`versions`."""
+
+    name = "base"
+
+    def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 10, repeats: int = 30,
+                 cache_flush_mb: float = 0.0, calibration_networks: int = 0, statistic: str = "median") -> None:
+        if statistic not in STATISTICS:
+            raise ConfigError(f"hardware.backend.statistic must be one of {list(STATISTICS)}, got {statistic!r}")
+        for label, value, low in (("threads", threads, 1), ("batch_size", batch_size, 1),
+                                  ("warmup", warmup, 0), ("repeats", repeats, 1),
+                                  ("calibration_networks", calibration_networks, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"hardware.backend.{label} must be an integer >= {low}, got {value!r}")
+        if isinstance(cache_flush_mb, bool) or not isinstance(cache_flush_mb, (int, float)) or not (
+                0 <= cache_flush_mb <= 1024):
+            raise ConfigError(f"hardware.backend.cache_flush_mb must be a number in [0, 1024] (0 = no flush), "
+                              f"got {cache_flush_mb!r}")
+        self.threads = threads
+        self.batch_size = batch_size
+        self.warmup = warmup
+        self.repeats = repeats
+        self.cache_flush_mb = float(cache_flush_mb)
+        self.statistic = statistic
+        #: random networks measured with the ops to calibrate the LUT's per-inference constant (nas.cost.lut)
+        self.calibration_networks = calibration_networks
+        self._scratch: np.ndarray | None = None
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the measurements depend on: device, software versions, threads and batch size."""
+        return {
+            "backend": self.name,
+            "device": cpu_model(),
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "logical_cpus": os.cpu_count(),
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "cache_flush_mb": self.cache_flush_mb,
+            "statistic": self.statistic,
+            **self.versions(),
+        }
+
+    def fingerprint_id(self) -> str:
+        blob = json.dumps(self.fingerprint(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def hardware_record(self) -> dict[str, Any]:
+        return {"backend": self.name, "threads": self.threads, "batch_size": self.batch_size,
+                "warmup": self.warmup, "repeats": self.repeats, "cache_flush_mb": self.cache_flush_mb,
+                "statistic": self.statistic,
+                "fingerprint": self.fingerprint(), "fingerprint_id": self.fingerprint_id()}
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, int, int]) -> Callable[[], object]:
+        """A zero-argument callable that runs ``module`` once on a batch of ``batch_size`` inputs."""
+        return self._timer(module, (self.batch_size, *input_shape))
+
+    def flush_cache(self) -> None:
+        """Evict the CPU caches by streaming through a ``cache_flush_mb`` buffer (no-op when 0)."""
+        if self.cache_flush_mb <= 0:
+            return
+        if self._scratch is None:
+            self._scratch = np.zeros(max(1, int(self.cache_flush_mb * 2**20) // 8))
+        np.add(self._scratch, 1.0, out=self._scratch)
+
+    def time_calls(self, run: Callable[[], object], count: int) -> list[float]:
+        """Wall time (ms) of ``count`` separate calls of ``run`` (each after an untimed cache flush)."""
+        times = []
+        for _ in range(count):
+            self.flush_cache()
+            start = time.perf_counter_ns()
+            run()
+            times.append((time.perf_counter_ns() - start) / 1e6)
+        return times
+
+    def measure(self, module: nn.Module, input_shape: tuple[int, int, int]) -> LatencyEntry:
+        """Median latency (ms) of ``module``: ``warmup`` untimed runs, then ``repeats`` timed runs."""
+        with self.threads_context():
+            run = self.prepare(module, input_shape)
+            self.time_calls(run, self.warmup)
+            return summarize(self.time_calls(run, self.repeats), self.statistic)
+
+    def threads_context(self) -> contextlib.AbstractContextManager:
+        """Context in which measurements run (sets thread counts where the backend needs it)."""
+        return contextlib.nullcontext()
+
+    def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(threads={self.threads}, batch_size={self.batch_size})"
+
+
+class OnnxRuntimeCPU(LatencyBackend):
+    """ONNX Runtime, CPU execution provider, all graph optimisations, sequential execution."""
+
+    name = "onnxruntime-cpu"
+
+    def versions(self) -> dict[str, str]:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}
+
+    def session(self, model_bytes: bytes):  # noqa: ANN201
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+    def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
+        sess = self.session(export_onnx(module, shape))
+        feeds = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        return lambda: sess.run(None, feeds)
+
+
+class TorchEagerCPU(LatencyBackend):
+    """PyTorch eager mode on the CPU (``torch.inference_mode``, ``torch.set_num_threads(threads)``)."""
+
+    name = "torch-eager-cpu"
+
+    @contextlib.contextmanager
+    def threads_context(self) -> Iterator[None]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
+        module = module.eval()
+        x = torch.randn(*shape)
+
+        def run() -> None:
+            with torch.inference_mode():
+                module(x)
+
+        return run
+
+
+class TorchCUDA(LatencyBackend):
+    """PyTorch on a CUDA GPU, timed with CUDA events around each call and a synchronisation after it.
+
+    Kernel launches are asynchronous, so host wall time would measure the launch, not the work: each timed call
+    records a start and an end event on the current stream, and ``end.synchronize()`` waits for the GPU before
+    ``elapsed_time`` is read. Warm-up calls (``warmup``) let cuDNN pick its algorithms and the caching allocator
+    settle. ``threads`` sets the host's ``torch.set_num_threads`` (it drives the launch overhead).
+    """
+
+    name = "torch-cuda"
+
+    def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 20, repeats: int = 50,
+                 device: int = 0, cudnn_benchmark: bool = True, calibration_networks: int = 0,
+                 statistic: str = "median") -> None:
+        super().__init__(threads, batch_size, warmup, repeats, 0.0, calibration_networks, statistic)
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "hardware=cuda needs a CUDA GPU, but torch.cuda.is_available() is False here (torch "
+                f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). Run on a machine with an NVIDIA "
+                "GPU and a CUDA build of PyTorch, or pick a CPU target: hardware=cpu_onnx or hardware=cpu_torch.")
+        if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < torch.cuda.device_count():
+            raise ConfigError(f"hardware.backend.device must be a GPU index in [0, {torch.cuda.device_count()}), "
+                              f"got {device!r}")
+        self.device = torch.device("cuda", device)
+        self.cudnn_benchmark = bool(cudnn_benchmark)
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "cuda": str(torch.version.cuda),
+                "cudnn": str(torch.backends.cudnn.version())}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": torch.cuda.get_device_name(self.device),
+                "capability": ".".join(map(str, torch.cuda.get_device_capability(self.device))),
+                "threads": self.threads, "batch_size": self.batch_size, "statistic": self.statistic,
+                "cudnn_benchmark": self.cudnn_benchmark, **self.versions()}
+
+    @contextlib.contextmanager
+    def threads_context(self) -> Iterator[None]:
+        previous = (torch.get_num_threads(), torch.backends.cudnn.benchmark)
+        torch.set_num_threads(self.threads)
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        try:
+            with torch.cuda.device(self.device):
+                yield
+        finally:
+            torch.set_num_threads(previous[0])
+            torch.backends.cudnn.benchmark = previous[1]
+
+    def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
+        module = module.eval().to(self.device)
+        x = torch.randn(*shape, device=self.device)
+
+        def run() -> None:
+            with torch.inference_mode():
+                module(x)
+
+        return run
+
+    def time_calls(self, run: Callable[[], object], count: int) -> list[float]:
+        """GPU time (ms) of ``count`` calls, each between two CUDA events, synchronised before reading."""
+        times = []
+        torch.cuda.synchronize(self.device)
+        for _ in range(count):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(float(start.elapsed_time(end)))
+        return times
+
+
+def count_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of the convolutions and linear layers of one forward pass on ``shape``."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * m.in_features
+
+    handles = []
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            module.eval()(torch.zeros(*shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+class MacsProxy(LatencyBackend):
+    """Not a measurement: a deterministic cost model ``overhead_ms + ms_per_mmac * MMACs`` per op.
+
+    For tests, for reproducible examples, and as a hardware-agnostic proxy when no target device is at hand.
+    Its LUTs are labelled ``macs-proxy`` so they are never mistaken for measured latencies.
+    """
+
+    name = "macs-proxy"
+
+    def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 0, repeats: int = 1,
+                 ms_per_mmac: float = 0.01, overhead_ms: float = 0.005, calibration_networks: int = 0) -> None:
+        super().__init__(threads, batch_size, warmup, repeats, calibration_networks=calibration_networks)
+        self.ms_per_mmac = float(ms_per_mmac)
+        self.overhead_ms = float(overhead_ms)
+
+    def versions(self) -> dict[str, str]:
+        return {"model": f"{self.overhead_ms}+{self.ms_per_mmac}*MMACs"}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": self.name, "batch_size": self.batch_size, **self.versions()}
+
+    def measure(self, module: nn.Module, input_shape: tuple[int, int, int]) -> LatencyEntry:
+        macs = count_macs(module, (self.batch_size, *input_shape))
+        return LatencyEntry(self.overhead_ms + self.ms_per_mmac * macs / 1e6, 0.0, 1)
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, int, int]) -> Callable[[], object]:
+        entry = self.measure(module, input_shape)
+        return lambda: entry
+
+    def time_calls(self, run: Callable[[], object], count: int) -> list[float]:
+        return [run().ms for _ in range(count)]  # type: ignore[attr-defined]
+
+
+def build_backend(cfg: Any) -> LatencyBackend:
+    """Instantiate the ``hardware.backend`` config; a bad value surfaces as the framework's own clear error.
+
+    (Hydra wraps exceptions raised by a target in ``InstantiationException``; the CLI's ``main_guard`` turns
+    only :class:`~nas.errors.NASError` into ``error: ...``, so the original error is re-raised.)
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from nas.errors import NASError
+
+    try:
+        return instantiate(cfg)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, NASError):
+            raise err.__cause__ from None
+        raise

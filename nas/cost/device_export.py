@@ -1,0 +1,87 @@
+"""Device-side profiling, torch side: export every distinct candidate op of a space as ONNX plus a manifest.
+
+The "portable agent" idea of the PFP-NAS paper: the target device never sees torch, the framework or the data.
+It receives a folder of small ONNX files, ``manifest.json`` and a copy of ``nas/cost/device_runner.py``
+(onnxruntime, numpy and the standard library only), which times them there and writes a LUT JSON that
+``search.py`` reads with ``hardware.lut_path=...``.
+
+Manifest (``format: spnas-op-export``, ``version: 1``)::
+
+    {
+      "format": "spnas-op-export", "version": 1,
+      "space": {"name": "tiny", "digest": "..."}, "in_channels": 1, "num_classes": 10,
+      "settings": {"threads": 1, "batch_size": 1, "warmup": 10, "repeats": 50, "rounds": 10,
+                   "cache_flush_mb": 2.0, "statistic": "p10"},
+      "ops": [{"key": "mbconv_r16_...", "file": "ops/0003.onnx", "input_shape": [1, 16, 16, 16],
+               "sha256": "...", "origin": "layer 1 (s1b0) k3_e3_se0"}, ...],
+      "networks": [{"name": "network_0", "file": "networks/network_0.onnx", "input_shape": [...],
+                    "sha256": "...", "ops": ["stem_...", "mbconv_...", ..., "head_..."]}, ...]
+    }
+
+``networks`` are the calibration networks of the LUT's ``scale`` and ``overhead_ms`` (see ``nas.cost.lut``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from nas.cost.backends import LatencyBackend, export_onnx
+from nas.cost.signatures import calibration_networks, required_ops
+from nas.errors import ConfigError
+from nas.io import atomic_write_json
+from nas.space.search_space import SearchSpace
+
+MANIFEST_FORMAT = "spnas-op-export"
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,
+                     out_dir: str | os.PathLike, *, rounds: int = 10, opset: int = 17,
+                     progress: bool = True) -> Path:
+    """Write ``out_dir/ops/*.onnx``, ``out_dir/networks/*.onnx`` and ``out_dir/manifest.json``; return the manifest.
+
+    The measurement settings (threads, batch size, warm-up, repeats, rounds, cache flush) are taken from
+    ``backend`` (the ``hardware=`` config) and recorded in the manifest, which the runner follows by default.
+    """
+    if backend.name != "onnxruntime-cpu":
+        raise ConfigError(f"device export measures with ONNX Runtime; select hardware=cpu_onnx (got backend "
+                          f"'{backend.name}')")
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST_NAME).exists():
+            raise ConfigError(f"{out} exists, is not empty and holds no op export; choose an empty or new folder")
+        for sub in ("ops", "networks"):  # an earlier export here: replace it, leave no stale files
+            shutil.rmtree(out / sub, ignore_errors=True)
+    ops = required_ops(space, in_channels, num_classes)
+    networks, network_keys = calibration_networks(space, in_channels, num_classes, backend.calibration_networks)
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "space": {"name": space.name, "digest": space.digest},
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "settings": {"threads": backend.threads, "batch_size": backend.batch_size, "warmup": backend.warmup,
+                     "repeats": backend.repeats, "rounds": rounds, "cache_flush_mb": backend.cache_flush_mb,
+                     "statistic": backend.statistic},
+        "ops": [],
+        "networks": [],
+    }
+    items = [("ops", f"ops/{i:04d}.onnx", op) for i, op in enumerate(ops.values())]
+    items += [("networks", f"networks/{name}.onnx", op) for name, op in networks.items()]
+    for group, rel, op in tqdm(items, desc=f"Exporting {len(ops)} ops + {len(networks)} networks to ONNX",
+                               unit="file", disable=not progress, leave=False):
+        shape = [backend.batch_size, *op.input_shape]
+        data = export_onnx(op.build(), tuple(shape), out / rel, opset=opset)
+        record = {"file": rel, "input_shape": shape, "sha256": hashlib.sha256(data).hexdigest()}
+        if group == "ops":
+            manifest["ops"].append({"key": op.key, **record, "origin": op.origin})
+        else:
+            manifest["networks"].append({"name": op.key, **record, "ops": network_keys[op.key]})
+    return atomic_write_json(out / MANIFEST_NAME, manifest)

@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""Measure an op export on the target device and write a latency LUT. Needs only onnxruntime and numpy.
+
+Copy the folder written by ``scripts/export_ops.py`` and this one file to the device, then::
+
+    python3 device_runner.py <export folder> --out lut.json [--threads N] [--repeats N] [--cache-flush-mb MB]
+
+and hand ``lut.json`` back to the search: ``python search.py hardware.lut_path=lut.json``. Nothing else leaves
+the device, and nothing but the ONNX files reaches it (no torch, no framework, no data).
+
+The measurement is the one ``nas.cost`` uses for its own LUTs: ONNX Runtime CPU, sequential execution, all
+graph optimisations; per op ``warmup`` untimed runs, then ``repeats`` timed runs interleaved over ``rounds``
+passes through all ops (one untimed re-warm run first in each pass), each timed run after streaming through a
+``cache_flush_mb`` buffer; the ``statistic`` (median, p25, p10 or min) and inter-quartile range are kept.
+The calibration networks of the export set the LUT's ``scale`` and ``overhead_ms`` (``measured ~ scale * sum
+of entries + overhead``, with the same ``fit_network_calibration`` the framework imports from this file). The hardware
+fingerprint is computed as ``nas.cost.backends.OnnxRuntimeCPU`` does, so a LUT measured here on the
+search machine matches it exactly.
+
+Exit status 2 with ``error: ...`` on a missing, corrupt or inconsistent export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST_FORMAT = "spnas-op-export"
+MANIFEST_VERSION = 1
+LUT_FORMAT = "spnas-lut"
+LUT_VERSION = 1
+BACKEND = "onnxruntime-cpu"
+STATISTICS = {"median": 50.0, "p25": 25.0, "p10": 10.0, "min": 0.0}
+
+
+class ManifestError(Exception):
+    """The export folder or its manifest is missing, corrupt or inconsistent."""
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ManifestError(message)
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
+    """Read and check ``folder/manifest.json``: format, version, fields, and every ONNX file's SHA-256."""
+    path = folder / "manifest.json"
+    fix = "re-export it with scripts/export_ops.py and copy the whole folder again"
+    _require(folder.is_dir(), f"export folder {folder} does not exist")
+    _require(path.is_file(), f"{path} not found; point the runner at the folder written by scripts/export_ops.py")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: corrupt manifest, not valid JSON ({err}); {fix}") from None
+    _require(isinstance(manifest, dict), f"{path}: expected a JSON object; {fix}")
+    _require(manifest.get("format") == MANIFEST_FORMAT,
+             f"{path}: 'format' is {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}; this is not an op "
+             "export of scripts/export_ops.py")
+    _require(manifest.get("version") == MANIFEST_VERSION,
+             f"{path}: manifest version {manifest.get('version')!r} is not supported by this runner (expected "
+             f"{MANIFEST_VERSION}); use the device_runner.py of the same framework version")
+    for field in ("space", "settings", "ops", "in_channels", "num_classes"):
+        _require(field in manifest, f"{path}: missing field {field!r}; {fix}")
+    settings = manifest["settings"]
+    _require(isinstance(settings, dict), f"{path}: 'settings' must be an object; {fix}")
+    for name, low in (("threads", 1), ("batch_size", 1), ("warmup", 0), ("repeats", 1), ("rounds", 1)):
+        _require(_is_int(settings.get(name), low), f"{path}: settings.{name} must be an integer >= {low}, got "
+                                                   f"{settings.get(name)!r}; {fix}")
+    ops = manifest["ops"]
+    _require(isinstance(ops, list) and ops, f"{path}: 'ops' must be a non-empty list; {fix}")
+    networks = manifest.get("networks") or []
+    _require(isinstance(networks, list), f"{path}: 'networks' must be a list; {fix}")
+    keys = set()
+    for where, items, id_field in (("ops", ops, "key"), ("networks", networks, "name")):
+        for i, item in enumerate(items):
+            at = f"{path}: {where}[{i}]"
+            _require(isinstance(item, dict), f"{at} must be an object; {fix}")
+            for field in (id_field, "file", "input_shape", "sha256"):
+                _require(field in item, f"{at}: missing field {field!r}; {fix}")
+            shape = item["input_shape"]
+            _require(isinstance(shape, list) and len(shape) == 4 and all(_is_int(v, 1) for v in shape),
+                     f"{at}: input_shape must be 4 positive integers (N, C, H, W), got {shape!r}; {fix}")
+            file = folder / str(item["file"])
+            _require(file.is_file(), f"{at}: file {file} is missing; copy the whole export folder")
+            if verify:
+                digest = hashlib.sha256(file.read_bytes()).hexdigest()
+                _require(digest == item["sha256"], f"{at}: {file} is corrupt (SHA-256 {digest[:12]}... does not "
+                                                   f"match the manifest's {str(item['sha256'])[:12]}...); {fix}")
+            if where == "ops":
+                _require(item["key"] not in keys, f"{at}: duplicate key {item['key']!r}; {fix}")
+                keys.add(item["key"])
+    for i, net in enumerate(networks):
+        missing = [k for k in net.get("ops") or [] if k not in keys]
+        _require(isinstance(net.get("ops"), list) and net["ops"] and not missing,
+                 f"{path}: networks[{i}] must list the op keys it is made of, all present in 'ops' "
+                 f"(missing: {missing[:3]}); {fix}")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux) or ``platform.processor()`` (part of every CPU fingerprint)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, cache_flush_mb: float,
+                    statistic: str) -> dict:
+    """The LUT's ``hardware`` block; the fingerprint equals ``OnnxRuntimeCPU.fingerprint()`` on this machine."""
+    import onnxruntime
+
+    fingerprint = {
+        "backend": BACKEND, "device": cpu_model(), "machine": platform.machine(), "system": platform.system(),
+        "logical_cpus": os.cpu_count(), "threads": threads, "batch_size": batch_size,
+        "cache_flush_mb": float(cache_flush_mb), "statistic": statistic, "onnxruntime": onnxruntime.__version__,
+    }
+    fingerprint_id = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    return {"backend": BACKEND, "threads": threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,
+            "cache_flush_mb": float(cache_flush_mb), "statistic": statistic, "fingerprint": fingerprint,
+            "fingerprint_id": fingerprint_id,
+            "measured_by": "device_runner.py"}
+
+
+# ---------------------------------------------------------------------------------------------- measurement
+class Runner:
+    """ONNX Runtime sessions for every file, timed in interleaved rounds after a cache flush."""
+
+    def __init__(self, threads: int, cache_flush_mb: float) -> None:
+        import onnxruntime as ort
+
+        self.ort = ort
+        self.threads = threads
+        self.scratch = np.zeros(max(1, int(cache_flush_mb * 2**20) // 8)) if cache_flush_mb > 0 else None
+
+    def prepare(self, path: Path, shape: list[int]):  # noqa: ANN201
+        options = self.ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            session = self.ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ManifestError(f"{path}: ONNX Runtime cannot load it ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:200]}); re-export the folder") from None
+        feeds = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        return lambda: session.run(None, feeds)
+
+    def time_calls(self, run, count: int) -> list[float]:  # noqa: ANN001
+        times = []
+        for _ in range(count):
+            if self.scratch is not None:
+                np.add(self.scratch, 1.0, out=self.scratch)
+            start = time.perf_counter_ns()
+            run()
+            times.append((time.perf_counter_ns() - start) / 1e6)
+        return times
+
+
+def summary(times: list[float], statistic: str) -> dict[str, float]:
+    """``ms`` (the ``statistic`` of the timed runs), ``iqr_ms`` and ``runs``; the framework's entries use it too."""
+    arr = np.asarray(times, dtype=np.float64)
+    q1, q3 = np.percentile(arr, [25, 75])
+    return {"ms": float(np.percentile(arr, STATISTICS[statistic])), "iqr_ms": float(q3 - q1), "runs": len(times)}
+
+
+def fit_network_calibration(op_sums: list[float], measured: list[float]) -> tuple[float, float]:
+    """``(scale, overhead_ms)`` with ``measured ~ scale * op_sum + overhead`` over calibration networks.
+
+    Least squares when there are >= 3 networks whose op sums span >= 20 % (the calibration set includes the
+    space's smallest and largest networks for that); otherwise, or if the fitted scale is implausible (outside
+    [0.5, 2], or the smallest network would get a runtime <= 0), ``scale = 1`` and the overhead is the median
+    residual. No networks: ``(1.0, 0.0)``. The framework's profiler uses this same function.
+    """
+    p = np.asarray(op_sums, dtype=np.float64)
+    m = np.asarray(measured, dtype=np.float64)
+    if len(p) == 0:
+        return 1.0, 0.0
+    if len(p) >= 3 and p.max() >= 1.2 * p.min():
+        scale, overhead = np.linalg.lstsq(np.stack([p, np.ones_like(p)], 1), m, rcond=None)[0]
+        if 0.5 <= scale <= 2.0 and scale * p.min() + overhead > 0:
+            return float(scale), float(overhead)
+    return 1.0, float(np.median(m - p))
+
+
+def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, repeats: int, rounds: int,
+            cache_flush_mb: float, statistic: str = "median", progress: bool = True) -> dict[str, Any]:
+    """Time every op and calibration network of the export; return the LUT as a JSON-ready dict."""
+    start = time.perf_counter()
+    runner = Runner(threads, cache_flush_mb)
+    items = [(op["key"], op) for op in manifest["ops"]] + [(n["name"], n) for n in manifest.get("networks") or []]
+    runs = {}
+    for i, (name, item) in enumerate(items):
+        runs[name] = runner.prepare(folder / item["file"], item["input_shape"])
+        runner.time_calls(runs[name], warmup)
+        if progress:
+            print(f"\rpreparing {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
+    rounds = max(1, min(rounds, repeats))
+    per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for r, count in enumerate(per_round):
+        for name, run in runs.items():
+            run()  # untimed re-warm, as nas.cost.profiler does
+            samples[name].extend(runner.time_calls(run, count))
+        if progress:
+            print(f"\rmeasuring: round {r + 1}/{rounds} of {len(runs)} files", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    entries = {op["key"]: summary(samples[op["key"]], statistic) for op in manifest["ops"]}
+    networks = manifest.get("networks") or []
+    sums = [sum(entries[k]["ms"] for k in n["ops"]) for n in networks]
+    measured = [summary(samples[n["name"]], statistic)["ms"] for n in networks]
+    scale, overhead = fit_network_calibration(sums, measured)
+    batch = int(manifest["settings"]["batch_size"])
+    return {
+        "format": LUT_FORMAT,
+        "version": LUT_VERSION,
+        "unit": "ms",
+        "space": manifest["space"],
+        "hardware": hardware_record(threads, batch, warmup, repeats, cache_flush_mb, statistic),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "meta": {"in_channels": manifest["in_channels"], "num_classes": manifest["num_classes"],
+                 "profiled_ops": len(entries), "profile_seconds": round(time.perf_counter() - start, 2),
+                 "calibration": {"networks": len(networks), "op_sum_ms": [round(v, 6) for v in sums],
+                                 "measured_ms": [round(v, 6) for v in measured]}},
+        "scale": scale,
+        "overhead_ms": overhead,
+        "entries": dict(sorted(entries.items())),
+    }
+
+
+def write_json_atomically(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(obj, indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", type=Path, help="the export folder (holds manifest.json)")
+    parser.add_argument("--out", type=Path, default=Path("lut.json"), help="LUT file to write (default lut.json)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: the manifest's)")
+    parser.add_argument("--warmup", type=int, help="untimed runs per op (default: the manifest's)")
+    parser.add_argument("--repeats", type=int, help="timed runs per op (default: the manifest's)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default: the manifest's)")
+    parser.add_argument("--cache-flush-mb", type=float, help="buffer streamed before each timed run (0: off)")
+    parser.add_argument("--statistic", choices=sorted(STATISTICS), help="per-op statistic (default: the manifest's)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        manifest = load_manifest(args.folder)
+        settings = manifest["settings"]
+        chosen = {name: getattr(args, name) if getattr(args, name) is not None else settings[name]
+                  for name in ("threads", "warmup", "repeats", "rounds")}
+        for name, low in (("threads", 1), ("warmup", 0), ("repeats", 1), ("rounds", 1)):
+            _require(_is_int(chosen[name], low), f"--{name} must be an integer >= {low}, got {chosen[name]!r}")
+        flush = args.cache_flush_mb if args.cache_flush_mb is not None else float(settings.get("cache_flush_mb", 0))
+        _require(0 <= flush <= 1024, f"--cache-flush-mb must be in [0, 1024], got {flush}")
+        statistic = args.statistic or settings.get("statistic", "median")
+        _require(statistic in STATISTICS, f"{args.folder}/manifest.json: settings.statistic must be one of "
+                                          f"{sorted(STATISTICS)}, got {statistic!r}")
+        lut = measure(args.folder, manifest, cache_flush_mb=flush, statistic=statistic,
+                      progress=not args.no_progress, **chosen)
+    except ManifestError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_json_atomically(args.out, lut)
+    print(f"measured {len(lut['entries'])} ops and {lut['meta']['calibration']['networks']} calibration networks "
+          f"in {lut['meta']['profile_seconds']} s (threads={chosen['threads']}, calibration "
+          f"{lut['scale']:.3f}*sum{lut['overhead_ms']:+.4f} ms, fingerprint {lut['hardware']['fingerprint_id']}); "
+          f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Versioned latency lookup tables (LUTs): JSON keyed by layer signature, plus a hardware fingerprint.
+
+File format (``format: spnas-lut``, ``version: 1``)::
+
+    {
+      "format": "spnas-lut", "version": 1, "unit": "ms",
+      "space": {"name": "tiny", "digest": "8b36d3bd041af250"},        # what the LUT was profiled for
+      "hardware": {"backend": "onnxruntime-cpu", "threads": 1, "batch_size": 1,
+                   "fingerprint": {...}, "fingerprint_id": "3f2a..."},
+      "created": "2026-11-23T10:00:00+00:00",
+      "scale": 1.08, "overhead_ms": -0.05,   # optional network calibration (defaults 1 and 0)
+      "entries": {"mbconv_r16_i16_o24_s2_k5_e6_se0.25_relu": {"ms": 0.41, "iqr_ms": 0.01, "runs": 30}, ...}
+    }
+
+A network's runtime is ``R = scale * (sum of its entries) + overhead_ms``. Both are calibrated by measuring a
+few whole networks (the space's smallest, its largest and random ones) together with the ops
+(``nas.cost.profiler.fit_network_calibration``) and absorb what a per-op sum cannot see: ops inside a
+network run slower than alone, in proportion to their work (cache and memory state: ``scale``), and a per-call
+session overhead is paid once per op when ops are timed alone but once per network (``overhead_ms``, may be
+negative). Without calibration they are 1 and 0, the plain sum of Eq 5.8. See docs/latency.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nas.errors import LUTError
+from nas.io import atomic_write_json
+
+LUT_FORMAT = "spnas-lut"
+LUT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LatencyEntry:
+    """One measured op: median runtime in ms, its inter-quartile range and the number of timed runs."""
+
+    ms: float
+    iqr_ms: float = 0.0
+    runs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ms": self.ms, "iqr_ms": self.iqr_ms, "runs": self.runs}
+
+
+@dataclass
+class LatencyLUT:
+    """A latency LUT in memory. ``path`` is where it was read from (for error messages)."""
+
+    entries: dict[str, LatencyEntry]
+    hardware: dict[str, Any]
+    space: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    overhead_ms: float = 0.0
+    scale: float = 1.0
+
+    def network_ms(self, op_sum_ms: float) -> float:
+        """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms``."""
+        return self.scale * op_sum_ms + self.overhead_ms
+
+    @property
+    def source(self) -> str:
+        return self.path or "in-memory LUT"
+
+    # ------------------------------------------------------------------ lookups
+    def ms(self, key: str, origin: str = "") -> float:
+        """Runtime of ``key`` in ms; a clear :class:`LUTError` if it is missing."""
+        entry = self.entries.get(key)
+        if entry is None:
+            raise LUTError(
+                f"{self.source}: no entry {key!r}" + (f" (needed by {origin})" if origin else "")
+                + ". The LUT does not cover this space/data shape: re-profile it (python scripts/profile_lut.py "
+                  "with the same space=, data= and hardware= overrides), or point hardware.lut_path at a LUT "
+                  "profiled for this space.")
+        return entry.ms
+
+    def check_covers(self, keys: Mapping[str, str]) -> None:
+        """Raise one error listing every missing key (``keys`` maps key -> where it is needed)."""
+        missing = [(k, origin) for k, origin in keys.items() if k not in self.entries]
+        if missing:
+            shown = "\n".join(f"  - {k}  (needed by {origin})" for k, origin in missing[:10])
+            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise LUTError(
+                f"{self.source}: missing {len(missing)} of {len(keys)} entries the search needs:\n{shown}{more}\n"
+                "Re-profile for this space (python scripts/profile_lut.py space=... hardware=...), or drop "
+                "hardware.lut_path to let search.py profile the local machine.")
+
+    def check_space(self, name: str, digest: str) -> None:
+        """Error if the LUT records a different space than the one being searched."""
+        lut_digest = self.space.get("digest")
+        if lut_digest and lut_digest != digest:
+            raise LUTError(
+                f"{self.source}: this LUT was made for space '{self.space.get('name')}' (digest {lut_digest}), "
+                f"but the search uses space '{name}' (digest {digest}). Select the space it was made for "
+                "(space=...), or profile a LUT for this space (drop hardware.lut_path, or run "
+                "scripts/profile_lut.py with this space).")
+
+    def check_hardware(self, fingerprint_id: str, strict: bool = False) -> bool:
+        """Warn (or, with ``strict``, raise) when the LUT was measured on other hardware/settings."""
+        lut_id = self.hardware.get("fingerprint_id")
+        if lut_id and lut_id != fingerprint_id:
+            msg = (f"{self.source}: LUT fingerprint {lut_id} ({self.hardware.get('backend')}, "
+                   f"threads={self.hardware.get('threads')}, batch={self.hardware.get('batch_size')}) does not "
+                   f"match the selected hardware ({fingerprint_id}); its latencies may not hold here. Re-profile "
+                   "on this device, or set hardware.strict=true to make this an error.")
+            if strict:
+                raise LUTError(msg)
+            warnings.warn(msg, stacklevel=2)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": LUT_FORMAT,
+            "version": LUT_VERSION,
+            "unit": "ms",
+            "space": self.space,
+            "hardware": self.hardware,
+            "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "meta": self.meta,
+            "scale": self.scale,
+            "overhead_ms": self.overhead_ms,
+            "entries": {k: e.to_dict() for k, e in sorted(self.entries.items())},
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = atomic_write_json(path, self.to_dict())
+        self.path = str(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "LUT") -> LatencyLUT:
+        if not isinstance(data, dict):
+            raise LUTError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != LUT_FORMAT:
+            raise LUTError(f"{source}: 'format' is {data.get('format')!r}, expected {LUT_FORMAT!r}; this is not "
+                           "a LUT written by this framework (scripts/profile_lut.py or the device runner).")
+        if data.get("version") != LUT_VERSION:
+            raise LUTError(f"{source}: LUT version {data.get('version')!r} is not supported (expected "
+                           f"{LUT_VERSION}); re-profile with this version.")
+        if data.get("unit", "ms") != "ms":
+            raise LUTError(f"{source}: unit {data.get('unit')!r} is not supported; LUT entries must be in ms")
+        hardware = data.get("hardware")
+        if not isinstance(hardware, dict):
+            raise LUTError(f"{source}: 'hardware' must be an object with backend, threads, batch_size, "
+                           "fingerprint_id")
+        raw = data.get("entries")
+        if not isinstance(raw, dict) or not raw:
+            raise LUTError(f"{source}: 'entries' must be a non-empty object mapping layer signatures to "
+                           "{\"ms\": ...}")
+        entries = {}
+        for key, value in raw.items():
+            where = f"{source}: entries[{key!r}]"
+            if not isinstance(value, dict) or "ms" not in value:
+                raise LUTError(f"{where}: expected an object with 'ms', got {value!r}")
+            ms = value["ms"]
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+                raise LUTError(f"{where}: 'ms' must be a finite, non-negative number, got {ms!r}; re-profile "
+                               "this entry")
+            entries[key] = LatencyEntry(float(ms), float(value.get("iqr_ms", 0.0)), int(value.get("runs", 0)))
+        space = data.get("space") or {}
+        if not isinstance(space, dict):
+            raise LUTError(f"{source}: 'space' must be an object with name and digest")
+        overhead = data.get("overhead_ms", 0.0)
+        if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or not math.isfinite(overhead):
+            raise LUTError(f"{source}: 'overhead_ms' must be a finite number (ms added once per network), got "
+                           f"{overhead!r}")
+        scale = data.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise LUTError(f"{source}: 'scale' must be a finite number > 0 (multiplier on the per-op sum), got "
+                           f"{scale!r}")
+        return cls(entries=entries, hardware=hardware, space=space, created=str(data.get("created", "")),
+                   meta=dict(data.get("meta") or {}), path=source, overhead_ms=float(overhead), scale=float(scale))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyLUT:
+        path = Path(path)
+        if not path.is_file():
+            raise LUTError(f"LUT file {path} does not exist; check hardware.lut_path, or drop it to profile "
+                           "the local machine")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise LUTError(f"{path}: malformed LUT, not valid JSON ({err}). Delete it to re-profile, or "
+                           "regenerate it with scripts/profile_lut.py.") from None
+        return cls.from_dict(data, source=str(path))

@@ -1,0 +1,171 @@
+"""Profile every distinct candidate op of a space into a LUT, with caching by space + hardware."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from nas.cost.backends import LatencyBackend, summarize
+from nas.cost.device_runner import fit_network_calibration
+from nas.cost.lut import LatencyEntry, LatencyLUT
+from nas.cost.signatures import OpSpec, calibration_networks, required_ops
+from nas.errors import ConfigError, LUTError
+from nas.space.search_space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool = True,
+                rounds: int = 5, samples_out: dict[str, list[float]] | None = None) -> dict[str, LatencyEntry]:
+    """Measure each op: ``backend.statistic`` (default median) of ``backend.repeats`` timed runs after
+    ``backend.warmup`` warm-up runs. ``samples_out``, when given, receives every op's timed runs in order.
+
+    The timed runs are interleaved over ``rounds`` passes through all ops, so that a burst of load on a shared
+    machine spreads over every op instead of inflating the few measured while it lasted.
+    """
+    rounds = max(1, min(rounds, backend.repeats))
+    per_round = [backend.repeats // rounds + (1 if r < backend.repeats % rounds else 0) for r in range(rounds)]
+    samples: dict[str, list[float]] = {k: [] for k in ops}
+    with backend.threads_context():
+        runners = {}
+        for op in tqdm(ops.values(), desc=f"Preparing {len(ops)} ops for {backend.name}", unit="op",
+                       disable=not progress, leave=False):
+            runners[op.key] = backend.prepare(op.build(), op.input_shape)
+            backend.time_calls(runners[op.key], backend.warmup)
+        total = len(ops) * rounds
+        with tqdm(total=total, desc=f"Profiling {len(ops)} ops on {backend.name} ({backend.threads} thread(s))",
+                  unit="op", disable=not progress, leave=False) as bar:
+            for count in per_round:
+                for key, run in runners.items():
+                    run()  # one untimed call re-warms caches after the other ops ran
+                    samples[key].extend(backend.time_calls(run, count))
+                    bar.update(1)
+    if samples_out is not None:
+        samples_out.update(samples)
+    statistic = getattr(backend, "statistic", "median")
+    return {key: summarize(times, statistic) for key, times in samples.items()}
+
+
+def calibrate_networks(network_ms: dict[str, float], network_keys: dict[str, list[str]],
+                       entries: dict[str, LatencyEntry]) -> tuple[float, float, dict[str, list[float]]]:
+    """Fit the LUT's ``scale`` and ``overhead_ms`` on whole networks measured with the ops (see above)."""
+    sums = [sum(entries[k].ms for k in network_keys[name]) for name in network_keys]
+    measured = [network_ms[name] for name in network_keys]
+    scale, overhead = fit_network_calibration(sums, measured)
+    return scale, overhead, {"op_sum_ms": [round(v, 6) for v in sums], "measured_ms": [round(v, 6) for v in measured]}
+
+
+def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,
+                  progress: bool = True, base: LatencyLUT | None = None, rounds: int = 10) -> LatencyLUT:
+    """A LUT covering every op of ``space``; ops already in ``base`` are not measured again.
+
+    With ``backend.calibration_networks = n > 0``, n seeded random whole networks are measured in the same
+    interleaved rounds as the ops (so load drift hits both alike) and set the LUT's ``scale`` and ``overhead_ms``.
+    """
+    ops = required_ops(space, in_channels, num_classes)
+    known = dict(base.entries) if base is not None else {}
+    todo = {k: op for k, op in ops.items() if k not in known}
+    n_cal = getattr(backend, "calibration_networks", 0)
+    networks, network_keys = calibration_networks(space, in_channels, num_classes, n_cal) if n_cal and todo else (
+        {}, {})
+    start = time.perf_counter()
+    measured = profile_ops({**todo, **networks}, backend, progress, rounds=rounds)
+    seconds = time.perf_counter() - start
+    known.update({k: v for k, v in measured.items() if k in todo})
+    meta = {"in_channels": in_channels, "num_classes": num_classes, "profiled_ops": len(todo),
+            "profile_seconds": round(seconds, 2)}
+    scale, overhead = (base.scale, base.overhead_ms) if base is not None else (1.0, 0.0)
+    if networks:
+        scale, overhead, record = calibrate_networks({k: measured[k].ms for k in networks}, network_keys, known)
+        meta["calibration"] = {"networks": len(networks), **record}
+    return LatencyLUT(entries=known, hardware=backend.hardware_record(),
+                      space={"name": space.name, "digest": space.digest}, meta=meta, overhead_ms=overhead,
+                      scale=scale)
+
+
+def cache_path(cache_dir: str | os.PathLike, space: SearchSpace, backend: LatencyBackend, in_channels: int,
+               num_classes: int) -> Path:
+    return Path(cache_dir) / (f"{space.name}-{space.digest}-i{in_channels}-c{num_classes}-{backend.name}"
+                              f"-t{backend.threads}-b{backend.batch_size}-{backend.fingerprint_id()}.json")
+
+
+def obtain_lut(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int, *,
+               cache_dir: str | os.PathLike | None = None, lut_path: str | os.PathLike | None = None,
+               strict: bool = False, progress: bool = True) -> LatencyLUT:
+    """The LUT for a search: a user-given file (validated) or the local cache, profiling what is missing.
+
+    * ``lut_path`` given: load it, check it was made for this space and covers every op, and compare its
+      hardware fingerprint with ``backend`` (warning, or error with ``strict``). Nothing is profiled.
+    * otherwise: read ``cache_dir``'s file for this space + hardware, profile missing ops, save atomically.
+    """
+    needed = {k: op.origin for k, op in required_ops(space, in_channels, num_classes).items()}
+    if lut_path:
+        lut = LatencyLUT.load(lut_path)
+        lut.check_space(space.name, space.digest)
+        lut.check_covers(needed)
+        lut.check_hardware(backend.fingerprint_id(), strict=strict)
+        return lut
+
+    path = cache_path(cache_dir, space, backend, in_channels, num_classes) if cache_dir else None
+    base = None
+    if path is not None and path.is_file():
+        try:
+            base = LatencyLUT.load(path)
+            base.check_space(space.name, space.digest)
+        except LUTError as err:
+            warnings.warn(f"ignoring unusable cached LUT ({err}); profiling again", stacklevel=2)
+            base = None
+        if base is not None and all(k in base.entries for k in needed):
+            log.info("Using cached LUT %s", path)
+            return base
+    lut = profile_space(space, backend, in_channels, num_classes, progress=progress, base=base)
+    if path is not None:
+        lut.save(path)
+        log.info("Saved LUT (%d entries, %.1f s profiling) to %s", len(lut.entries),
+                 lut.meta["profile_seconds"], path)
+    return lut
+
+
+_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "JSM_NAMESPACE_RANK")
+
+
+def is_global_rank_zero() -> bool:
+    """Whether this process is global rank 0, from the launchers' environment (before DDP is initialised)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return all(int(os.environ.get(name, "0") or 0) == 0 for name in _RANK_VARIABLES)
+
+
+def obtain_lut_once(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int, *,
+                    cache_dir: str | os.PathLike | None = None, lut_path: str | os.PathLike | None = None,
+                    strict: bool = False, progress: bool = True, wait_s: float = 3600.0,
+                    poll_s: float = 2.0) -> LatencyLUT:
+    """:func:`~nas.cost.profiler.obtain_lut` on global rank 0; the other ranks load what rank 0 cached."""
+    if lut_path or is_global_rank_zero():
+        return obtain_lut(space, backend, in_channels, num_classes, cache_dir=cache_dir, lut_path=lut_path,
+                          strict=strict, progress=progress)
+    if not cache_dir:
+        raise ConfigError("a multi-process search shares rank 0's LUT through paths.cache_dir; set it to a folder "
+                          "all ranks can read, or pass hardware.lut_path=<LUT measured beforehand>")
+    path = Path(cache_path(cache_dir, space, backend, in_channels, num_classes))
+    needed = set(required_ops(space, in_channels, num_classes))
+    deadline = time.monotonic() + wait_s
+    while True:
+        if path.is_file():
+            try:
+                lut = LatencyLUT.load(path)
+                if needed <= set(lut.entries):
+                    log.info("Using rank 0's LUT %s", path)
+                    return lut
+            except LUTError:
+                pass  # rank 0 is replacing it; files are written atomically, so retry
+        if time.monotonic() > deadline:
+            raise LUTError(f"waited {wait_s:.0f} s for rank 0 to write the LUT {path}; check that paths.cache_dir is "
+                           "on a filesystem shared by all nodes, or pass hardware.lut_path=...")
+        time.sleep(poll_s)

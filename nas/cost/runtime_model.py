@@ -1,0 +1,191 @@
+"""Differentiable runtime model over the single-path space (thesis Eq 5.8-5.10, 6.5-6.8).
+
+``R = R_const + sum_i R_i``: the stem, the head and fixed layers are constants; each searchable layer's
+``R_i`` is a function of its indicators. Two forms:
+
+* ``exact`` (default): every candidate op of a layer is measured, and ``R_i`` is the multilinear
+  interpolation of the layer's LUT entries by the nested indicators::
+
+      R_i = sum_{k,e,s} P_k(d_kernel) * P_e(d_expansion) * P_s(d_se) * LUT_i[k, e, s]
+
+  where ``P(level j) = d_1 ... d_j (1 - d_{j+1})`` (the skip level costs 0). At any discrete architecture
+  (indicators in {0, 1}) this is exactly the sum of that architecture's LUT entries; between them it is
+  differentiable in every threshold. It generalises Eq 5.9 (expansion, skip) and Eq 6.8 (SE) to any number of
+  candidates and drops the approximations below.
+* ``thesis``: Eq 5.9-5.10 and 6.5-6.8 as written: 5x5 runtimes by expansion (Eq 5.9), 3x3 runtimes
+  approximated by scaling with ``R_3x3,6 / R_5x5,6`` (Eq 5.10), and the SE path as a multiplicative factor
+  ``s_{k,e} = R_{k,e,se} / R_{k,e,0}`` interpolated by kernel and expansion indicators (Eq 6.6-6.8), assuming
+  ``s_0.25 ~ s_0.5``. Kept for comparison with the thesis; it needs kernels {3, 5} and expansions {3, 6}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nas.cost.lut import LatencyLUT
+from nas.cost.signatures import head_key, layer_key, stem_key
+from nas.errors import ConfigError
+from nas.space.architecture import Architecture, LayerChoice
+from nas.space.search_space import SearchSpace
+from nas.supernets.superkernel import LayerDecision
+
+FORMS = ("exact", "thesis")
+
+
+def level_probabilities(indicators: torch.Tensor) -> torch.Tensor:
+    """``[1-d1, d1(1-d2), d1 d2 (1-d3), ..., d1...dm]`` for nested indicators ``d`` (length m -> m+1)."""
+    one = indicators.new_ones(1)
+    cum = torch.cat([one, torch.cumprod(indicators, 0)])
+    nxt = torch.cat([indicators, indicators.new_zeros(1)])
+    return cum * (1 - nxt)
+
+
+class RuntimeModel(nn.Module):
+    """Predicted network runtime in ms, differentiable in the supernet's indicators."""
+
+    def __init__(self, space: SearchSpace, lut: LatencyLUT, in_channels: int, num_classes: int,
+                 form: str = "exact") -> None:
+        super().__init__()
+        if form not in FORMS:
+            raise ConfigError(f"unknown runtime model form {form!r}; choose one of {list(FORMS)}")
+        self.space = space
+        self.form = form
+        self.lut = lut
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        const = lut.ms(stem_key(space, in_channels), "stem") + lut.ms(head_key(space, num_classes), "head")
+        self.searchable: list[int] = []
+        tables = []
+        for spec in space.layers:
+            if not spec.searchable:
+                choice = spec.choices()[0]
+                const += lut.ms(layer_key(spec, choice, space.act), f"layer {spec.index} ({spec.name})")
+                continue
+            self.searchable.append(spec.index)
+            tables.append(self._layer_table(spec))
+        self.register_buffer("constant_ms", torch.tensor(const, dtype=torch.float64).float())
+        for i, table in zip(self.searchable, tables):
+            self.register_buffer(f"table_{i}", table)
+        if form == "thesis":
+            self._check_thesis_form()
+
+    def _layer_table(self, spec) -> torch.Tensor:  # noqa: ANN001
+        """``T[k, e, s]`` in ms; the expansion axis starts with the skip level (0 ms) when skip is allowed."""
+        c = spec.candidates
+        e_levels: list[float | None] = ([None] if spec.can_skip else []) + list(c.expansions)
+        table = torch.zeros(len(c.kernels), len(e_levels), len(c.se_ratios))
+        for ki, k in enumerate(c.kernels):
+            for ei, e in enumerate(e_levels):
+                if e is None:
+                    continue
+                for si, s in enumerate(c.se_ratios):
+                    choice = LayerChoice(k, e, s)
+                    table[ki, ei, si] = self.lut.ms(layer_key(spec, choice, self.space.act),
+                                                    f"layer {spec.index} ({spec.name}) {choice.key}")
+        return table
+
+    def table(self, index: int) -> torch.Tensor:
+        return getattr(self, f"table_{index}")
+
+    def _check_thesis_form(self) -> None:
+        for spec in self.space.searchable_layers:
+            c = spec.candidates
+            if c.kernels != (3, 5) or c.expansions != (3.0, 6.0):
+                raise ConfigError(f"runtime form 'thesis' (Eq 5.9-5.10) needs kernels [3, 5] and expansions "
+                                  f"[3, 6]; layer {spec.index} has {list(c.kernels)} / {list(c.expansions)}. "
+                                  "Use solver.runtime_form=exact.")
+
+    # ------------------------------------------------------------------ differentiable R
+    def forward(self, decisions: Sequence[LayerDecision | None]) -> torch.Tensor:
+        """``R`` in ms for the given indicators (Eq 5.8), with the LUT's network calibration (scale, overhead)."""
+        total = self.constant_ms
+        for i in self.searchable:
+            dec = decisions[i]
+            if dec is None:
+                raise ConfigError(f"no decision for searchable layer {i}; pass supernet.decisions()")
+            layer = self.layer_runtime_exact(i, dec) if self.form == "exact" else self.layer_runtime_thesis(i, dec)
+            total = total + layer
+        return total * self.lut.scale + self.lut.overhead_ms
+
+    def layer_runtime_exact(self, i: int, dec: LayerDecision) -> torch.Tensor:
+        pk = level_probabilities(dec.kernel)
+        pe = level_probabilities(dec.expansion)
+        ps = level_probabilities(dec.se)
+        return torch.einsum("k,e,s,kes->", pk, pe, ps, self.table(i).to(pk.dtype))
+
+    def layer_runtime_thesis(self, i: int, dec: LayerDecision) -> torch.Tensor:
+        """Eq 5.9, 5.10 and 6.6-6.8 for one layer (kernels {3,5}, expansions {3,6})."""
+        spec = self.space.layers[i]
+        t = self.table(i)  # [k, e(+skip), s]
+        off = 1 if spec.can_skip else 0
+        d_k5 = dec.kernel[0]
+        d_e3 = dec.expansion[0] if spec.can_skip else dec.expansion.new_ones(())
+        d_e6 = dec.expansion[off]
+        se = list(spec.candidates.se_ratios)
+        s0 = se.index(0.0) if 0.0 in se else None
+        s1 = next((j for j, s in enumerate(se) if s > 0), None)
+        base = s0 if s0 is not None else 0
+        r53, r56 = t[1, off, base], t[1, off + 1, base]
+        r_e = d_e3 * (r53 + d_e6 * (r56 - r53))                              # Eq 5.9
+        rho = t[0, off + 1, base] / r56
+        r_ke = rho * r_e + r_e * (1 - rho) * d_k5                            # Eq 5.10
+        if s0 is None or s1 is None:
+            return r_ke
+        scale = t[:, off:, s1] / t[:, off:, s0]                              # Eq 6.5: s_{k,e,0.25}
+        s_e6 = d_k5 * scale[1, 1] + (1 - d_k5) * scale[0, 1]                 # Eq 6.6
+        s_e3 = d_k5 * scale[1, 0] + (1 - d_k5) * scale[0, 0]                 # Eq 6.7
+        d_se = dec.se[0]
+        return (1 - d_se) * r_ke + d_se * (d_e6 * s_e6 + (1 - d_e6) * s_e3) * r_ke   # Eq 6.8
+
+    # ------------------------------------------------------------------ discrete architectures
+    def predict(self, arch: Architecture) -> float:
+        """LUT sum for a discrete architecture (stem + layers + head), calibrated by the LUT's scale and overhead."""
+        arch.validate(self.space)
+        total = self.lut.ms(stem_key(self.space, self.in_channels), "stem")
+        total += self.lut.ms(head_key(self.space, self.num_classes), "head")
+        for spec, choice in zip(self.space.layers, arch.layers):
+            key = layer_key(spec, choice, self.space.act)
+            if key is not None:
+                total += self.lut.ms(key, f"layer {spec.index} ({spec.name})")
+        return self.lut.network_ms(total)
+
+    def per_layer(self, arch: Architecture) -> list[float]:
+        """LUT runtime of each layer of ``arch`` (0 for skipped layers)."""
+        out = []
+        for spec, choice in zip(self.space.layers, arch.layers):
+            key = layer_key(spec, choice, self.space.act)
+            out.append(0.0 if key is None else self.lut.ms(key))
+        return out
+
+
+class CandidateRuntime(nn.Module):
+    """Expected runtime ``E[R]`` (ms) of per-layer categorical distributions over candidates, from the LUT."""
+
+    def __init__(self, space: SearchSpace, lut: LatencyLUT, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        const = lut.ms(stem_key(space, in_channels), "stem") + lut.ms(head_key(space, num_classes), "head")
+        tables = []
+        for spec in space.layers:
+            if not spec.searchable:
+                key = layer_key(spec, spec.choices()[0], space.act)
+                const += 0.0 if key is None else lut.ms(key, f"layer {spec.index} ({spec.name})")
+                continue
+            row = [0.0 if (key := layer_key(spec, c, space.act)) is None
+                   else lut.ms(key, f"layer {spec.index} ({spec.name}) {c.key}") for c in spec.choices()]
+            tables.append(torch.tensor(row))
+        self.register_buffer("constant_ms", torch.tensor(const))
+        self.num_layers = len(tables)
+        for i, row in enumerate(tables):
+            self.register_buffer(f"table_{i}", row)
+
+    def table(self, i: int) -> torch.Tensor:
+        return getattr(self, f"table_{i}")
+
+    def forward(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+        total = self.constant_ms
+        for i, p in enumerate(probabilities):
+            total = total + (p * self.table(i).to(p.dtype)).sum()
+        return total

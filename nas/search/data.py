@@ -1,0 +1,249 @@
+"""LightningDataModules: scikit-learn digits (embedded default), CIFAR-10/100 and ImageFolder/ImageNet.
+
+Every module exposes ``in_channels`` and ``num_classes``, splits its training data into train/validation with a
+seeded permutation (the search trains on ``train`` and reports on ``val``), and keeps a separate ``test`` set.
+Nothing is downloaded unless the user sets ``download=true``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from nas.errors import DataError
+from nas.search.loaders import resumable_loader, trainer_progress
+
+
+def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
+    """Split ``range(n)`` into len(fractions)+1 disjoint index sets (the first takes the remainder)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    sizes = [int(round(f * n)) for f in fractions]
+    first = n - sum(sizes)
+    if first <= 0 or any(s <= 0 for s in sizes):
+        raise DataError(f"cannot split {n} samples into fractions {fractions}; use smaller fractions")
+    out, start = [], 0
+    for size in [first, *sizes]:
+        out.append(perm[start:start + size])
+        start += size
+    return out
+
+
+class RandomShift(Dataset):
+    """Random translation by up to ``pad`` pixels (zero padding), for small in-memory image tensors."""
+
+    def __init__(self, base: Dataset, pad: int) -> None:
+        self.base = base
+        self.pad = pad
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):  # noqa: ANN204
+        x, y = self.base[index]
+        if self.pad > 0:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (self.pad,) * 4)
+            i, j = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            x = padded[..., i:i + h, j:j + w]
+        return x, y
+
+
+class _SplitDataModule(pl.LightningDataModule):
+    """Shared loaders and validation of batch settings."""
+
+    in_channels = 3
+    num_classes = 10
+
+    def __init__(self, batch_size: int = 64, eval_batch_size: int | None = None, num_workers: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        if dataset is None:
+            self.setup("fit")
+            dataset = self.train_set if train else self.val_set
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+                          drop_last=train and len(dataset) > self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        """Seeded, rank-sharded and resumable mid-epoch (see :mod:`nas.search.loaders`)."""
+        if self.train_set is None:
+            self.setup("fit")
+        assert self.train_set is not None
+        return resumable_loader(self.train_set, self.batch_size, self.seed,
+                                progress=lambda: trainer_progress(self.trainer),
+                                drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
+                                persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            self.setup("test")
+        return DataLoader(self.test_set, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+
+class DigitsDataModule(_SplitDataModule):
+    """scikit-learn's handwritten digits (1,797 real 8x8 images shipped with scikit-learn), upsampled.
+
+    Images are scaled to [0, 1], bilinearly resized to ``image_size`` and standardised with the training
+    split's mean and std; train/val/test are a seeded 70/15/15 split.
+    """
+
+    in_channels = 1
+    num_classes = 10
+
+    def __init__(self, image_size: int = 32, batch_size: int = 64, eval_batch_size: int | None = 256,
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, augment: bool = True,
+                 num_workers: int = 0, seed: int = 0, limit: int | None = None) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, seed)
+        self.image_size = image_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.augment = augment
+        self.limit = limit
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        y = torch.tensor(digits.target, dtype=torch.long)
+        if self.limit:
+            x, y = x[: self.limit], y[: self.limit]
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        train_idx, val_idx, test_idx = seeded_split(len(y), (self.val_fraction, self.test_fraction), self.seed)
+        self.split_indices = {"train": train_idx, "val": val_idx, "test": test_idx}
+        mean, std = x[train_idx].mean(), x[train_idx].std()
+        x = (x - mean) / std
+        train = TensorDataset(x[train_idx], y[train_idx])
+        shift = max(1, self.image_size // 16) if self.augment else 0
+        self.train_set = RandomShift(train, shift) if shift else train
+        self.val_set = TensorDataset(x[val_idx], y[val_idx])
+        self.test_set = TensorDataset(x[test_idx], y[test_idx])
+
+
+def _require_dir(path: Path, what: str, fix: str) -> None:
+    if not path.is_dir():
+        raise DataError(f"{what} not found: {path} does not exist. {fix}")
+
+
+class CIFARDataModule(_SplitDataModule):
+    """CIFAR-10 / CIFAR-100 from ``root`` (torchvision layout), validation split held out of the train set."""
+
+    in_channels = 3
+
+    def __init__(self, root: str, variant: int = 10, image_size: int = 32, batch_size: int = 128,
+                 eval_batch_size: int | None = 512, val_fraction: float = 0.1, download: bool = False,
+                 num_workers: int = 2, seed: int = 0) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, seed)
+        if variant not in (10, 100):
+            raise DataError(f"data.variant must be 10 or 100, got {variant}")
+        self.root = Path(os.path.expanduser(str(root)))
+        self.variant = variant
+        self.num_classes = variant
+        self.image_size = image_size
+        self.val_fraction = val_fraction
+        self.download = download
+
+    def _dataset_cls(self):  # noqa: ANN202
+        from torchvision import datasets
+
+        return datasets.CIFAR10 if self.variant == 10 else datasets.CIFAR100
+
+    def prepare_data(self) -> None:
+        if self.download:
+            cls = self._dataset_cls()
+            cls(self.root, train=True, download=True)
+            cls(self.root, train=False, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from torchvision import transforms as T
+
+        folder = "cifar-10-batches-py" if self.variant == 10 else "cifar-100-python"
+        _require_dir(self.root / folder, f"CIFAR-{self.variant}",
+                     f"Put the python version of CIFAR-{self.variant} under data.root={self.root} "
+                     f"(it must contain {folder}/), or add data.download=true to fetch it.")
+        mean, std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+        resize = [T.Resize(self.image_size)] if self.image_size != 32 else []
+        train_tf = T.Compose([*resize, T.RandomCrop(self.image_size, padding=self.image_size // 8),
+                              T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+        eval_tf = T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
+        cls = self._dataset_cls()
+        train_full = cls(self.root, train=True, transform=train_tf)
+        eval_full = cls(self.root, train=True, transform=eval_tf)
+        train_idx, val_idx = seeded_split(len(train_full), (self.val_fraction,), self.seed)
+        self.train_set = Subset(train_full, train_idx.tolist())
+        self.val_set = Subset(eval_full, val_idx.tolist())
+        self.test_set = cls(self.root, train=False, transform=eval_tf)
+
+
+class ImageFolderDataModule(_SplitDataModule):
+    """Any ImageFolder layout (ImageNet included): ``root/train/<class>/*`` and ``root/val/<class>/*``.
+
+    The search's validation split is held out of ``train`` (seeded); ``root/val`` is the test set.
+    """
+
+    def __init__(self, root: str, image_size: int = 224, batch_size: int = 64, eval_batch_size: int | None = None,
+                 val_fraction: float = 0.05, train_dir: str = "train", val_dir: str = "val",
+                 num_workers: int = 4, seed: int = 0) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, seed)
+        self.root = Path(os.path.expanduser(str(root)))
+        self.image_size = image_size
+        self.val_fraction = val_fraction
+        self.train_dir = train_dir
+        self.val_dir = val_dir
+        self._classes: list[str] | None = None
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        if self._classes is None:
+            train = self.root / self.train_dir
+            _require_dir(train, "ImageFolder training data",
+                         f"Set data.root to a folder containing {self.train_dir}/<class>/<images>.")
+            self._classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+            if not self._classes:
+                raise DataError(f"{train} has no class sub-folders; expected {train}/<class>/<images>")
+        return len(self._classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from torchvision import datasets
+        from torchvision import transforms as T
+
+        _ = self.num_classes
+        test_dir = self.root / self.val_dir
+        _require_dir(test_dir, "ImageFolder validation data",
+                     f"Set data.root to a folder containing {self.val_dir}/<class>/<images>.")
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        train_tf = T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor(),
+                              T.Normalize(mean, std)])
+        eval_tf = T.Compose([T.Resize(int(round(self.image_size / 0.875))), T.CenterCrop(self.image_size),
+                             T.ToTensor(), T.Normalize(mean, std)])
+        train_full = datasets.ImageFolder(self.root / self.train_dir, transform=train_tf)
+        eval_full = datasets.ImageFolder(self.root / self.train_dir, transform=eval_tf)
+        train_idx, val_idx = seeded_split(len(train_full), (self.val_fraction,), self.seed)
+        self.train_set = Subset(train_full, train_idx.tolist())
+        self.val_set = Subset(eval_full, val_idx.tolist())
+        self.test_set = datasets.ImageFolder(test_dir, transform=eval_tf)

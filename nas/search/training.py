@@ -1,0 +1,207 @@
+"""Training a derived architecture from scratch (what ``python train.py`` runs).
+
+After training and testing, the network is exported to ONNX (checked with ``onnx.checker`` and against the
+torch outputs in ONNX Runtime), its latency is measured on the ``hardware=`` backend and compared with the
+runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i`` plus the LUT's calibrated constant).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from models.child import ChildNet
+from nas.errors import ArchitectureError, ConfigError
+from nas.io import atomic_write_json
+from nas.search.checkpoint import AtomicCheckpointIO
+from nas.search.solvers.base import cosine_factor, make_optimizer
+from nas.space.architecture import Architecture
+from nas.space.networks import build_child
+from nas.space.search_space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+class ChildTrainingModule(pl.LightningModule):
+    """Cross-entropy training of a :class:`ChildNet` with a cosine schedule; logs accuracy per split."""
+
+    def __init__(self, net: ChildNet, optimizer: dict[str, Any] | None = None, label_smoothing: float = 0.1,
+                 warmup_steps: int = 0) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_config = dict(optimizer or {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
+                                                   "weight_decay": 4e-5})
+        self.label_smoothing = label_smoothing
+        self.warmup_steps = warmup_steps
+        self.save_hyperparameters({"architecture": net.arch.keys, "space": net.space.name,
+                                   "optimizer": self.optimizer_config, "label_smoothing": label_smoothing,
+                                   "warmup_steps": warmup_steps})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if split == "train" else 0.0)
+        acc = (logits.argmax(1) == y).float().mean()
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        self.log(f"{split}/acc", acc, on_step=on_step, on_epoch=not on_step, prog_bar=split != "train",
+                 sync_dist=not on_step)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = make_optimizer([{"params": self.net.parameters()}], self.optimizer_config)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(cosine_factor, total=total,
+                                                                         warmup=self.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_architecture(path: str, space: SearchSpace) -> Architecture:
+    """Read ``arch.json`` (or parse a timm architecture string) and check it belongs to ``space``."""
+    text = str(path).strip()
+    if not text.endswith(".json") and not Path(text).exists() and text.split("_")[0] in ("ir", "ds"):
+        from nas.space.timm_interop import architecture_from_timm_string
+
+        return architecture_from_timm_string(text, space)
+    arch = Architecture.load(path)
+    if arch.space_name and arch.space_name != space.name:
+        raise ArchitectureError(f"{path} was derived in space '{arch.space_name}', but space '{space.name}' is "
+                                f"selected; add the override space={arch.space_name}")
+    return arch.validate(space)
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """Train ``cfg.arch`` on ``cfg.data`` and report test accuracy."""
+    start = time.perf_counter()
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    out = Path(cfg.paths.output_dir)
+    space = SearchSpace.from_config(cfg.space)
+    arch = load_architecture(str(cfg.arch), space)
+    datamodule = instantiate(cfg.data)
+    net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
+    module = ChildTrainingModule(net, optimizer=cfg.train.optimizer, label_smoothing=cfg.train.label_smoothing,
+                                 warmup_steps=cfg.train.warmup_steps)
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="epoch{epoch:03d}",
+                                 auto_insert_metric_name=False, save_last=True, monitor="val/acc", mode="max")
+    logger = TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint],
+                                      plugins=[AtomicCheckpointIO()])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    val_acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
+    test = trainer.test(module, datamodule=datamodule, verbose=False)
+    result = {
+        "architecture": arch.keys,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "val_acc": val_acc,
+        "test_acc": float(test[0]["test/acc"]) if test else float("nan"),
+        "epochs": int(trainer.current_epoch),
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "checkpoint": str(out / "checkpoints" / "last.ckpt"),
+    }
+    export_cfg = cfg.train.get("export") or {}
+    if trainer.is_global_zero and export_cfg.get("onnx", True):
+        result.update(export_and_check(net, out / "model.onnx", float(export_cfg.get("atol", 1e-4)),
+                                       batch_size=int(cfg.hardware.backend.get("batch_size", 1))))
+        if export_cfg.get("latency", True):
+            result.update(predicted_vs_measured(cfg, space, arch, net, datamodule.in_channels,
+                                                datamodule.num_classes))
+    if trainer.is_global_zero:
+        atomic_write_json(out / "train_summary.json", result)
+        print(f"\ntrained {' '.join(arch.keys)} ({result['parameters']} parameters) for {result['epochs']} epochs: "
+              f"test accuracy {result['test_acc']:.4f} (val {result['val_acc']:.4f}); outputs in {out}")
+        if "onnx" in result:
+            print(f"ONNX: {result['onnx']} (onnx.checker passed; ONNX Runtime vs torch max |diff| "
+                  f"{result['onnx_max_abs_diff']:.2e})")
+        if "measured_latency_ms" in result:
+            print(f"latency on {result['latency_backend']}: predicted {result['predicted_latency_ms']:.4f} ms, "
+                  f"measured {result['measured_latency_ms']:.4f} ms (IQR {result['measured_latency_iqr_ms']:.4f}, "
+                  f"{result['latency_error_pct']:+.2f} %); with its ops re-measured alongside it: predicted "
+                  f"{result['remeasured_prediction_ms']:.4f} ms ({result['remeasured_error_pct']:+.2f} %)")
+    return result
+
+
+def export_and_check(net: ChildNet, path: Path, atol: float = 1e-4, batch_size: int = 1) -> dict[str, Any]:
+    """Export ``net`` to ONNX, run ``onnx.checker`` and compare ONNX Runtime with torch on a random batch.
+
+    Raises :class:`~nas.errors.ConfigError` naming the difference when the outputs
+    differ by more than ``atol`` (absolute, on logits).
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from nas.cost.backends import export_onnx
+
+    net = net.eval()
+    shape = (batch_size, net.stem[0].in_channels, net.space.resolution, net.space.resolution)
+    export_onnx(net, shape, path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    diff = float(np.max(np.abs(got - expected)))
+    if not diff <= atol:
+        raise ConfigError(f"{path}: ONNX Runtime output differs from torch by {diff:.3g} (> train.export.atol="
+                          f"{atol}); the export is not faithful. Report it with the architecture, or raise "
+                          "train.export.atol if the difference is acceptable.")
+    return {"onnx": str(path), "onnx_opset": int(model.opset_import[0].version), "onnx_max_abs_diff": diff}
+
+
+def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architecture, net: ChildNet,
+                          in_channels: int, num_classes: int) -> dict[str, Any]:
+    """The runtime model's prediction for ``arch`` and the network's measured latency.
+
+    ``predicted_latency_ms`` comes from the LUT the search uses for this space and hardware
+    (``hardware.lut_path`` or the cache). The network is measured in the same interleaved rounds as its own ops,
+    re-measured now (``remeasured_prediction_ms``: the LUT's calibration applied to the fresh entries), so the
+    second comparison is free of any drift since the LUT was profiled; both are reported.
+    """
+    from nas.cost.backends import build_backend
+    from nas.cost.profiler import obtain_lut, profile_ops
+    from nas.cost.runtime_model import RuntimeModel
+    from nas.cost.signatures import OpSpec, network_op_keys, required_ops
+
+    backend = build_backend(cfg.hardware.backend)
+    lut = obtain_lut(space, backend, in_channels, num_classes, cache_dir=cfg.paths.cache_dir,
+                     lut_path=cfg.hardware.get("lut_path"), strict=bool(cfg.hardware.get("strict", False)),
+                     progress=bool(cfg.get("progress", True)))
+    predicted = RuntimeModel(space, lut, in_channels, num_classes).predict(arch)
+    keys = network_op_keys(space, arch, in_channels, num_classes)
+    ops = {k: op for k, op in required_ops(space, in_channels, num_classes).items() if k in keys}
+    ops["network"] = OpSpec("network", (in_channels, space.resolution, space.resolution), lambda: net.eval(),
+                            "trained network")
+    measured = profile_ops(ops, backend, progress=False, rounds=backend.repeats)
+    entry = measured["network"]
+    remeasured = lut.network_ms(sum(measured[k].ms for k in keys))
+    return {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
+            "predicted_latency_ms": predicted, "measured_latency_ms": entry.ms,
+            "measured_latency_iqr_ms": entry.iqr_ms,
+            "latency_error_pct": 100 * (predicted - entry.ms) / entry.ms,
+            "remeasured_prediction_ms": remeasured,
+            "remeasured_error_pct": 100 * (remeasured - entry.ms) / entry.ms}
