@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from models.blocks import MBConv, make_act
 from nas.errors import ConfigError
@@ -279,25 +280,35 @@ class SuperMBConv(nn.Module):
         return torch.cat(parts)
 
     def forward(self, x: torch.Tensor, decision: LayerDecision) -> torch.Tensor:
+        """The selected candidate op, computed with no activation-sized tensor beyond those of the largest op.
+
+        The channel mask of the expansion decision multiplies the activations after BatchNorm (see the module
+        docstring); it is applied where it costs nothing: to the SE path's pooled vector and, by linearity, to
+        the projection's weights (``conv(x * m, W) = conv(x, W * m)`` over input channels). The output is the
+        same as masking the activations, without saving a masked copy of them for the backward pass.
+        """
         shortcut = x
         if self.conv_pw is not None:
             x = self.act1(self.bn1(self.conv_pw(x)))
         wk = self.kernel_weight(decision.kernel)
         x = F.conv2d(x, wk, None, self.stride, self.kmax // 2, 1, self.mid_channels)
         x = self.act2(self.bn2(x))
-        channel_mult = self._group_multiplier(decision.expansion, self._channel_groups(), self.can_skip)
-        x = x * channel_mult.view(1, -1, 1, 1)
+        channel_mult = self._group_multiplier(decision.expansion, self._channel_groups(), self.can_skip).view(
+            1, -1, 1, 1)
         if self.se_sizes:
-            s = x.mean((2, 3), keepdim=True)
+            s = x.mean((2, 3), keepdim=True) * channel_mult
             rd_mult = self._group_multiplier(decision.se, self._se_groups(), self.se_optional)
             h = self.se_act(self.conv_reduce(s)) * rd_mult.view(1, -1, 1, 1)
             gate = torch.sigmoid(self.conv_expand(h))
             if self.se_optional:  # SE off means "multiply by 1", not by sigmoid(bias)
                 gate = 1.0 + decision.se[0] * (gate - 1.0)
             x = x * gate
-        x = self.bn3(self.conv_pwl(x))
-        if self.can_skip:
-            x = x * decision.expansion[0]
+        x = F.conv2d(x, self.conv_pwl.weight * channel_mult)
+        if self.can_skip:  # skip gate d: d * BN(x) is BN(x) with affine (d*gamma, d*beta), through the module
+            d = decision.expansion[0]  # so that a synchronised BatchNorm swapped in for DDP still applies
+            x = functional_call(self.bn3, {"weight": self.bn3.weight * d, "bias": self.bn3.bias * d}, (x,))
+        else:
+            x = self.bn3(x)
         return x + shortcut if self.has_residual else x
 
     # ------------------------------------------------------------------ child extraction
