@@ -25,13 +25,16 @@ from pathlib import Path
 
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 
 from nas.benchmarking import saved_tensor_bytes, state_bytes
 from nas.cost.backends import MacsProxy
 from nas.cost.profiler import profile_space
-from nas.search.solvers import MultiPathSearch, ProxylessSearch, SinglePathSearch, SinglePathSoftmaxSearch
-from nas.search.solvers.base import make_optimizer
+from nas.search.optimization import build_optimizer
+from nas.search.pipeline import instantiate_solver
 from nas.space.search_space import SearchSpace
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Meter:
@@ -57,13 +60,16 @@ class Solver:
 def build(space: SearchSpace, lut, batch: tuple[torch.Tensor, torch.Tensor], arch_batch, lam: float) -> list[Solver]:  # noqa: ANN001
     x, y = batch
     xa, ya = arch_batch
-    weight_cfg = {"name": "sgd", "lr": 0.01, "momentum": 0.9}
-    arch_cfg = {"name": "adam", "lr": 0.01}
     solvers = []
 
-    sp = SinglePathSearch(space, x.shape[1], 10, lut, lambda_=lam)
-    sp_opt = make_optimizer([{"params": sp.supernet.weight_parameters()},
-                             {"params": sp.supernet.threshold_parameters()}], weight_cfg)
+    def solver(name: str):  # noqa: ANN202 - each solver with the settings of its conf/solver/<name>.yaml
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("search", overrides=[f"solver={name}", f"solver.lambda_={lam}"])
+        return instantiate_solver(cfg.solver, space, x.shape[1], 10, lut)
+
+    sp = solver("single_path")
+    sp_opt = build_optimizer(sp.optimizer_factory, [{"params": sp.supernet.weight_parameters()},
+                                                    {"params": sp.supernet.threshold_parameters()}], "optimizer")
 
     def single_path_step(meter: Meter) -> None:
         sp_opt.zero_grad(set_to_none=True)
@@ -77,11 +83,10 @@ def build(space: SearchSpace, lut, batch: tuple[torch.Tensor, torch.Tensor], arc
 
     solvers.append(Solver("single_path", sp, single_path_step, [sp_opt]))
 
-    for name, cls in (("single_path_softmax", SinglePathSoftmaxSearch), ("multi_path", MultiPathSearch),
-                      ("proxyless", ProxylessSearch)):
-        module = cls(space, x.shape[1], 10, lut, lambda_=lam)
-        w_opt = make_optimizer([{"params": module.weight_parameters()}], weight_cfg)
-        a_opt = make_optimizer([{"params": module.arch_parameters()}], arch_cfg)
+    for name in ("single_path_softmax", "multi_path", "proxyless"):
+        module = solver(name)
+        w_opt = build_optimizer(module.optimizer_factory, [{"params": module.weight_parameters()}], "optimizer")
+        a_opt = build_optimizer(module.arch_optimizer_factory, [{"params": module.arch_parameters()}], "arch_optimizer")
 
         def bilevel_step(meter: Meter, module=module, w_opt=w_opt, a_opt=a_opt) -> None:  # noqa: ANN001
             a_opt.zero_grad(set_to_none=True)
@@ -107,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     space = SearchSpace.from_config(yaml.safe_load((root / "conf" / "space" / f"{args.space}.yaml").read_text()))
     lut = profile_space(space, MacsProxy(), 3, 10, progress=False)  # the LUT's values do not change step cost
     shape = (args.batch, 3, space.resolution, space.resolution)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -55,3 +56,31 @@ def proxy_lut(space: SearchSpace, in_channels: int = 1, num_classes: int = 10) -
 @pytest.fixture
 def micro_lut(micro_space: SearchSpace) -> LatencyLUT:
     return proxy_lut(micro_space)
+
+
+#: the plain SGD most solver tests train with (small steps, no Nesterov, no weight decay)
+TEST_SGD = {"lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+
+SOLVER_CLASSES = {"single_path": "SinglePathSearch", "single_path_ste": "SinglePathSTESearch",
+                  "single_path_softmax": "SinglePathSoftmaxSearch", "multi_path": "MultiPathSearch",
+                  "proxyless": "ProxylessSearch", "random": "RandomSearch"}
+
+
+def solver_settings(name: str, **settings: Any) -> dict[str, Any]:
+    """``conf/solver/<name>.yaml`` resolved (the only place solver defaults live), with ``settings`` merged in."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("search", overrides=[f"solver={name}"])
+    base = OmegaConf.create(OmegaConf.to_container(cfg.solver, resolve=True))
+    return OmegaConf.to_container(OmegaConf.merge(base, settings))
+
+
+def make_solver(name: str, space: SearchSpace, lut: LatencyLUT, in_channels: int = 1, num_classes: int = 10,
+                **settings: Any) -> Any:
+    """A solver as search.py builds it from its YAML, with test-sized ``settings`` (e.g. ``optimizer={"lr": .05}``,
+    ``lr_scheduler=None``) merged over the file's values."""
+    from nas.search.pipeline import instantiate_solver
+
+    return instantiate_solver(solver_settings(name, **settings), space, in_channels, num_classes, lut)

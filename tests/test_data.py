@@ -19,7 +19,7 @@ def test_digits_split_is_seeded_disjoint_and_resized():
     x, y = next(iter(a.val_dataloader()))
     assert x.shape[1:] == (1, 24, 24) and y.dtype == torch.long
     assert torch.equal(a.val_set.tensors[0], b.val_set.tensors[0])
-    parts = [set(a.split_indices[k].tolist()) for k in ("train", "val", "test")]
+    parts = [set(a.split_indices[k]) for k in ("train", "val", "test")]
     assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
     assert len(parts[0] | parts[1] | parts[2]) == 1797
     c = DigitsDataModule(image_size=24, seed=2, augment=False)

@@ -13,6 +13,7 @@ from nas.search.checkpoint import AtomicCheckpointIO, load_checkpoint
 from nas.search.data import DigitsDataModule
 from nas.search.loaders import EpochSampler, ResumableDataLoader, SeededItems
 from nas.search.solvers import SinglePathSearch
+from tests.conftest import TEST_SGD, make_solver
 
 
 def test_sharded_epoch_sampler_reproduces_the_single_process_global_batches():
@@ -85,9 +86,9 @@ class Crash(Callback):
 def _search(micro_space, micro_lut) -> SinglePathSearch:
     torch.manual_seed(0)  # the same initial weights in every run
     # subset dropout and augmentation stay on: the resumed run must replay their random draws too
-    return SinglePathSearch(micro_space, 1, 10, micro_lut, lambda_=0.5, threshold_lr=1.0,
-                            subset_dropout={"p": 0.4, "epochs": 2}, runtime_warmup_epochs=1,
-                            optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9}, bn_calibration_batches=2)
+    return make_solver("single_path", micro_space, micro_lut, lambda_=0.5, threshold_lr=1.0,
+                       subset_dropout={"p": 0.4, "epochs": 2}, runtime_warmup_epochs=1, optimizer=TEST_SGD,
+                       bn_calibration_batches=2)
 
 
 def _fit(module, root, callbacks=(), ckpt_path=None, every=None) -> pl.Trainer:

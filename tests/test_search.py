@@ -8,13 +8,13 @@ import torch
 from nas.search.checkpoint import AtomicCheckpointIO, load_checkpoint
 from nas.search.data import DigitsDataModule
 from nas.search.solvers import SinglePathSearch
+from tests.conftest import TEST_SGD, make_solver
 
 
 def make_search(space, lut, **kwargs) -> SinglePathSearch:
-    defaults = dict(lambda_=0.0, threshold_lr=1.0, subset_dropout={"p": 0.0, "epochs": 0},
-                    optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})
-    defaults.update(kwargs)
-    return SinglePathSearch(space, 1, 10, lut, **defaults)
+    settings = dict(lambda_=0.0, threshold_lr=1.0, subset_dropout={"p": 0.0, "epochs": 0}, optimizer=TEST_SGD)
+    settings.update(kwargs)
+    return make_solver("single_path", space, lut, **settings)
 
 
 def fit(module, space, epochs=3, limit=384, tmp_path=None, seed=0) -> pl.Trainer:

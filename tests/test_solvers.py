@@ -19,8 +19,6 @@ from nas.search.pipeline import run_search
 from nas.search.solvers import (
     MultiPathSearch,
     ProxylessSearch,
-    RandomSearch,
-    SinglePathSearch,
     SinglePathSoftmaxSearch,
     SinglePathSTESearch,
 )
@@ -30,9 +28,9 @@ from nas.search.solvers.single_path_variants import indicators_from_levels
 from nas.space.architecture import Architecture
 from nas.supernets.multi_path_supernet import MixedLayer, MultiPathSupernet
 from nas.supernets.superkernel import SuperMBConv
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_SGD, make_solver
 
-FAST = {"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "bn_calibration_batches": 2}
+FAST = {"optimizer": TEST_SGD, "bn_calibration_batches": 2}
 
 
 def fit(module, space, epochs=1, limit=96, tmp_path=None, seed=0, callbacks=(), **trainer_kwargs) -> pl.Trainer:
@@ -82,7 +80,7 @@ def test_multi_path_layer_output_is_the_weighted_sum_of_every_path(micro_space):
 
 
 def test_multi_path_runs_every_path_and_derives_the_argmax(micro_space, micro_lut, tmp_path):
-    module = MultiPathSearch(micro_space, 1, 10, micro_lut, lambda_=0.5, arch_warmup_epochs=0, **FAST)
+    module = make_solver("multi_path", micro_space, micro_lut, lambda_=0.5, arch_warmup_epochs=0, **FAST)
     calls = count_path_calls(module.supernet)
     alpha_before = [a.detach().clone() for a in module.supernet.arch_parameters()]
     trainer = fit(module, micro_space, epochs=1, limit=64, tmp_path=tmp_path)
@@ -114,7 +112,7 @@ def test_expected_runtime_is_the_lut_sum_at_one_hot_probabilities(micro_space, m
 
 def test_gumbel_temperature_follows_its_schedule(micro_space, micro_lut, tmp_path):
     schedule = {"initial": 4.0, "decay": 0.5, "min": 1.5}
-    module = MultiPathSearch(micro_space, 1, 10, micro_lut, weighting="gumbel", temperature=schedule,
+    module = make_solver("multi_path", micro_space, micro_lut, weighting="gumbel", temperature=schedule,
                              arch_warmup_epochs=0, bn_calibration_batches=0, lambda_=0.0)
     seen: list[tuple[int, float]] = []
 
@@ -140,7 +138,7 @@ def test_gumbel_temperature_follows_its_schedule(micro_space, micro_lut, tmp_pat
 # ---------------------------------------------------------------------- ProxylessNAS
 def test_proxyless_computes_only_sampled_paths_and_gets_arch_gradients(micro_space, micro_lut):
     torch.manual_seed(0)
-    module = ProxylessSearch(micro_space, 1, 10, micro_lut, lambda_=0.0)
+    module = make_solver("proxyless", micro_space, micro_lut, lambda_=0.0)
     calls = count_path_calls(module.supernet)
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
 
@@ -166,7 +164,7 @@ def test_proxyless_computes_only_sampled_paths_and_gets_arch_gradients(micro_spa
 
 
 def test_proxyless_gradient_is_the_binary_gate_estimator(micro_space, micro_lut):
-    module = ProxylessSearch(micro_space, 1, 10, micro_lut, lambda_=0.0).eval()
+    module = make_solver("proxyless", micro_space, micro_lut, lambda_=0.0).eval()
     x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,))
     torch.manual_seed(3)
     module.arch_loss(x, y)[0].backward()
@@ -183,7 +181,7 @@ def test_proxyless_gradient_is_the_binary_gate_estimator(micro_space, micro_lut)
 
 
 def test_proxyless_search_keeps_unsampled_probabilities_and_derives(micro_space, micro_lut, tmp_path):
-    module = ProxylessSearch(micro_space, 1, 10, micro_lut, lambda_=0.3, arch_warmup_epochs=0, **FAST)
+    module = make_solver("proxyless", micro_space, micro_lut, lambda_=0.3, arch_warmup_epochs=0, **FAST)
     x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,))
     before = [a.detach().clone() for a in module.supernet.arch_parameters()]
     module.arch_loss(x, y)
@@ -201,8 +199,8 @@ def test_proxyless_search_keeps_unsampled_probabilities_and_derives(micro_space,
 
 # ---------------------------------------------------------------------- single-path variants
 def test_ste_passes_the_gradient_straight_through(micro_space, micro_lut):
-    ste = SinglePathSTESearch(micro_space, 1, 10, micro_lut)
-    sig = SinglePathSearch(micro_space, 1, 10, micro_lut)
+    ste = make_solver("single_path_ste", micro_space, micro_lut)
+    sig = make_solver("single_path", micro_space, micro_lut)
     sig.load_state_dict(ste.state_dict())
     assert all(layer.relaxation == "ste" for layer in ste.supernet.super_layers())
     coefficients = None
@@ -221,13 +219,13 @@ def test_ste_passes_the_gradient_straight_through(micro_space, micro_lut):
     assert (grads["sigmoid"].abs() <= coefficients.abs() / 4 + 1e-7).all()
     assert not torch.allclose(grads["sigmoid"], grads["ste"])
     with pytest.raises(ConfigError, match="single_path_ste uses relaxation 'ste'"):
-        SinglePathSTESearch(micro_space, 1, 10, micro_lut, relaxation="sigmoid")
+        make_solver("single_path_ste", micro_space, micro_lut, relaxation="sigmoid")
 
 
 def test_softmax_over_subsets_is_eq_6_1_and_prices_the_expected_runtime(micro_space, micro_lut):
     p = torch.softmax(torch.randn(3), 0)
     assert torch.allclose(level_probabilities(indicators_from_levels(p)), p, atol=1e-6)
-    module = SinglePathSoftmaxSearch(micro_space, 1, 10, micro_lut)
+    module = make_solver("single_path_softmax", micro_space, micro_lut)
     layer: SuperMBConv = module.supernet.super_layers()[0]
     pk = torch.softmax(torch.tensor([0.3, -0.2]), 0)
     w = layer.weight_dw
@@ -244,7 +242,7 @@ def test_softmax_over_subsets_is_eq_6_1_and_prices_the_expected_runtime(micro_sp
 
 
 def test_softmax_alternates_arch_steps_on_the_validation_split(micro_space, micro_lut, tmp_path):
-    module = SinglePathSoftmaxSearch(micro_space, 1, 10, micro_lut, arch_warmup_epochs=1, lambda_=0.5, **FAST)
+    module = make_solver("single_path_softmax", micro_space, micro_lut, arch_warmup_epochs=1, lambda_=0.5, **FAST)
     arch_batches = []
     original = module.next_arch_batch
     module.next_arch_batch = lambda batch: arch_batches.append(original(batch)) or arch_batches[-1]
@@ -272,7 +270,7 @@ def test_random_search_respects_the_target_and_keeps_the_best(micro_space, micro
     window = sample_under_target(micro_space, model.predict, target, 5, seed=1, min_ms=low, max_tries=2000)
     assert all(low <= model.predict(a) <= target for a in window)
 
-    module = RandomSearch(micro_space, 1, 10, micro_lut, target_ms=target, num_samples=2, seed=3,
+    module = make_solver("random", micro_space, micro_lut, target_ms=target, num_samples=2, seed=3,
                           optimizer=FAST["optimizer"])
     fit(module, micro_space, epochs=2, limit=96, tmp_path=tmp_path)  # 2 epochs / 2 samples = 1 epoch each
     acc = module.sample_val_acc.tolist()
@@ -282,9 +280,9 @@ def test_random_search_respects_the_target_and_keeps_the_best(micro_space, micro
     assert module.predicted_latency_ms(arch) <= target and arch.meta["solver"] == "random"
 
     with pytest.raises(ConfigError, match="raise hardware.target_ms"):
-        RandomSearch(micro_space, 1, 10, micro_lut, target_ms=0.5 * lo, max_tries=200)
+        make_solver("random", micro_space, micro_lut, target_ms=0.5 * lo, max_tries=200)
     with pytest.raises(ConfigError, match="set hardware.target_ms"):
-        RandomSearch(micro_space, 1, 10, micro_lut)
+        make_solver("random", micro_space, micro_lut)
 
 
 # ---------------------------------------------------------------------- through the pipeline

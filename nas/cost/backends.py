@@ -286,30 +286,14 @@ class TorchCUDA(LatencyBackend):
 
 
 def count_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of the convolutions and linear layers of one forward pass on ``shape``."""
-    total = 0
+    """Multiply-accumulates of one forward pass on ``shape``: half the FLOPs torch's ``FlopCounterMode`` counts
+    (convolutions and matrix products; element-wise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def conv_hook(m: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear_hook(m: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * m.in_features
-
-    handles = []
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            module.eval()(torch.zeros(*shape))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module.eval()(torch.zeros(*shape))
+    return counter.get_total_flops() // 2
 
 
 class MacsProxy(LatencyBackend):

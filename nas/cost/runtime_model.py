@@ -152,14 +152,6 @@ class RuntimeModel(nn.Module):
                 total += self.lut.ms(key, f"layer {spec.index} ({spec.name})")
         return self.lut.network_ms(total)
 
-    def per_layer(self, arch: Architecture) -> list[float]:
-        """LUT runtime of each layer of ``arch`` (0 for skipped layers)."""
-        out = []
-        for spec, choice in zip(self.space.layers, arch.layers):
-            key = layer_key(spec, choice, self.space.act)
-            out.append(0.0 if key is None else self.lut.ms(key))
-        return out
-
 
 class CandidateRuntime(nn.Module):
     """Expected runtime ``E[R]`` (ms) of per-layer categorical distributions over candidates, from the LUT."""

@@ -8,49 +8,43 @@ Nothing is downloaded unless the user sets ``download=true``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
+from torchvision.transforms.v2 import RandomCrop
 
 from nas.errors import DataError
 from nas.search.loaders import resumable_loader, trainer_progress
 
 
-def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
-    """Split ``range(n)`` into len(fractions)+1 disjoint index sets (the first takes the remainder)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[list[int]]:
+    """Disjoint index lists of ``range(n)``: the remainder first, then ``round(f * n)`` for each fraction
+    (torch's ``random_split`` with a generator seeded by ``seed``)."""
     sizes = [int(round(f * n)) for f in fractions]
     first = n - sum(sizes)
     if first <= 0 or any(s <= 0 for s in sizes):
         raise DataError(f"cannot split {n} samples into fractions {fractions}; use smaller fractions")
-    out, start = [], 0
-    for size in [first, *sizes]:
-        out.append(perm[start:start + size])
-        start += size
-    return out
+    parts = random_split(range(n), [first, *sizes], generator=torch.Generator().manual_seed(seed))
+    return [list(part.indices) for part in parts]
 
 
-class RandomShift(Dataset):
-    """Random translation by up to ``pad`` pixels (zero padding), for small in-memory image tensors."""
+class TransformedImages(Dataset):
+    """``(transform(x), y)`` for the items of a dataset of tensors (torchvision transforms on in-memory images)."""
 
-    def __init__(self, base: Dataset, pad: int) -> None:
+    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.base = base
-        self.pad = pad
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int):  # noqa: ANN204
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.base[index]
-        if self.pad > 0:
-            h, w = x.shape[-2:]
-            padded = F.pad(x, (self.pad,) * 4)
-            i, j = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
-            x = padded[..., i:i + h, j:j + w]
-        return x, y
+        return self.transform(x), y
 
 
 class _SplitDataModule(pl.LightningDataModule):
@@ -136,7 +130,8 @@ class DigitsDataModule(_SplitDataModule):
         x = (x - mean) / std
         train = TensorDataset(x[train_idx], y[train_idx])
         shift = max(1, self.image_size // 16) if self.augment else 0
-        self.train_set = RandomShift(train, shift) if shift else train
+        # random translation by up to `shift` pixels (zero padding); each item's draw is seeded (nas.search.loaders)
+        self.train_set = TransformedImages(train, RandomCrop(self.image_size, padding=shift)) if shift else train
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
         self.test_set = TensorDataset(x[test_idx], y[test_idx])
 
@@ -193,8 +188,8 @@ class CIFARDataModule(_SplitDataModule):
         train_full = cls(self.root, train=True, transform=train_tf)
         eval_full = cls(self.root, train=True, transform=eval_tf)
         train_idx, val_idx = seeded_split(len(train_full), (self.val_fraction,), self.seed)
-        self.train_set = Subset(train_full, train_idx.tolist())
-        self.val_set = Subset(eval_full, val_idx.tolist())
+        self.train_set = Subset(train_full, train_idx)
+        self.val_set = Subset(eval_full, val_idx)
         self.test_set = cls(self.root, train=False, transform=eval_tf)
 
 
@@ -244,6 +239,6 @@ class ImageFolderDataModule(_SplitDataModule):
         train_full = datasets.ImageFolder(self.root / self.train_dir, transform=train_tf)
         eval_full = datasets.ImageFolder(self.root / self.train_dir, transform=eval_tf)
         train_idx, val_idx = seeded_split(len(train_full), (self.val_fraction,), self.seed)
-        self.train_set = Subset(train_full, train_idx.tolist())
-        self.val_set = Subset(eval_full, val_idx.tolist())
+        self.train_set = Subset(train_full, train_idx)
+        self.val_set = Subset(eval_full, val_idx)
         self.test_set = datasets.ImageFolder(test_dir, transform=eval_tf)

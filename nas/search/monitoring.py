@@ -176,25 +176,11 @@ class SearchMonitor:
         experiment.flush()
 
 
-def flat_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config flattened to ``a/b`` keys with TensorBoard-friendly values (numbers, str, bool)."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flat_hparams(value, f"{name}/"))
-        elif isinstance(value, (bool, int, float, str)) or value is None:
-            out[name] = "None" if value is None else value
-        else:
-            out[name] = str(value)
-    return out
-
-
 def log_final_hparams(logger: Any, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
     """Write the hparams plugin entry: ``params`` with the run's final ``metrics`` (``hparams/<name>``)."""
     if logger is None or not hasattr(logger, "log_hyperparams"):
         return
     finite = {f"hparams/{k}": float(v) for k, v in metrics.items()
               if isinstance(v, (int, float)) and math.isfinite(float(v))}
-    logger.log_hyperparams(flat_hparams(params), metrics=finite)
+    logger.log_hyperparams(dict(params), metrics=finite)
     logger.finalize("success")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from nas.cost.backends import build_backend
+from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import obtain_lut_once
 from nas.errors import ConfigError
 from nas.io import atomic_write_json, atomic_write_text
@@ -23,6 +23,7 @@ from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.global_batchnorm import sync_batchnorm_arguments
 from nas.search.monitoring import log_final_hparams
 from nas.search.preflight import check_trainer_config
+from nas.search.solvers.base import SearchModule
 from nas.space.search_space import SearchSpace
 from nas.space.timm_interop import timm_record, timm_string
 
@@ -38,6 +39,14 @@ def target_objective(accuracy: float, runtime_ms: float, target_ms: float | None
     return accuracy if runtime_ms <= target_ms else accuracy * (target_ms / runtime_ms)
 
 
+def instantiate_solver(solver_cfg: Any, space: SearchSpace, in_channels: int, num_classes: int,
+                       lut: LatencyLUT) -> SearchModule:
+    """The solver of a ``solver=`` config node (``conf/solver/*.yaml``: every setting comes from there)."""
+    # objects are passed after instantiation: Hydra would turn dataclasses (space, LUT) into configs
+    return instantiate(solver_cfg, _partial_=True)(space=space, in_channels=in_channels, num_classes=num_classes,
+                                                   lut=lut)
+
+
 def build_search(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate space, data, backend, LUT and solver from ``cfg`` (no training)."""
     space = SearchSpace.from_config(cfg.space)
@@ -46,9 +55,7 @@ def build_search(cfg: DictConfig) -> dict[str, Any]:
     lut = obtain_lut_once(space, backend, datamodule.in_channels, datamodule.num_classes,
                      cache_dir=cfg.paths.cache_dir, lut_path=cfg.hardware.get("lut_path"),
                      strict=bool(cfg.hardware.get("strict", False)), progress=bool(cfg.get("progress", True)))
-    # objects are passed after instantiation: Hydra would turn dataclasses (space, LUT) into configs
-    solver = instantiate(cfg.solver, _partial_=True)(space=space, in_channels=datamodule.in_channels,
-                                                     num_classes=datamodule.num_classes, lut=lut)
+    solver = instantiate_solver(cfg.solver, space, datamodule.in_channels, datamodule.num_classes, lut)
     return {"space": space, "datamodule": datamodule, "backend": backend, "lut": lut, "solver": solver}
 
 
@@ -80,7 +87,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     target = cfg.hardware.get("target_ms")
     result = {
         "space": space.name,
-        "solver": solver.hparams.get("solver", type(solver).__name__),
+        "solver": solver.solver_name,
         "architecture": arch.keys,
         "timm": timm_string(arch, space),
         "predicted_latency_ms": predicted,
@@ -93,6 +100,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": round(time.perf_counter() - start, 2),
         "output_dir": str(out),
         "ddp": agreement.summary(),
+        "config": resolved_config(cfg),
     }
     if trainer.is_global_zero:
         arch = arch.with_meta(val_acc=val_acc, hardware=lut.hardware.get("backend"),
@@ -102,18 +110,16 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         lut_copy = type(lut).from_dict(lut.to_dict(), source=lut.source)
         lut_copy.save(out / "lut.json")
         atomic_write_json(out / "summary.json", result)
-        log_final_hparams(logger, search_hparams(cfg), {k: result[k] for k in ("val_acc", "predicted_latency_ms",
-                                                                                  "objective")})
+        log_final_hparams(logger, result["config"], {k: result[k] for k in ("val_acc", "predicted_latency_ms",
+                                                                               "objective")})
         print(format_result(result, arch, space))
     return result
 
 
-def search_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The settings a sweep compares, for TensorBoard's hparams tab."""
-    return {"solver": OmegaConf.to_container(cfg.solver, resolve=True), "space": cfg.space.name,
-            "hardware": cfg.hardware.name, "target_ms": cfg.hardware.get("target_ms"), "seed": cfg.seed,
-            "max_epochs": cfg.trainer.get("max_epochs"), "batch_size": cfg.data.get("batch_size"),
-            "devices": str(cfg.trainer.get("devices")), "num_nodes": cfg.trainer.get("num_nodes", 1)}
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's full configuration with every interpolation resolved: what summary.json and TensorBoard's hparams
+    tab record (Lightning's logger flattens it to ``solver/optimizer/lr`` style keys)."""
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def format_result(result: dict[str, Any], arch: Any, space: SearchSpace) -> str:
@@ -128,7 +134,3 @@ def format_result(result: dict[str, Any], arch: Any, space: SearchSpace) -> str:
         f"written to: {result['output_dir']}/arch.json",
     ]
     return "\n".join(lines)
-
-
-def config_summary(cfg: DictConfig) -> str:
-    return json.dumps(OmegaConf.to_container(cfg, resolve=False), indent=1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from models.child import ChildNet
 from nas.errors import ArchitectureError, ConfigError
 from nas.io import atomic_write_json
 from nas.search.checkpoint import AtomicCheckpointIO
-from nas.search.solvers.base import cosine_factor, make_optimizer
+from nas.search.optimization import OptimizerFactory, SchedulerFactory, build_optimizer, step_schedule
 from nas.space.architecture import Architecture
 from nas.space.networks import build_child
 from nas.space.search_space import SearchSpace
@@ -34,19 +35,23 @@ log = logging.getLogger(__name__)
 
 
 class ChildTrainingModule(pl.LightningModule):
-    """Cross-entropy training of a :class:`ChildNet` with a cosine schedule; logs accuracy per split."""
+    """Cross-entropy training of a :class:`ChildNet`; accuracy per split (torchmetrics). Settings: ``conf/train.yaml``.
 
-    def __init__(self, net: ChildNet, optimizer: dict[str, Any] | None = None, label_smoothing: float = 0.1,
-                 warmup_steps: int = 0) -> None:
+    ``optimizer`` is a ``_partial_`` torch optimiser, ``lr_scheduler`` a ``_partial_`` per-step schedule called with
+    ``(optimizer, total_steps=...)`` (``None``: constant rate).
+    """
+
+    def __init__(self, net: ChildNet, *, optimizer: OptimizerFactory, lr_scheduler: SchedulerFactory | None,
+                 label_smoothing: float) -> None:
         super().__init__()
         self.net = net
-        self.optimizer_config = dict(optimizer or {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
-                                                   "weight_decay": 4e-5})
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.label_smoothing = label_smoothing
-        self.warmup_steps = warmup_steps
-        self.save_hyperparameters({"architecture": net.arch.keys, "space": net.space.name,
-                                   "optimizer": self.optimizer_config, "label_smoothing": label_smoothing,
-                                   "warmup_steps": warmup_steps})
+        num_classes = net.head.classifier.out_features
+        self.accuracy = nn.ModuleDict({split: MulticlassAccuracy(num_classes, average="micro")
+                                       for split in ("train", "val", "test")})
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler"], logger=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -55,11 +60,11 @@ class ChildTrainingModule(pl.LightningModule):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if split == "train" else 0.0)
-        acc = (logits.argmax(1) == y).float().mean()
         on_step = split == "train"
+        self.accuracy[split](logits.detach(), y)
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-        self.log(f"{split}/acc", acc, on_step=on_step, on_epoch=not on_step, prog_bar=split != "train",
-                 sync_dist=not on_step)
+        self.log(f"{split}/acc", self.accuracy[split], on_step=on_step, on_epoch=not on_step,
+                 prog_bar=split != "train")
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -72,11 +77,10 @@ class ChildTrainingModule(pl.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = make_optimizer([{"params": self.net.parameters()}], self.optimizer_config)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(cosine_factor, total=total,
-                                                                         warmup=self.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = build_optimizer(self.optimizer_factory, [{"params": list(self.net.parameters())}],
+                                    "train.optimizer")
+        schedule = step_schedule(self.lr_scheduler_factory, optimizer, self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, **({"lr_scheduler": schedule[0]} if schedule else {})}
 
 
 def load_architecture(path: str, space: SearchSpace) -> Architecture:
@@ -102,8 +106,9 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     arch = load_architecture(str(cfg.arch), space)
     datamodule = instantiate(cfg.data)
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
-    module = ChildTrainingModule(net, optimizer=cfg.train.optimizer, label_smoothing=cfg.train.label_smoothing,
-                                 warmup_steps=cfg.train.warmup_steps)
+    module = ChildTrainingModule(net, optimizer=instantiate(cfg.train.optimizer),
+                                 lr_scheduler=instantiate(cfg.train.lr_scheduler),
+                                 label_smoothing=cfg.train.label_smoothing)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="epoch{epoch:03d}",
                                  auto_insert_metric_name=False, save_last=True, monitor="val/acc", mode="max")
     logger = TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False)

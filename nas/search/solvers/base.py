@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import multiclass_accuracy
 
 from nas.cost.lut import LatencyLUT
 from nas.cost.runtime_model import RuntimeModel
@@ -21,34 +23,9 @@ from nas.space.search_space import SearchSpace
 
 CHECKPOINT_FORMAT_VERSION = 1
 
-OPTIMIZERS = {
-    "sgd": torch.optim.SGD,
-    "rmsprop": torch.optim.RMSprop,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-}
-
-
-def make_optimizer(param_groups: list[dict[str, Any]], config: dict[str, Any]) -> torch.optim.Optimizer:
-    """An optimiser from a plain config ``{name: rmsprop, lr: ..., ...}`` (extra keys go to its constructor)."""
-    config = dict(config)
-    name = str(config.pop("name", "sgd")).lower()
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
-    try:
-        return OPTIMIZERS[name](param_groups, **config)
-    except TypeError as err:
-        raise ConfigError(f"optimizer {name}: bad option ({err}); see torch.optim.{OPTIMIZERS[name].__name__}") \
-            from None
-
-
-def cosine_factor(step: int, total: int, warmup: int = 0) -> float:
-    """Linear warm-up then cosine decay to 0, as a multiplier of the base learning rate."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
+#: constructor arguments that are objects, not settings: not saved as hyperparameters (the run's resolved config,
+#: which holds their settings, is logged by the pipeline instead)
+NOT_HYPERPARAMETERS = ("space", "lut", "optimizer", "arch_optimizer", "lr_scheduler")
 
 class SearchModule(pl.LightningModule):
     """Base class: loss ``CE + lambda * log(R)`` bookkeeping, logging, derivation and checkpoint metadata.
@@ -56,13 +33,17 @@ class SearchModule(pl.LightningModule):
     Subclasses implement :meth:`derive_architecture` and their training step.
     """
 
-    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT,
-                 lambda_: float = 0.0, label_smoothing: float = 0.0, runtime_form: str = "exact") -> None:
+    solver_name = "search"
+
+    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT, *,
+                 lambda_: float, label_smoothing: float, runtime_form: str) -> None:
         super().__init__()
-        if lambda_ < 0 or not math.isfinite(lambda_):
-            raise ConfigError(f"solver.lambda_ must be a finite number >= 0, got {lambda_}")
-        if not 0 <= label_smoothing < 1:
-            raise ConfigError(f"solver.label_smoothing must lie in [0, 1), got {label_smoothing}")
+        if isinstance(lambda_, bool) or not isinstance(lambda_, (int, float)) or not lambda_ >= 0 \
+                or not math.isfinite(lambda_):
+            raise ConfigError(f"solver.lambda_ must be a finite number >= 0, got {lambda_!r}")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0 <= label_smoothing < 1:
+            raise ConfigError(f"solver.label_smoothing must lie in [0, 1), got {label_smoothing!r}")
         self.space = space
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -70,6 +51,7 @@ class SearchModule(pl.LightningModule):
         self.label_smoothing = float(label_smoothing)
         self.runtime_model = RuntimeModel(space, lut, in_channels, num_classes, form=runtime_form)
         self.monitor = SearchMonitor()  # TensorBoard figures shared by every solver (nas/search/monitoring.py)
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")  # synchronised over DDP ranks
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ to implement
@@ -89,7 +71,8 @@ class SearchModule(pl.LightningModule):
         x, y = batch
         logits = self.eval_logits(x)
         self.log("val/ce", self.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
-        self.log("val/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True, sync_dist=True)
+        self.val_accuracy(logits, y)
+        self.log("val/acc", self.val_accuracy, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -101,6 +84,10 @@ class SearchModule(pl.LightningModule):
         self.log_architecture(arch)
 
     # ------------------------------------------------------------------ shared helpers
+    def batch_accuracy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Top-1 accuracy of one training batch (for the step logs)."""
+        return multiclass_accuracy(logits.detach(), target, self.num_classes, average="micro")
+
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 

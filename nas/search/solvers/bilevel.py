@@ -26,13 +26,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from nas.cost.lut import LatencyLUT
 from nas.errors import ConfigError
-from nas.search.solvers.base import SearchModule, cosine_factor, make_optimizer
+from nas.search.optimization import OptimizerFactory, SchedulerFactory, build_optimizer, step_schedule
+from nas.search.solvers.base import SearchModule
 from nas.space.architecture import Architecture
 from nas.space.search_space import SearchSpace
 
 ARCH_DATA = ("val", "train")
-DEFAULT_WEIGHT_OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 4e-5}
-DEFAULT_ARCH_OPTIMIZER = {"name": "adam", "lr": 0.02, "betas": [0.5, 0.999], "weight_decay": 0.0}
 
 
 class BilevelSearch(SearchModule):
@@ -40,51 +39,40 @@ class BilevelSearch(SearchModule):
 
     Subclasses implement :meth:`weight_parameters`, :meth:`arch_parameters`, :meth:`weight_loss`,
     :meth:`arch_loss`, :meth:`eval_logits` and :meth:`derive_architecture`; :meth:`after_arch_step` is an
-    optional hook run after every architecture update.
+    optional hook run after every architecture update. Settings: ``conf/solver_common/bilevel.yaml``.
 
     Args:
         lambda_: runtime trade-off of ``CE + lambda * log(E[R])`` in the architecture step.
-        optimizer / arch_optimizer: ``{name, lr, ...}`` of the weight and architecture optimisers.
+        optimizer / arch_optimizer: ``_partial_`` torch optimisers of the weights and of the architecture.
         arch_data: ``val`` or ``train`` (see the module docstring).
         arch_warmup_epochs: epochs of weight steps only before architecture steps start.
-        lr_schedule, warmup_steps: cosine (or constant) schedule of the weight learning rate.
+        lr_scheduler: ``_partial_`` per-step schedule of the weight optimiser (``None``: constant).
         bn_calibration_batches: BN re-estimation for the derived architecture before each validation.
         seed: seed of the architecture-batch order.
     """
 
     solver_name = "bilevel"
 
-    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT,
-                 lambda_: float = 0.2, label_smoothing: float = 0.1, optimizer: dict[str, Any] | None = None,
-                 arch_optimizer: dict[str, Any] | None = None, arch_data: str = "val", arch_warmup_epochs: int = 2,
-                 lr_schedule: str = "cosine", warmup_steps: int = 0, bn_calibration_batches: int = 10,
-                 seed: int = 0) -> None:
-        super().__init__(space, in_channels, num_classes, lut, lambda_, label_smoothing)
+    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT, *,
+                 lambda_: float, label_smoothing: float, runtime_form: str, optimizer: OptimizerFactory,
+                 arch_optimizer: OptimizerFactory, arch_data: str, arch_warmup_epochs: int,
+                 lr_scheduler: SchedulerFactory | None, bn_calibration_batches: int, seed: int) -> None:
+        super().__init__(space, in_channels, num_classes, lut, lambda_=lambda_, label_smoothing=label_smoothing,
+                         runtime_form=runtime_form)
         if arch_data not in ARCH_DATA:
             raise ConfigError(f"solver.arch_data must be one of {list(ARCH_DATA)}, got {arch_data!r}")
-        if lr_schedule not in ("cosine", "constant"):
-            raise ConfigError(f"solver.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
-        if arch_warmup_epochs < 0:
-            raise ConfigError(f"solver.arch_warmup_epochs must be >= 0, got {arch_warmup_epochs}")
+        if isinstance(arch_warmup_epochs, bool) or not isinstance(arch_warmup_epochs, int) or arch_warmup_epochs < 0:
+            raise ConfigError(f"solver.arch_warmup_epochs must be an integer >= 0, got {arch_warmup_epochs!r}")
         self.automatic_optimization = False
-        self.optimizer_config = dict(optimizer or DEFAULT_WEIGHT_OPTIMIZER)
-        self.arch_optimizer_config = dict(arch_optimizer or DEFAULT_ARCH_OPTIMIZER)
+        self.optimizer_factory = optimizer
+        self.arch_optimizer_factory = arch_optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.arch_data = arch_data
         self.arch_warmup_epochs = int(arch_warmup_epochs)
-        self.lr_schedule = lr_schedule
-        self.warmup_steps = int(warmup_steps)
         self.bn_calibration_batches = int(bn_calibration_batches)
         self.seed = int(seed)
         self._arch_batches: Iterator[Any] | None = None
         self.arch_steps_taken = 0
-
-    def common_hparams(self) -> dict[str, Any]:
-        return {"solver": self.solver_name, "space": self.space.name, "space_digest": self.space.digest,
-                "lambda_": self.lambda_, "label_smoothing": self.label_smoothing, "optimizer": self.optimizer_config,
-                "arch_optimizer": self.arch_optimizer_config, "arch_data": self.arch_data,
-                "arch_warmup_epochs": self.arch_warmup_epochs, "lr_schedule": self.lr_schedule,
-                "warmup_steps": self.warmup_steps, "bn_calibration_batches": self.bn_calibration_batches,
-                "seed": self.seed}
 
     # ------------------------------------------------------------------ to implement
     def weight_parameters(self) -> list[torch.nn.Parameter]:
@@ -164,7 +152,7 @@ class BilevelSearch(SearchModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        acc = (logits.argmax(1) == y).float().mean()
+        acc = self.batch_accuracy(logits, y)
         logs.update({"train/ce": ce.detach(), "train/acc": acc, "train/lambda": self.lambda_,
                      "train/arch_active": float(self.arch_active()), **self.extra_train_logs()})
         self.log_dict(logs, on_step=True, on_epoch=False)
@@ -180,15 +168,12 @@ class BilevelSearch(SearchModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
-        weight_opt = make_optimizer([{"params": self.weight_parameters(), "name": "weights"}], self.optimizer_config)
-        arch_cfg = {"name": "adam", **self.arch_optimizer_config}
-        arch_opt = make_optimizer([{"params": self.arch_parameters(), "name": "arch"}], arch_cfg)
-        if self.lr_schedule == "constant":
-            return [weight_opt, arch_opt], []
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            weight_opt, lambda step: cosine_factor(step, total=total, warmup=self.warmup_steps))
-        return [weight_opt, arch_opt], [{"scheduler": scheduler, "interval": "step"}]
+        weight_opt = build_optimizer(self.optimizer_factory, [{"params": self.weight_parameters(), "name": "weights"}],
+                                     "solver.optimizer")
+        arch_opt = build_optimizer(self.arch_optimizer_factory, [{"params": self.arch_parameters(), "name": "arch"}],
+                                   "solver.arch_optimizer")
+        return [weight_opt, arch_opt], step_schedule(self.lr_scheduler_factory, weight_opt,
+                                                     self.trainer.estimated_stepping_batches)
 
     def finish_derivation(self, arch: Architecture, **meta: Any) -> Architecture:
         return arch.with_meta(solver=self.solver_name, predicted_latency_ms=round(self.predicted_latency_ms(arch), 6),

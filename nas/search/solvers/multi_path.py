@@ -10,6 +10,7 @@ sum_i sum_j softmax(alpha_i)_j LUT_ij``. The derived architecture takes the argm
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from nas.cost.lut import LatencyLUT
 from nas.cost.runtime_model import CandidateRuntime
 from nas.errors import ConfigError
+from nas.search.solvers.base import NOT_HYPERPARAMETERS
 from nas.search.solvers.bilevel import BilevelSearch
 from nas.space.architecture import Architecture
 from nas.space.search_space import SearchSpace
@@ -73,18 +75,20 @@ class MultiPathSearch(CandidatePathSearch):
     solver_name = "multi_path"
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT,
-                 weighting: str = "softmax", temperature: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 weighting: str, temperature: Mapping[str, float], **kwargs: Any) -> None:
         if weighting not in WEIGHTINGS:
             raise ConfigError(f"solver.weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}")
-        schedule = {"initial": 5.0, "decay": 0.956, "min": 0.1, **(temperature or {})}
-        if not (float(schedule["initial"]) > 0 and 0 < float(schedule["decay"]) <= 1 and float(schedule["min"]) > 0):
-            raise ConfigError(f"solver.temperature needs initial > 0, 0 < decay <= 1 and min > 0, got {schedule}")
+        if set(temperature) != {"initial", "decay", "min"} or not (
+                float(temperature["initial"]) > 0 and 0 < float(temperature["decay"]) <= 1
+                and float(temperature["min"]) > 0):
+            raise ConfigError(f"solver.temperature needs exactly initial > 0, 0 < decay <= 1 and min > 0, got "
+                              f"{dict(temperature)}")
         super().__init__(space, in_channels, num_classes, lut, **kwargs)
         self.weighting = weighting
-        self.temperature_schedule = {k: float(v) for k, v in schedule.items()}
-        self.save_hyperparameters({**self.common_hparams(), "solver": f"{self.solver_name}_{weighting}"
-                                   if weighting != "softmax" else self.solver_name, "weighting": weighting,
-                                   "temperature": self.temperature_schedule})
+        if weighting != "softmax":
+            self.solver_name = f"multi_path_{weighting}"
+        self.temperature_schedule = {k: float(v) for k, v in temperature.items()}
+        self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS, logger=False)
 
     # ------------------------------------------------------------------ weighting
     def temperature(self) -> float:

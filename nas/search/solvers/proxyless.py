@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from nas.cost.lut import LatencyLUT
+from nas.search.solvers.base import NOT_HYPERPARAMETERS
 from nas.search.solvers.multi_path import CandidatePathSearch
 from nas.space.architecture import Architecture
 from nas.space.search_space import SearchSpace
@@ -38,7 +39,7 @@ class ProxylessSearch(CandidatePathSearch):
         super().__init__(space, in_channels, num_classes, lut, **kwargs)
         self._pairs: list[torch.Tensor] = []
         self._pair_logsumexp: list[torch.Tensor] = []
-        self.save_hyperparameters(self.common_hparams())
+        self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS, logger=False)
 
     # ------------------------------------------------------------------ sampling
     def sample_paths(self) -> list[int]:

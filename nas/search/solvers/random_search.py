@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from nas.cost.lut import LatencyLUT
 from nas.errors import ConfigError
-from nas.search.solvers.base import SearchModule, cosine_factor, make_optimizer
+from nas.search.optimization import OptimizerFactory, SchedulerFactory, build_optimizer
+from nas.search.solvers.base import NOT_HYPERPARAMETERS, SearchModule
 from nas.space.architecture import Architecture
 from nas.space.networks import build_child
 from nas.space.search_space import SearchSpace
@@ -56,21 +58,26 @@ def sample_under_target(space: SearchSpace, latency_ms: Any, target_ms: float, n
 class RandomSearch(SearchModule):
     """Rejection-sampled random search, each sample trained briefly within the trainer's epoch budget.
 
+    Settings: ``conf/solver/random.yaml``.
+
     Args:
         target_ms: runtime target (ms); required.
         min_ms: optional lower end of the latency window (the thesis samples "within the range of interest").
         num_samples: architectures to sample and train.
-        epochs_per_sample: training epochs of each sample (``null``: ``trainer.max_epochs // num_samples``).
-        optimizer, lr_schedule, warmup_steps, label_smoothing: the training recipe of each sample.
+        epochs_per_sample: training epochs of each sample (``None``: ``trainer.max_epochs // num_samples``).
+        optimizer, lr_scheduler, label_smoothing: the training recipe of each sample (``_partial_`` torch optimiser
+            and per-step schedule, one of each per sample).
         seed: seed of the sampling.
     """
 
-    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT,
-                 target_ms: float | None = None, min_ms: float | None = None, num_samples: int = 4,
-                 epochs_per_sample: int | None = None, optimizer: dict[str, Any] | None = None,
-                 label_smoothing: float = 0.1, lr_schedule: str = "cosine", warmup_steps: int = 0,
-                 max_tries: int = 100_000, seed: int = 0, lambda_: float = 0.0) -> None:
-        super().__init__(space, in_channels, num_classes, lut, lambda_, label_smoothing)
+    solver_name = "random"
+
+    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT, *,
+                 target_ms: float | None, min_ms: float | None, num_samples: int, epochs_per_sample: int | None,
+                 optimizer: OptimizerFactory, label_smoothing: float, lr_scheduler: SchedulerFactory | None,
+                 max_tries: int, seed: int, runtime_form: str) -> None:
+        super().__init__(space, in_channels, num_classes, lut, lambda_=0.0, label_smoothing=label_smoothing,
+                         runtime_form=runtime_form)
         if target_ms is None:
             raise ConfigError("solver=random needs a runtime target: set hardware.target_ms=<ms> (or "
                               "solver.target_ms=<ms>)")
@@ -80,29 +87,20 @@ class RandomSearch(SearchModule):
             raise ConfigError(f"solver.num_samples must be >= 1, got {num_samples}")
         if epochs_per_sample is not None and epochs_per_sample < 1:
             raise ConfigError(f"solver.epochs_per_sample must be >= 1 (or null), got {epochs_per_sample}")
-        if lr_schedule not in ("cosine", "constant"):
-            raise ConfigError(f"solver.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
         self.automatic_optimization = False
         self.target_ms = float(target_ms)
         self.min_ms = None if min_ms is None else float(min_ms)
         self.num_samples = int(num_samples)
         self.epochs_per_sample_config = epochs_per_sample
-        self.optimizer_config = dict(optimizer or {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
-                                                   "weight_decay": 4e-5})
-        self.lr_schedule = lr_schedule
-        self.warmup_steps = int(warmup_steps)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.samples = sample_under_target(space, self.predicted_latency_ms, self.target_ms, self.num_samples,
                                            int(seed), self.min_ms, int(max_tries))
         self.children_nets = nn.ModuleList(build_child(space, a, in_channels, num_classes) for a in self.samples)
         self.register_buffer("sample_val_acc", torch.full((self.num_samples,), -1.0))
-        self._correct = torch.zeros(())
-        self._count = torch.zeros(())
-        self.save_hyperparameters({
-            "solver": "random", "space": space.name, "space_digest": space.digest, "target_ms": self.target_ms,
-            "min_ms": self.min_ms, "num_samples": self.num_samples, "epochs_per_sample": epochs_per_sample,
-            "optimizer": self.optimizer_config, "label_smoothing": label_smoothing, "lr_schedule": lr_schedule,
-            "warmup_steps": warmup_steps, "seed": seed,
-        })
+        self.sample_accuracy = MulticlassAccuracy(num_classes, average="micro")  # synchronised over DDP ranks
+        self._schedulers: list[Any] = []
+        self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS, logger=False)
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -134,38 +132,29 @@ class RandomSearch(SearchModule):
             return None
         optimizers = self.optimizers()
         optimizer = optimizers[index] if isinstance(optimizers, list) else optimizers
-        if self.lr_schedule == "cosine":
-            per_epoch = max(1, int(self.trainer.num_training_batches))
-            step = (self.current_epoch - index * self.epochs_per_sample) * per_epoch + batch_idx
-            factor = cosine_factor(step, total=self.epochs_per_sample * per_epoch, warmup=self.warmup_steps)
-            for group in optimizer.optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
         x, y = batch
         logits = self.children_nets[index](x)
         loss = self.cross_entropy(logits, y)
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
-        self.log_dict({"train/ce": loss.detach(), "train/acc": (logits.argmax(1) == y).float().mean(),
+        if self.lr_scheduler_factory is not None:
+            self.sample_scheduler(index, optimizer.optimizer, batch_idx).step()
+        self.log_dict({"train/ce": loss.detach(), "train/acc": self.batch_accuracy(logits, y),
                        "train/sample": float(index)}, on_step=True, on_epoch=False)
         return loss.detach()
 
     def on_validation_epoch_start(self) -> None:
-        self._correct = torch.zeros((), device=self.device)
-        self._count = torch.zeros((), device=self.device)
+        self.sample_accuracy.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self(x)
-        self._correct = self._correct + (logits.argmax(1) == y).sum()
-        self._count = self._count + y.numel()
+        self.sample_accuracy.update(self(x), y)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        correct = self.trainer.strategy.reduce(self._correct, reduce_op="sum")
-        count = self.trainer.strategy.reduce(self._count, reduce_op="sum")
-        acc = float(correct / count.clamp_min(1))
+        acc = float(self.sample_accuracy.compute())
         index = self.current_sample()
         if index < self.num_samples and (self.current_epoch + 1) % self.epochs_per_sample == 0:
             self.sample_val_acc[index] = acc
@@ -178,13 +167,23 @@ class RandomSearch(SearchModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        optimizers = []
-        for net in self.children_nets:
-            opt = make_optimizer([{"params": list(net.parameters())}], self.optimizer_config)
-            for group in opt.param_groups:
-                group["initial_lr"] = group["lr"]
-            optimizers.append(opt)
-        return optimizers
+        return [build_optimizer(self.optimizer_factory, [{"params": list(net.parameters())}], "solver.optimizer")
+                for net in self.children_nets]
+
+    def sample_scheduler(self, index: int, optimizer: torch.optim.Optimizer, batch_idx: int) -> Any:
+        """Sample ``index``'s schedule over its own steps (created at its first step; a resumed run fast-forwards it
+        to the step it resumes at)."""
+        while len(self._schedulers) <= index:
+            self._schedulers.append(None)
+        if self._schedulers[index] is None:
+            per_epoch = max(1, int(self.trainer.num_training_batches))
+            total = self.epochs_per_sample * per_epoch
+            scheduler = self.lr_scheduler_factory(optimizer, total_steps=total)
+            done = (self.current_epoch - index * self.epochs_per_sample) * per_epoch + batch_idx
+            for _ in range(done):
+                scheduler.step()
+            self._schedulers[index] = scheduler
+        return self._schedulers[index]
 
     # ------------------------------------------------------------------ result
     def derive_architecture(self) -> Architecture:

@@ -21,6 +21,7 @@ from torch import nn
 
 from nas.cost.lut import LatencyLUT
 from nas.errors import ConfigError
+from nas.search.solvers.base import NOT_HYPERPARAMETERS
 from nas.search.solvers.bilevel import BilevelSearch
 from nas.search.solvers.single_path import SinglePathSearch
 from nas.space.architecture import Architecture
@@ -34,15 +35,13 @@ DIMENSIONS = ("kernel", "expansion", "se")
 class SinglePathSTESearch(SinglePathSearch):
     """:class:`SinglePathSearch` with ``relaxation="ste"`` (straight-through indicators, Sec 6.2)."""
 
-    def __init__(self, *args: Any, relaxation: str = "ste", **kwargs: Any) -> None:
+    solver_name = "single_path_ste"
+
+    def __init__(self, *args: Any, relaxation: str, **kwargs: Any) -> None:
         if relaxation != "ste":
             raise ConfigError(f"solver single_path_ste uses relaxation 'ste', got {relaxation!r}; for the sigmoid "
                               "use solver=single_path")
         super().__init__(*args, relaxation="ste", **kwargs)
-        self.hparams["solver"] = "single_path_ste"
-
-    def derive_architecture(self) -> Architecture:
-        return super().derive_architecture().with_meta(solver="single_path_ste")
 
 
 def indicators_from_levels(probabilities: torch.Tensor) -> torch.Tensor:
@@ -80,7 +79,7 @@ class SinglePathSoftmaxSearch(BilevelSearch):
         for layer in self.supernet.super_layers():
             for dim, t in zip(DIMENSIONS, layer.thresholds()):
                 self.tau[f"L{layer.spec.index}_{dim}"] = nn.Parameter(torch.zeros(t.numel() + 1))
-        self.save_hyperparameters(self.common_hparams())
+        self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS, logger=False)
 
     # ------------------------------------------------------------------ decisions
     def level_probabilities(self) -> dict[str, torch.Tensor]:
