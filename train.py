@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from nas.cli import main_guard
+from nas.cli import hydra_entry, main_guard
 from nas.search.training import run_train
 
 
@@ -16,4 +16,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_entry(main, "train")

@@ -83,9 +83,17 @@ def load_architecture(path: str, space: SearchSpace) -> Architecture:
     """Read ``arch.json`` (or parse a timm architecture string) and check it belongs to ``space``."""
     text = str(path).strip()
     if not text.endswith(".json") and not Path(text).exists() and text.split("_")[0] in ("ir", "ds"):
-        from nas.space.timm_interop import architecture_from_timm_string
+        from nas.space.timm_interop import _parse_block, architecture_from_timm_string, parse_timm_string
 
+        for stage, blocks in enumerate(parse_timm_string(text)):  # name a block that does not parse first
+            for block in blocks:
+                _parse_block(block, f"arch= timm string, stage {stage}")
         return architecture_from_timm_string(text, space)
+    if not Path(text).exists():
+        raise ArchitectureError(f"arch={text!r} is neither an existing file nor a timm architecture string; pass "
+                                "the arch.json written by search.py (in its run folder), or a quoted timm string "
+                                "of '|'-separated stages of blocks, e.g. "
+                                "arch='ds_r1_k3_s1_c16 | ir_r1_k5_s2_e6_c24_se0.25'")
     arch = Architecture.load(path)
     if arch.space_name and arch.space_name != space.name:
         raise ArchitectureError(f"{path} was derived in space '{arch.space_name}', but space '{space.name}' is "
