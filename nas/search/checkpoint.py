@@ -31,11 +31,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not os.path.isfile(path):
             raise ConfigError(f"checkpoint {path} does not exist; {fix}")
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"checkpoint {path} cannot be read ({first}); it is truncated, corrupt or not a "
                               f"checkpoint of this framework: {fix}, or another checkpoint of that run") from None
+        if not isinstance(checkpoint, dict) or not {"state_dict", "pytorch-lightning_version"} <= checkpoint.keys():
+            raise ConfigError(f"checkpoint {path} was not written by a search or training run of this framework (no "
+                              f"Lightning state); {fix}")
+        return checkpoint
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -88,6 +88,9 @@ def check_search_config(cfg: DictConfig) -> dict[str, Any]:
     require_number("hardware.target_ms", values.get("hardware", {}).get("target_ms"), "0.8", above=0, optional=True)
     require_number("checkpoint.every_n_train_steps", (values.get("checkpoint") or {}).get("every_n_train_steps"),
                    "50", minimum=1, integer=True, optional=True)
+    if "target_ms" in solver and solver["target_ms"] is None and str(solver.get("_target_", "")).endswith("Random"
+                                                                                                     "Search"):
+        raise ConfigError("solver=random needs a runtime target: set hardware.target_ms=<ms> (or solver.target_ms)")
     check_epoch_budget(trainer, solver)
     ckpt = values.get("ckpt_path")
     if ckpt is not None:
@@ -141,3 +144,15 @@ def check_checkpoint_file(path: str) -> None:
         raise ConfigError(f"ckpt_path={path} is not a complete checkpoint ({size} bytes; truncated, or not written by "
                           "torch.save); resume from another checkpoint of the run (checkpoints/*.ckpt), or drop "
                           "ckpt_path to start anew")
+
+
+def check_train_config(cfg: DictConfig) -> dict[str, Any]:
+    """The checks of ``train.py``'s settings that need no data: resolution, types and ranges, the checkpoint."""
+    values = resolve_config(cfg)
+    require_number("seed", values.get("seed"), "0", integer=True)
+    require_number("data.batch_size", values.get("data", {}).get("batch_size"), "64", minimum=1, integer=True)
+    check_epoch_budget(values.get("trainer", {}), {})
+    ckpt = values.get("ckpt_path")
+    if ckpt is not None:
+        check_checkpoint_file(str(ckpt))
+    return values
