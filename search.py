@@ -11,15 +11,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from nas.cli import main_guard
+from nas.cli import hydra_entry, main_guard
 from nas.search.pipeline import run_search
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="search")
 def main(cfg: DictConfig) -> float:
     """Returns the objective (validation accuracy, or Eq 6.2 with hardware.target_ms) for Hydra sweepers."""
-    return main_guard(lambda: run_search(cfg)["objective"])
+    objective = main_guard(lambda: run_search(cfg)["objective"])
+    return float("nan") if objective is None else objective  # None: no validation ran (a sweeper's failed trial)
 
 
 if __name__ == "__main__":
-    main()
+    hydra_entry(main, "search")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from nas.cli import main_guard
+from nas.cli import hydra_entry, main_guard
 from nas.search.training import run_train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Returns the test accuracy."""
-    return main_guard(lambda: run_train(cfg)["test_acc"])
+    test_acc = main_guard(lambda: run_train(cfg)["test_acc"])
+    return float("nan") if test_acc is None else test_acc
 
 
 if __name__ == "__main__":
-    main()
+    hydra_entry(main, "train")

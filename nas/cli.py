@@ -1,22 +1,167 @@
-"""Entry-point helpers: turn the framework's input errors into one clear line instead of a traceback."""
+"""Entry-point helpers: every bad input ends in one ``error: ...`` line on stderr and exit status 2.
+
+Two layers:
+
+* :func:`hydra_entry` runs before ``@hydra.main``: it composes the command line's overrides itself, so a wrong
+  group option (``space=nope``), bad override syntax or an unknown key, and a run folder that cannot be created
+  (``hydra.run.dir=<read-only>``), are reported in one line instead of Hydra's multi-line message (exit 1).
+  Command lines with flags (``-m``, ``--cfg``, ``--help``, ...) go to Hydra unchecked: sweeps use a syntax
+  (``a=1,2``) that plain composition rejects, and the flags print Hydra's own output.
+* :func:`main_guard` wraps the task function: :class:`~nas.errors.NASError` (input errors with a message that
+  names the fix), errors of Hydra's ``instantiate`` and of OmegaConf, and write errors of the file system become
+  one line; :class:`~nas.errors.Interrupted` (a run stopped by a signal after saving a checkpoint) prints what was
+  saved and how to resume, and exits with ``128 + signum``.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn, TypeVar
 
-from nas.errors import NASError
+from nas.errors import ConfigError, Interrupted, NASError
 
 T = TypeVar("T")
 log = logging.getLogger("nas")
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+# errors of the environment, not of the program: reported in one line like an input error
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                       errno.EEXIST, errno.ENOENT}
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: <message>`` (one line) to stderr and exit with status 2."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(message: str) -> str:
+    """Join a multi-line message into one line (Hydra's option lists become comma-separated)."""
+    lines = [line.strip() for line in str(message).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("full_key:", "object_type=", "reference_type="))]
+    out: list[str] = []
+    listing = False
+    for line in lines:
+        if listing and not line.endswith(":"):
+            out[-1] += (" " if out[-1].endswith(":") else ", ") + line
+            continue
+        listing = line.endswith(":")
+        out.append(line)
+    text = "; ".join(out)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def describe_config_error(err: Exception) -> str:
+    """One line for an error of OmegaConf / Hydra about the configuration."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(err, MissingMandatoryValue):
+        return missing_value_message(str(getattr(err, "full_key", None) or "a value"))
+    if isinstance(err, MissingConfigException):
+        first = re.sub(r"^In '[^']*': ", "", str(err).strip().splitlines()[0])
+        options = f"; available options: {', '.join(sorted(err.options))}" if err.options else ""
+        return f"{first}{options}"
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the override {err.override!r}: {one_line(err.message)}"
+    return one_line(str(err)).replace(".; ", "; ")
+
+
+def missing_value_message(key: str) -> str:
+    """What to tell a user who left a mandatory (``???``) value unset."""
+    hints = {
+        "data.root": "data.root=<folder holding the dataset> (CIFAR: the folder containing cifar-10-batches-py/ or "
+                     "cifar-100-python/; add data.download=true to fetch it there)",
+        "arch": "arch=<run folder>/arch.json (written by search.py) or a quoted timm string",
+        "out": "out=<output path>",
+        "hardware.target_ms": "hardware.target_ms=<runtime target in ms>",
+    }
+    return f"{key} is required but not set; add the override {hints.get(key, key + '=<value>')}"
+
 
 def main_guard(run: Callable[[], T]) -> T:
-    """Call ``run``; on a :class:`NASError` print ``error: <message>`` and exit with status 2."""
+    """Call ``run``; bad input prints one ``error:`` line and exits 2, an interrupted run exits ``128 + signum``."""
+    from hydra.errors import HydraException, InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         return run()
     except NASError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(err))
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(err.exit_code)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, NASError):
+            fail(str(cause))
+        fail(f"{one_line(str(err))} (check the overrides of that config group)")
+    except (OmegaConfBaseException, HydraException) as err:
+        fail(describe_config_error(err))
+    except OSError as err:
+        if err.errno in (_ENVIRONMENT_ERRNOS - {errno.ENOENT, errno.EEXIST}):
+            fail(f"cannot write {err.filename or 'an output file'}: {err.strerror}; choose a writable folder "
+                 "(hydra.run.dir=..., paths.cache_dir=...) or free space")
+        raise
+
+
+def hydra_entry(main: Callable[[], object], config_name: str, argv: Sequence[str] | None = None) -> None:
+    """Check the command line composes and its run folder can be created, then call the ``@hydra.main`` ``main``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        check_command_line(config_name, args)
+    except NASError as err:
+        fail(str(err))
+    main()
+
+
+def check_command_line(config_name: str, args: Sequence[str]) -> None:
+    """Compose ``config_name`` with ``args`` as Hydra will, raising :class:`ConfigError` with one line if it fails.
+
+    Also creates the run folder (``hydra.run.dir``), as Hydra does next, so an unwritable one is a clear error.
+    """
+    if any(arg.startswith("-") for arg in args):
+        return  # Hydra flags (-m sweeps, --cfg, --help, ...): Hydra's own handling
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=args, return_hydra_config=True)
+            run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(describe_config_error(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    if run_dir:
+        check_writable_dir(str(run_dir), "hydra.run.dir")
+
+
+def check_writable_dir(path: str, option: str) -> None:
+    """Check that ``path`` exists as a writable folder or can be created; :class:`ConfigError` if not.
+
+    Nothing is left behind: a probe folder is created in the nearest existing ancestor and removed (the run
+    folder itself is not created here, its name may hold a time stamp that Hydra resolves again).
+    """
+    import tempfile
+
+    fix = f"choose a folder you can write to, e.g. {option}=outputs/run"
+    ancestor = Path(path).absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{option}={path}: {ancestor} is a file, not a folder; {fix}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".spnas-probe-", dir=ancestor))
+    except OSError as err:
+        raise ConfigError(f"{option}={path}: cannot create files in {ancestor} ({err.strerror}); {fix}") from None

@@ -25,3 +25,19 @@ class DataError(NASError, FileNotFoundError):
 
 class ConfigError(NASError, ValueError):
     """A configuration value is out of range or inconsistent."""
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal (SIGTERM, SIGINT) after saving a resumable checkpoint.
+
+    ``message`` says what was saved and how to resume; the process exits with ``128 + signum`` (the shell's
+    convention for a process ended by that signal: 143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -1,4 +1,10 @@
-"""Atomic file writes: a reader never sees a half-written LUT, architecture or checkpoint."""
+"""Atomic file writes: a reader never sees a half-written LUT, architecture or checkpoint.
+
+Files are created with the permissions any other file of the user gets (``0o666`` minus the umask), not the
+``0o600`` of :func:`tempfile.mkstemp`, so teammates and other ranks' users can read shared LUTs and results.
+JSON is written strictly: ``NaN`` and ``Infinity`` are not JSON, and a value that is not finite is a bug in the
+writer (use ``None`` for a metric that does not exist), so it raises instead of writing an invalid file.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,30 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process' umask (read from ``/proc`` where possible: setting it to read it is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The file gets mode ``0o666 & ~umask``, like a file opened with ``open(path, "wb")``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -33,5 +57,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON with a trailing newline."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Atomically write ``obj`` as indented, strict JSON (no NaN / Infinity) with a trailing newline.
+
+    Raises ``ValueError`` naming the file when ``obj`` holds a float that is not finite; nothing is written then.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError as err:
+        raise ValueError(f"refusing to write {path}: {err} (NaN / Infinity are not JSON; write null for a value "
+                         "that does not exist)") from None
+    return atomic_write_text(path, text + "\n")

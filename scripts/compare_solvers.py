@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,19 @@ def run_search_process(overrides: list[str], log_path: Path) -> tuple[int, float
 def retrain(space: Any, arch: Any, cfg: Any, epochs: int, seed: int) -> dict[str, float]:
     """Train ``arch`` from scratch with one fixed recipe (SGD 0.1, Nesterov, cosine); val and test accuracy."""
     import pytorch_lightning as pl
+    import torch
     from hydra.utils import instantiate
 
+    from nas.search.optimization import warmup_cosine
     from nas.search.training import ChildTrainingModule
     from nas.space.networks import build_child
 
     pl.seed_everything(seed, verbose=False)
     datamodule = instantiate(cfg.data)
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
-    module = ChildTrainingModule(net, optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
-                                                 "weight_decay": 4e-5}, label_smoothing=0.1)
+    module = ChildTrainingModule(net, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True,
+                                                        weight_decay=4e-5),
+                                 lr_scheduler=partial(warmup_cosine, warmup_steps=0), label_smoothing=0.1)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=datamodule)

@@ -107,7 +107,7 @@ def test_train_py_trains_the_derived_architecture(search_run):
     (["solver.lambda_=-1"], "error: solver.lambda_ must be a finite number >= 0"),
     (["hardware.lut_path=/nonexistent/lut.json"], "error: LUT file /nonexistent/lut.json does not exist"),
     (["space=nope"], "Could not find 'space/nope'"),
-    (["solver.optimizer.name=adamax"], "error: unknown optimizer 'adamax'"),
+    (["solver.optimizer._target_=torch.optim.Adamx"], "error: solver.optimizer._target_='torch.optim.Adamx' cannot"),
 ])
 def test_bad_overrides_fail_with_a_clear_message(tmp_path, overrides, message):
     proc = run("search.py", *overrides, f"hydra.run.dir={tmp_path}/run", f"paths.cache_dir={tmp_path}/cache",

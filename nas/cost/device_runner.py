@@ -256,6 +256,9 @@ def write_json_atomically(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp's 0600 would hide the LUT from teammates
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(obj, indent=2) + "\n")
             handle.flush()

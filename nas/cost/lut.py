@@ -112,7 +112,9 @@ class LatencyLUT:
             msg = (f"{self.source}: LUT fingerprint {lut_id} ({self.hardware.get('backend')}, "
                    f"threads={self.hardware.get('threads')}, batch={self.hardware.get('batch_size')}) does not "
                    f"match the selected hardware ({fingerprint_id}); its latencies may not hold here. Re-profile "
-                   "on this device, or set hardware.strict=true to make this an error.")
+                   "on this device" + (" (drop hardware.lut_path), or set hardware.strict=false to use it anyway "
+                                       "with a warning." if strict else ", or set hardware.strict=true to make this "
+                                       "an error."))
             if strict:
                 raise LUTError(msg)
             warnings.warn(msg, stacklevel=2)
@@ -135,6 +137,8 @@ class LatencyLUT:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
+        if not self.created:  # when it was measured: copies (a run's lut.json) keep this time
+            self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         path = atomic_write_json(path, self.to_dict())
         self.path = str(path)
         return path
@@ -191,7 +195,7 @@ class LatencyLUT:
                            "the local machine")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise LUTError(f"{path}: malformed LUT, not valid JSON ({err}). Delete it to re-profile, or "
-                           "regenerate it with scripts/profile_lut.py.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise LUTError(f"{path}: malformed LUT, not valid JSON ({err}). Regenerate it (scripts/profile_lut.py, "
+                           "or the device runner), or drop hardware.lut_path to profile this machine.") from None
         return cls.from_dict(data, source=str(path))

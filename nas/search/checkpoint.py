@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from nas.errors import ConfigError
 from nas.io import atomic_write_bytes
 
 
@@ -25,10 +27,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: str | os.PathLike,
                         map_location: Callable | str | torch.device | None = "cpu",
                         weights_only: bool | None = True) -> dict[str, Any]:
+        fix = "pass ckpt_path=<run dir>/checkpoints/last.ckpt of the run to resume"
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint {path} does not exist; pass ckpt_path=<run dir>/checkpoints/"
-                                    "last.ckpt of the run to resume")
-        return torch.load(path, map_location=map_location, weights_only=True)
+            raise ConfigError(f"checkpoint {path} does not exist; {fix}")
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"checkpoint {path} cannot be read ({first}); it is truncated, corrupt or not a "
+                              f"checkpoint of this framework: {fix}, or another checkpoint of that run") from None
+        if not isinstance(checkpoint, dict) or not {"state_dict", "pytorch-lightning_version"} <= checkpoint.keys():
+            raise ConfigError(f"checkpoint {path} was not written by a search or training run of this framework (no "
+                              f"Lightning state); {fix}")
+        return checkpoint
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

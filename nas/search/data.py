@@ -66,6 +66,12 @@ class _SplitDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
+    def check_available(self) -> None:
+        """Raise :class:`DataError` naming the fix if the data cannot be read (cheap: no images are loaded).
+
+        The search calls it before profiling a LUT or building a Trainer.
+        """
+
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             self.setup("fit")
@@ -159,6 +165,14 @@ class CIFARDataModule(_SplitDataModule):
         self.val_fraction = val_fraction
         self.download = download
 
+    def check_available(self) -> None:
+        if self.download:
+            return
+        folder = "cifar-10-batches-py" if self.variant == 10 else "cifar-100-python"
+        _require_dir(self.root / folder, f"CIFAR-{self.variant}",
+                     f"Put the python version of CIFAR-{self.variant} under data.root={self.root} "
+                     f"(it must contain {folder}/), or add data.download=true to fetch it.")
+
     def _dataset_cls(self):  # noqa: ANN202
         from torchvision import datasets
 
@@ -175,10 +189,7 @@ class CIFARDataModule(_SplitDataModule):
             return
         from torchvision import transforms as T
 
-        folder = "cifar-10-batches-py" if self.variant == 10 else "cifar-100-python"
-        _require_dir(self.root / folder, f"CIFAR-{self.variant}",
-                     f"Put the python version of CIFAR-{self.variant} under data.root={self.root} "
-                     f"(it must contain {folder}/), or add data.download=true to fetch it.")
+        self.check_available()
         mean, std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
         resize = [T.Resize(self.image_size)] if self.image_size != 32 else []
         train_tf = T.Compose([*resize, T.RandomCrop(self.image_size, padding=self.image_size // 8),
@@ -221,16 +232,19 @@ class ImageFolderDataModule(_SplitDataModule):
                 raise DataError(f"{train} has no class sub-folders; expected {train}/<class>/<images>")
         return len(self._classes)
 
+    def check_available(self) -> None:
+        _ = self.num_classes  # checks root/train_dir and its class folders
+        _require_dir(self.root / self.val_dir, "ImageFolder validation data",
+                     f"Set data.root to a folder containing {self.val_dir}/<class>/<images>.")
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         from torchvision import datasets
         from torchvision import transforms as T
 
-        _ = self.num_classes
+        self.check_available()
         test_dir = self.root / self.val_dir
-        _require_dir(test_dir, "ImageFolder validation data",
-                     f"Set data.root to a folder containing {self.val_dir}/<class>/<images>.")
         mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
         train_tf = T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor(),
                               T.Normalize(mean, std)])

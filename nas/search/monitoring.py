@@ -5,9 +5,10 @@ What a search writes to ``<run>/tb`` (besides the solver's own scalars such as `
 
 * ``arch/Lxx_kernel|expansion|se`` (per epoch, from ``log_architecture``) and the image
   ``arch/decisions_over_time``: per-layer decisions at every validation, as a layers x epochs grid;
-* ``superkernel_std/Lxx_k<k>`` scalars and the image ``superkernel/std_heatmap``: the standard deviation of
-  each depthwise superkernel's weights across channels, per kernel position, in log10 scale (thesis Fig 5.9:
-  an outer shell that is in use varies across channels, an unused one stays flat);
+* ``superkernel_std/Lxx_k<k>`` scalars: the mean over a kernel shell's positions of the standard deviation of
+  the depthwise weights across channels (plain values); the image ``superkernel/std_heatmap``: that standard
+  deviation per kernel position in log10 scale (thesis Fig 5.9: an outer shell that is in use varies across
+  channels, an unused one stays flat);
 * ``arch/final``: the derived architecture drawn as a block diagram, at the end of the fit;
 * the hparams plugin (``hparams/*`` metrics): the run's hyperparameters with its final accuracy, predicted
   runtime and objective, so TensorBoard's HPARAMS tab compares runs of a sweep.

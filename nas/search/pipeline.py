@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import shlex
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,17 +15,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nas.cost.backends import build_backend
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import obtain_lut_once
-from nas.errors import ConfigError
+from nas.errors import ConfigError, Interrupted
 from nas.io import atomic_write_json, atomic_write_text
-from nas.search.callbacks import RankAgreement
+from nas.search.callbacks import PreemptionCheckpoint, RankAgreement, SearchClock
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.global_batchnorm import sync_batchnorm_arguments
 from nas.search.monitoring import log_final_hparams
-from nas.search.preflight import check_trainer_config
+from nas.search.preflight import check_search_config, check_trainer_config
 from nas.search.solvers.base import SearchModule
 from nas.space.search_space import SearchSpace
 from nas.space.timm_interop import timm_record, timm_string
@@ -48,21 +52,66 @@ def instantiate_solver(solver_cfg: Any, space: SearchSpace, in_channels: int, nu
 
 
 def build_search(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate space, data, backend, LUT and solver from ``cfg`` (no training)."""
+    """Instantiate space, data, backend, LUT and solver from ``cfg`` (no training).
+
+    The data is checked before the LUT is obtained (profiling is the costly part), and the global seed is set
+    after it: profiling builds modules and draws inputs from the global RNG, so seeding earlier would make the
+    result depend on whether the LUT was cached.
+    """
     space = SearchSpace.from_config(cfg.space)
     datamodule = instantiate(cfg.data)
+    check = getattr(datamodule, "check_available", None)
+    if check is not None:
+        check()
     backend = build_backend(cfg.hardware.backend)
     lut = obtain_lut_once(space, backend, datamodule.in_channels, datamodule.num_classes,
-                     cache_dir=cfg.paths.cache_dir, lut_path=cfg.hardware.get("lut_path"),
-                     strict=bool(cfg.hardware.get("strict", False)), progress=bool(cfg.get("progress", True)))
+                          cache_dir=cfg.paths.cache_dir, lut_path=cfg.hardware.get("lut_path"),
+                          strict=bool(cfg.hardware.get("strict", False)), progress=bool(cfg.get("progress", True)))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     solver = instantiate_solver(cfg.solver, space, datamodule.in_channels, datamodule.num_classes, lut)
     return {"space": space, "datamodule": datamodule, "backend": backend, "lut": lut, "solver": solver}
 
 
+def checkpoint_callbacks(out: Path, every_n_train_steps: int | None) -> list[ModelCheckpoint]:
+    """End-of-epoch checkpoints ``epochNNN.ckpt`` and, with ``every_n_train_steps``, mid-epoch ``stepNNNNNN.ckpt``.
+
+    Both keep ``last.ckpt`` as the latest state (the one to resume from).
+    """
+    callbacks = [ModelCheckpoint(dirpath=out / "checkpoints", filename="epoch{epoch:03d}",
+                                 auto_insert_metric_name=False, save_last=True, save_top_k=1, every_n_epochs=1)]
+    if every_n_train_steps:
+        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:06d}",
+                                         auto_insert_metric_name=False, save_last=True, save_top_k=1,
+                                         every_n_train_steps=int(every_n_train_steps)))
+    return callbacks
+
+
+def resume_command(ckpt: str) -> str:
+    """The command line of this run with ``ckpt_path=<ckpt>`` (Hydra's task overrides, without an old ckpt_path)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not run through @hydra.main (tests, notebooks)
+        overrides = []
+    kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
+    return " ".join(["python search.py", *map(shlex.quote, kept), shlex.quote(f"ckpt_path={ckpt}")])
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``None`` for a metric that does not exist (NaN, infinite); JSON files never hold NaN."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def run_search(cfg: DictConfig) -> dict[str, Any]:
-    """Run one search and write ``arch.json``, ``arch_timm.txt``, ``lut.json`` and ``summary.json``."""
+    """Run one search and write ``arch.json``, ``arch_timm.txt``, ``lut.json`` and ``summary.json``.
+
+    Every input is checked before data is loaded or a LUT profiled (``nas.search.preflight``). SIGTERM and
+    Ctrl-C during the fit save ``checkpoints/last.ckpt`` and raise :class:`~nas.errors.Interrupted`; no result
+    file is written then.
+    """
     start = time.perf_counter()
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    check_search_config(cfg)
     check_trainer_config(cfg.trainer)
     out = Path(cfg.paths.output_dir)
     parts = build_search(cfg)
@@ -70,20 +119,23 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     log.info("Space '%s': %d layers (%d searchable), %.3g architectures; LUT %s",
              space.name, len(space.layers), len(space.searchable_layers), space.num_architectures(), lut.source)
 
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="epoch{epoch:03d}",
-                                 auto_insert_metric_name=False, save_last=True, save_top_k=1,
-                                 every_n_train_steps=cfg.checkpoint.get("every_n_train_steps"))
     logger = TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False)
-    agreement = RankAgreement()
+    agreement, clock = RankAgreement(), SearchClock(start)
+    preemption = PreemptionCheckpoint(out / "checkpoints" / "last.ckpt", resume_command)
     sync = sync_batchnorm_arguments(cfg.trainer)  # CPU processes: BatchNorm over the global batch
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[agreement, checkpoint],
+    callbacks = [agreement, clock, preemption,
+                 *checkpoint_callbacks(out, cfg.checkpoint.get("every_n_train_steps"))]
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                       plugins=[AtomicCheckpointIO(), *sync.pop("layer_sync", [])], **sync)
-    trainer.fit(solver, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(solver, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:  # the signal came outside a training step (validation, epoch end) or under DDP
+        raise Interrupted(signal.SIGTERM, preemption.message(signal.SIGTERM, trainer)) from None
 
     arch = solver.derive_architecture()
     predicted = solver.predicted_latency_ms(arch)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-    val_acc = metrics.get("val/acc", float("nan"))
+    val_acc = finite_or_none(metrics.get("val/acc"))
     target = cfg.hardware.get("target_ms")
     result = {
         "space": space.name,
@@ -93,11 +145,12 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         "predicted_latency_ms": predicted,
         "val_acc": val_acc,
         "target_ms": target,
-        "objective": target_objective(val_acc, predicted, target),
+        "objective": None if val_acc is None else target_objective(val_acc, predicted, target),
         "lut": lut.source,
         "hardware": lut.hardware.get("backend"),
         "epochs": int(trainer.current_epoch),
-        "wall_time_s": round(time.perf_counter() - start, 2),
+        "steps": int(trainer.global_step),
+        "wall_time_s": round(clock.elapsed(), 2),
         "output_dir": str(out),
         "ddp": agreement.summary(),
         "config": resolved_config(cfg),
@@ -112,7 +165,9 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_json(out / "summary.json", result)
         log_final_hparams(logger, result["config"], {k: result[k] for k in ("val_acc", "predicted_latency_ms",
                                                                                "objective")})
-        print(format_result(result, arch, space))
+        report = format_result(result, arch, space)
+        print(report)
+        write_to_log_files(report)
     return result
 
 
@@ -122,15 +177,30 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+ACCURACY_LABELS = {"random": "validation accuracy (best sample, trained from scratch for its epochs)"}
+OUTPUT_FILES = ("arch.json", "arch_timm.txt", "lut.json", "summary.json", "checkpoints/last.ckpt", "tb/")
+
+
 def format_result(result: dict[str, Any], arch: Any, space: SearchSpace) -> str:
+    """The block printed at the end of a search (and written to the run's log file)."""
+    accuracy = result["val_acc"]
+    label = ACCURACY_LABELS.get(str(result["solver"]), "validation accuracy (supernet weights)")
     lines = [
         "",
         f"Derived architecture ({result['solver']}, space '{space.name}'):",
+        f"  {'#':>2} {'layer':<10} {'res':<5} {'in->out':<9} {'stride':<3} {'choice':<16}",
         arch.describe(space),
         f"timm: {result['timm']}",
         f"predicted latency: {result['predicted_latency_ms']:.4f} ms on {result['hardware']}",
-        f"validation accuracy (supernet weights): {result['val_acc']:.4f}",
-        f"search wall time: {result['wall_time_s']:.1f} s",
-        f"written to: {result['output_dir']}/arch.json",
+        f"{label}: " + ("n/a (no validation ran)" if accuracy is None else f"{accuracy:.4f}"),
+        f"search wall time: {result['wall_time_s']:.1f} s ({result['steps']} steps)",
+        f"written to {result['output_dir']}/: {', '.join(OUTPUT_FILES)}",
     ]
     return "\n".join(lines)
+
+
+def write_to_log_files(text: str) -> None:
+    """Append ``text`` to the log files of the root logger (Hydra's ``<run>/search.log``), not to the console."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("nas.search.result", logging.INFO, __file__, 0, text, None, None))

@@ -8,6 +8,7 @@ runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i`` plus the LUT'
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from nas.errors import ArchitectureError, ConfigError
 from nas.io import atomic_write_json
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.optimization import OptimizerFactory, SchedulerFactory, build_optimizer, step_schedule
+from nas.search.preflight import check_train_config, check_trainer_config
 from nas.space.architecture import Architecture
 from nas.space.networks import build_child
 from nas.space.search_space import SearchSpace
@@ -87,9 +89,17 @@ def load_architecture(path: str, space: SearchSpace) -> Architecture:
     """Read ``arch.json`` (or parse a timm architecture string) and check it belongs to ``space``."""
     text = str(path).strip()
     if not text.endswith(".json") and not Path(text).exists() and text.split("_")[0] in ("ir", "ds"):
-        from nas.space.timm_interop import architecture_from_timm_string
+        from nas.space.timm_interop import _parse_block, architecture_from_timm_string, parse_timm_string
 
+        for stage, blocks in enumerate(parse_timm_string(text)):  # name a block that does not parse first
+            for block in blocks:
+                _parse_block(block, f"arch= timm string, stage {stage}")
         return architecture_from_timm_string(text, space)
+    if not Path(text).exists() and not text.endswith(".json"):
+        raise ArchitectureError(f"arch={text!r} is neither an existing file nor a timm architecture string; pass "
+                                "the arch.json written by search.py (in its run folder), or a quoted timm string "
+                                "of '|'-separated stages of blocks, e.g. "
+                                "arch='ds_r1_k3_s1_c16 | ir_r1_k5_s2_e6_c24_se0.25'")
     arch = Architecture.load(path)
     if arch.space_name and arch.space_name != space.name:
         raise ArchitectureError(f"{path} was derived in space '{arch.space_name}', but space '{space.name}' is "
@@ -100,11 +110,16 @@ def load_architecture(path: str, space: SearchSpace) -> Architecture:
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.arch`` on ``cfg.data`` and report test accuracy."""
     start = time.perf_counter()
+    check_train_config(cfg)
+    check_trainer_config(cfg.trainer)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     space = SearchSpace.from_config(cfg.space)
     arch = load_architecture(str(cfg.arch), space)
     datamodule = instantiate(cfg.data)
+    check = getattr(datamodule, "check_available", None)
+    if check is not None:
+        check()
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
     module = ChildTrainingModule(net, optimizer=instantiate(cfg.train.optimizer),
                                  lr_scheduler=instantiate(cfg.train.lr_scheduler),
@@ -115,13 +130,14 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint],
                                       plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    val_acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
+    val = trainer.callback_metrics.get("val/acc")
+    val_acc = None if val is None or not math.isfinite(float(val)) else float(val)  # JSON holds no NaN
     test = trainer.test(module, datamodule=datamodule, verbose=False)
     result = {
         "architecture": arch.keys,
         "parameters": sum(p.numel() for p in net.parameters()),
         "val_acc": val_acc,
-        "test_acc": float(test[0]["test/acc"]) if test else float("nan"),
+        "test_acc": float(test[0]["test/acc"]) if test and math.isfinite(test[0].get("test/acc", math.nan)) else None,
         "epochs": int(trainer.current_epoch),
         "wall_time_s": round(time.perf_counter() - start, 2),
         "checkpoint": str(out / "checkpoints" / "last.ckpt"),
@@ -136,7 +152,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         atomic_write_json(out / "train_summary.json", result)
         print(f"\ntrained {' '.join(arch.keys)} ({result['parameters']} parameters) for {result['epochs']} epochs: "
-              f"test accuracy {result['test_acc']:.4f} (val {result['val_acc']:.4f}); outputs in {out}")
+              f"test accuracy {_fmt(result['test_acc'])} (val {_fmt(result['val_acc'])}); outputs in {out}")
         if "onnx" in result:
             print(f"ONNX: {result['onnx']} (onnx.checker passed; ONNX Runtime vs torch max |diff| "
                   f"{result['onnx_max_abs_diff']:.2e})")
@@ -146,6 +162,10 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
                   f"{result['latency_error_pct']:+.2f} %); with its ops re-measured alongside it: predicted "
                   f"{result['remeasured_prediction_ms']:.4f} ms ({result['remeasured_error_pct']:+.2f} %)")
     return result
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def export_and_check(net: ChildNet, path: Path, atol: float = 1e-4, batch_size: int = 1) -> dict[str, Any]:

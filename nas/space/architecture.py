@@ -209,7 +209,7 @@ class Architecture:
                                     "search.py (it lies in the run's output folder)")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ArchitectureError(f"{path}: not valid JSON ({err})") from None
         arch = cls.from_dict(data, source=str(path))
         if space is not None:
