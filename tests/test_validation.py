@@ -37,15 +37,38 @@ def test_samples_are_distinct_and_seeded(micro_space):
         sample_architectures(micro_space, 1, seed=0)
 
 
+def coefficients(fit: dict) -> tuple[float, float, float]:
+    return fit["scale"], fit["per_op_ms"], fit["overhead_ms"]
+
+
 def test_network_calibration_fit():
-    sums = [2.0, 3.0, 4.0, 6.0]
-    scale, overhead = fit_network_calibration(sums, [1.1 * p - 0.2 for p in sums])
-    assert scale == pytest.approx(1.1) and overhead == pytest.approx(-0.2)
+    sums, kept = [2.0, 3.0, 4.0, 6.0, 5.0, 2.5], [3, 7, 5, 9, 4, 8]
+    # the full model: scale, a cost per kept layer and an overhead are recovered exactly
+    exact = [1.1 * p - 0.02 * k + 0.3 for p, k in zip(sums, kept)]
+    assert coefficients(fit_network_calibration(sums, exact, kept)) == pytest.approx((1.1, -0.02, 0.3))
+    # without layer counts (or with too few networks for three coefficients): scale and overhead
+    assert coefficients(fit_network_calibration(sums[:4], [1.1 * p - 0.2 for p in sums[:4]])) == \
+        pytest.approx((1.1, 0.0, -0.2))
     # too narrow a range to separate scale from overhead: a constant offset (median residual)
-    assert fit_network_calibration([2.0, 2.1, 2.05], [2.5, 2.5, 2.9]) == (1.0, pytest.approx(0.5))
-    assert fit_network_calibration([], []) == (1.0, 0.0)
+    assert coefficients(fit_network_calibration([2.0, 2.1, 2.05], [2.5, 2.5, 2.9])) == (1.0, 0.0, pytest.approx(0.5))
+    assert coefficients(fit_network_calibration([], [])) == (1.0, 0.0, 0.0)
     # an implausible slope (noise on few networks) falls back to the offset as well
-    assert fit_network_calibration([1.0, 2.0, 3.0], [9.0, 1.0, 0.5])[0] == 1.0
+    assert fit_network_calibration([1.0, 2.0, 3.0], [9.0, 1.0, 0.5])["scale"] == 1.0
+
+
+def test_calibration_networks_span_the_space(tiny_space):
+    """Smallest, largest, SE-free and SE-heavy designs, then random networks over skip/SE mixes; distinct."""
+    from nas.cost.signatures import arch_kept_ops, calibration_architectures
+
+    archs = calibration_architectures(tiny_space, 16)
+    assert len({tuple(a.keys) for a in archs}) == 16
+    assert archs[0].keys == tiny_space.smallest().keys and archs[1].keys == tiny_space.largest().keys
+    se_layers = [sum(1 for c in a.layers if not c.is_skip and c.se_ratio > 0) for a in archs]
+    kept = [arch_kept_ops(tiny_space, a) for a in archs]
+    assert min(se_layers) == 0 and max(se_layers) == len(tiny_space.searchable_layers)
+    assert sum(s == 0 for s in se_layers) >= 3 and sum(s == max(se_layers) for s in se_layers) >= 2
+    assert min(kept) < max(kept) and len(set(kept)) >= 3
+    assert [a.keys for a in calibration_architectures(tiny_space, 16)] == [a.keys for a in archs]  # seeded
 
 
 def test_calibration_removes_an_over_counted_per_call_cost(micro_space):
@@ -67,13 +90,14 @@ def test_calibration_removes_an_over_counted_per_call_cost(micro_space):
     for name, keys in cal_keys.items():
         sums.append(sum(result["lut"].entries[k].ms for k in keys))
         measured.append(0.05 + 0.01 * count_macs(cal_ops[name].build(), (1, 1, 16, 16)) / 1e6)
-    assert (result["scale"], result["overhead_ms"]) == pytest.approx(fit_network_calibration(sums, measured))
+    kept = [sum(1 for k in keys if k.startswith("mbconv_")) for keys in cal_keys.values()]
+    assert coefficients(result) == pytest.approx(coefficients(fit_network_calibration(sums, measured, kept)))
     assert result["plain_sum"]["mean_signed_error_pct"] > 0
     assert result["calibrated"]["mape_pct"] < result["plain_sum"]["mape_pct"] / 2
     # a given LUT is used as is ("lut" mode): its entries, no calibration
     given = validate_runtime_model(micro_space, backend, 1, 10, n=4, seed=1, lut=proxy_lut(micro_space),
                                    progress=False)
-    assert given["mode"] == "lut" and (given["scale"], given["overhead_ms"]) == (1.0, 0.0)
+    assert given["mode"] == "lut" and coefficients(given) == (1.0, 0.0, 0.0)
     assert given["calibrated"]["mape_pct"] == given["plain_sum"]["mape_pct"]
 
 

@@ -12,8 +12,9 @@ The measurement is the one ``nas.cost`` uses for its own LUTs: ONNX Runtime CPU,
 graph optimisations; per op ``warmup`` untimed runs, then ``repeats`` timed runs interleaved over ``rounds``
 passes through all ops (one untimed re-warm run first in each pass), each timed run after streaming through a
 ``cache_flush_mb`` buffer; the ``statistic`` (median, p25, p10 or min) and inter-quartile range are kept.
-The calibration networks of the export set the LUT's ``scale`` and ``overhead_ms`` (``measured ~ scale * sum
-of entries + overhead``, with the same ``fit_network_calibration`` the framework imports from this file). The hardware
+The calibration networks of the export set the LUT's ``scale``, ``per_op_ms`` and ``overhead_ms`` (``measured ~
+scale * sum of entries + per_op_ms * MBConv layers kept + overhead``, with the same ``fit_network_calibration``
+the framework imports from this file; a network's MBConv layers are its ``mbconv_*`` keys). The hardware
 fingerprint is computed as ``nas.cost.backends.OnnxRuntimeCPU`` does, so a LUT measured here on the
 search machine matches it exactly.
 
@@ -39,7 +40,7 @@ import numpy as np
 MANIFEST_FORMAT = "spnas-op-export"
 MANIFEST_VERSION = 1
 LUT_FORMAT = "spnas-lut"
-LUT_VERSION = 1
+LUT_VERSION = 2
 BACKEND = "onnxruntime-cpu"
 STATISTICS = {"median": 50.0, "p25": 25.0, "p10": 10.0, "min": 0.0}
 
@@ -187,23 +188,42 @@ def summary(times: list[float], statistic: str) -> dict[str, float]:
     return {"ms": float(np.percentile(arr, STATISTICS[statistic])), "iqr_ms": float(q3 - q1), "runs": len(times)}
 
 
-def fit_network_calibration(op_sums: list[float], measured: list[float]) -> tuple[float, float]:
-    """``(scale, overhead_ms)`` with ``measured ~ scale * op_sum + overhead`` over calibration networks.
+def fit_network_calibration(op_sums: list[float], measured: list[float],
+                            kept_ops: list[float] | None = None) -> dict[str, float]:
+    """``{scale, per_op_ms, overhead_ms}`` with ``measured ~ scale * op_sum + per_op_ms * kept_ops + overhead``.
 
-    Least squares when there are >= 3 networks whose op sums span >= 20 % (the calibration set includes the
-    space's smallest and largest networks for that); otherwise, or if the fitted scale is implausible (outside
-    [0.5, 2], or the smallest network would get a runtime <= 0), ``scale = 1`` and the overhead is the median
-    residual. No networks: ``(1.0, 0.0)``. The framework's profiler uses this same function.
+    ``op_sums`` are the calibration networks' LUT sums, ``kept_ops`` their numbers of MBConv layers kept. Least
+    squares on the *relative* error (each network weighted by ``1 / measured``: the fit minimises what MAPE
+    measures, so short networks are not drowned by long ones). Falls back, in order, when the data cannot
+    support a model or its fit is implausible (``scale`` outside [0.5, 2], or a calibration network predicted
+    at <= 0 ms):
+
+    1. the full model: >= 5 networks, op sums spanning >= 20 % and kept ops spanning >= 2 layers;
+    2. ``per_op_ms = 0`` (scale and overhead): >= 3 networks spanning >= 20 %;
+    3. ``scale = 1, per_op_ms = 0`` and the median residual as overhead; no networks: the identity.
+
+    The framework's profiler uses this same function (the runner stays standalone: numpy only).
     """
     p = np.asarray(op_sums, dtype=np.float64)
     m = np.asarray(measured, dtype=np.float64)
+    k = np.zeros_like(p) if kept_ops is None else np.asarray(kept_ops, dtype=np.float64)
     if len(p) == 0:
-        return 1.0, 0.0
-    if len(p) >= 3 and p.max() >= 1.2 * p.min():
-        scale, overhead = np.linalg.lstsq(np.stack([p, np.ones_like(p)], 1), m, rcond=None)[0]
-        if 0.5 <= scale <= 2.0 and scale * p.min() + overhead > 0:
-            return float(scale), float(overhead)
-    return 1.0, float(np.median(m - p))
+        return {"scale": 1.0, "per_op_ms": 0.0, "overhead_ms": 0.0}
+    spans = len(p) >= 3 and p.max() >= 1.2 * p.min()
+    candidates = []
+    if spans and len(p) >= 5 and np.ptp(k) >= 2:
+        candidates.append(np.stack([p, k, np.ones_like(p)], 1))
+    if spans:
+        candidates.append(np.stack([p, np.zeros_like(p), np.ones_like(p)], 1))
+    for design in candidates:
+        used = [j for j in range(3) if design[:, j].any()]
+        coef = np.zeros(3)
+        if np.linalg.matrix_rank(design[:, used]) < len(used):
+            continue
+        coef[used] = np.linalg.lstsq(design[:, used] / m[:, None], np.ones_like(m), rcond=None)[0]
+        if 0.5 <= coef[0] <= 2.0 and (design @ coef > 0).all():
+            return {"scale": float(coef[0]), "per_op_ms": float(coef[1]), "overhead_ms": float(coef[2])}
+    return {"scale": 1.0, "per_op_ms": 0.0, "overhead_ms": float(np.median(m - p))}
 
 
 def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, repeats: int, rounds: int,
@@ -232,8 +252,9 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
     entries = {op["key"]: summary(samples[op["key"]], statistic) for op in manifest["ops"]}
     networks = manifest.get("networks") or []
     sums = [sum(entries[k]["ms"] for k in n["ops"]) for n in networks]
+    kept = [sum(1 for k in n["ops"] if k.startswith("mbconv_")) for n in networks]
     measured = [summary(samples[n["name"]], statistic)["ms"] for n in networks]
-    scale, overhead = fit_network_calibration(sums, measured)
+    calibration = fit_network_calibration(sums, measured, kept)
     batch = int(manifest["settings"]["batch_size"])
     return {
         "format": LUT_FORMAT,
@@ -245,9 +266,8 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
         "meta": {"in_channels": manifest["in_channels"], "num_classes": manifest["num_classes"],
                  "profiled_ops": len(entries), "profile_seconds": round(time.perf_counter() - start, 2),
                  "calibration": {"networks": len(networks), "op_sum_ms": [round(v, 6) for v in sums],
-                                 "measured_ms": [round(v, 6) for v in measured]}},
-        "scale": scale,
-        "overhead_ms": overhead,
+                                 "kept_ops": kept, "measured_ms": [round(v, 6) for v in measured]}},
+        **calibration,
         "entries": dict(sorted(entries.items())),
     }
 
@@ -299,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomically(args.out, lut)
     print(f"measured {len(lut['entries'])} ops and {lut['meta']['calibration']['networks']} calibration networks "
           f"in {lut['meta']['profile_seconds']} s (threads={chosen['threads']}, calibration "
-          f"{lut['scale']:.3f}*sum{lut['overhead_ms']:+.4f} ms, fingerprint {lut['hardware']['fingerprint_id']}); "
+          f"{lut['scale']:.3f}*sum{lut['per_op_ms']:+.4f}*ops{lut['overhead_ms']:+.4f} ms, fingerprint "
+          f"{lut['hardware']['fingerprint_id']}); "
           f"wrote {args.out}")
     return 0
 

@@ -1,23 +1,25 @@
 """Versioned latency lookup tables (LUTs): JSON keyed by layer signature, plus a hardware fingerprint.
 
-File format (``format: spnas-lut``, ``version: 1``)::
+File format (``format: spnas-lut``, ``version: 2``)::
 
     {
-      "format": "spnas-lut", "version": 1, "unit": "ms",
+      "format": "spnas-lut", "version": 2, "unit": "ms",
       "space": {"name": "tiny", "digest": "8b36d3bd041af250"},        # what the LUT was profiled for
       "hardware": {"backend": "onnxruntime-cpu", "threads": 1, "batch_size": 1,
                    "fingerprint": {...}, "fingerprint_id": "3f2a..."},
       "created": "2026-11-23T10:00:00+00:00",
-      "scale": 1.08, "overhead_ms": -0.05,   # optional network calibration (defaults 1 and 0)
+      "scale": 1.08, "per_op_ms": -0.011, "overhead_ms": -0.05,   # network calibration (defaults 1, 0, 0)
       "entries": {"mbconv_r16_i16_o24_s2_k5_e6_se0.25_relu": {"ms": 0.41, "iqr_ms": 0.01, "runs": 30}, ...}
     }
 
-A network's runtime is ``R = scale * (sum of its entries) + overhead_ms``. Both are calibrated by measuring a
-few whole networks (the space's smallest, its largest and random ones) together with the ops
-(``nas.cost.profiler.fit_network_calibration``) and absorb what a per-op sum cannot see: ops inside a
-network run slower than alone, in proportion to their work (cache and memory state: ``scale``), and a per-call
-session overhead is paid once per op when ops are timed alone but once per network (``overhead_ms``, may be
-negative). Without calibration they are 1 and 0, the plain sum of Eq 5.8. See docs/latency.md.
+A network's runtime is ``R = scale * (sum of its entries) + per_op_ms * (MBConv layers kept) + overhead_ms``.
+The three coefficients are fitted on whole networks measured together with the ops (the calibration networks
+of ``nas.cost.signatures.calibration_networks``, by ``nas.cost.device_runner.fit_network_calibration``) and
+absorb what a per-op sum cannot see: ops inside a network run slower or faster than alone in proportion to
+their work (cache and memory state: ``scale``); each op timed alone pays a per-call cost that a network pays
+once per layer differently (``per_op_ms``, usually negative); and a per-network constant (``overhead_ms``).
+Without calibration they are 1, 0 and 0: the plain sum of Eq 5.8. Version-1 files (no ``per_op_ms``) are read
+with ``per_op_ms = 0``. See docs/latency.md.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from nas.errors import LUTError
 from nas.io import atomic_write_json
 
 LUT_FORMAT = "spnas-lut"
-LUT_VERSION = 1
+LUT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,21 @@ class LatencyLUT:
     path: str | None = None
     overhead_ms: float = 0.0
     scale: float = 1.0
+    per_op_ms: float = 0.0
 
-    def network_ms(self, op_sum_ms: float) -> float:
-        """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms``."""
-        return self.scale * op_sum_ms + self.overhead_ms
+    def network_ms(self, op_sum_ms: float, kept_ops: float = 0.0) -> float:
+        """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms`` and that keeps ``kept_ops``
+        MBConv layers (searchable and fixed, not stem and head): ``scale * sum + per_op_ms * kept + overhead``."""
+        return self.scale * op_sum_ms + self.per_op_ms * kept_ops + self.overhead_ms
+
+    @property
+    def calibration(self) -> dict[str, float]:
+        """The network calibration's coefficients."""
+        return {"scale": self.scale, "per_op_ms": self.per_op_ms, "overhead_ms": self.overhead_ms}
+
+    def describe_calibration(self) -> str:
+        """``1.031*sum-0.0110*ops+0.021 ms``: the calibration as a formula, for logs and reports."""
+        return f"{self.scale:.3f}*sum{self.per_op_ms:+.4f}*ops{self.overhead_ms:+.4f} ms"
 
     @property
     def source(self) -> str:
@@ -130,6 +144,7 @@ class LatencyLUT:
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "meta": self.meta,
             "scale": self.scale,
+            "per_op_ms": self.per_op_ms,
             "overhead_ms": self.overhead_ms,
             "entries": {k: e.to_dict() for k, e in sorted(self.entries.items())},
         }
@@ -146,9 +161,9 @@ class LatencyLUT:
         if data.get("format") != LUT_FORMAT:
             raise LUTError(f"{source}: 'format' is {data.get('format')!r}, expected {LUT_FORMAT!r}; this is not "
                            "a LUT written by this framework (scripts/profile_lut.py or the device runner).")
-        if data.get("version") != LUT_VERSION:
-            raise LUTError(f"{source}: LUT version {data.get('version')!r} is not supported (expected "
-                           f"{LUT_VERSION}); re-profile with this version.")
+        if data.get("version") not in READABLE_VERSIONS:
+            raise LUTError(f"{source}: LUT version {data.get('version')!r} is not supported (expected one of "
+                           f"{list(READABLE_VERSIONS)}); re-profile with this version.")
         if data.get("unit", "ms") != "ms":
             raise LUTError(f"{source}: unit {data.get('unit')!r} is not supported; LUT entries must be in ms")
         hardware = data.get("hardware")
@@ -180,8 +195,13 @@ class LatencyLUT:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise LUTError(f"{source}: 'scale' must be a finite number > 0 (multiplier on the per-op sum), got "
                            f"{scale!r}")
+        per_op = data.get("per_op_ms", 0.0) if data.get("version") != 1 else 0.0
+        if isinstance(per_op, bool) or not isinstance(per_op, (int, float)) or not math.isfinite(per_op):
+            raise LUTError(f"{source}: 'per_op_ms' must be a finite number (ms per MBConv layer kept), got "
+                           f"{per_op!r}")
         return cls(entries=entries, hardware=hardware, space=space, created=str(data.get("created", "")),
-                   meta=dict(data.get("meta") or {}), path=source, overhead_ms=float(overhead), scale=float(scale))
+                   meta=dict(data.get("meta") or {}), path=source, overhead_ms=float(overhead), scale=float(scale),
+                   per_op_ms=float(per_op))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyLUT:

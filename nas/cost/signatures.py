@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -77,23 +78,81 @@ def required_ops(space: SearchSpace, in_channels: int, num_classes: int) -> dict
     return ops
 
 
-def calibration_networks(space: SearchSpace, in_channels: int, num_classes: int, count: int,
-                         seed: int = 1234) -> tuple[dict[str, OpSpec], dict[str, list[str]]]:
-    """``count`` whole networks of ``space`` to calibrate a LUT's ``scale`` and ``overhead_ms``: the smallest, the
-    largest (so the fit spans the space's range), then seeded random ones.
+def kept_ops(keys: list[str]) -> int:
+    """How many MBConv layers (searchable or fixed; not stem, not head) a network's LUT keys hold: the count
+    the calibration's ``per_op_ms`` multiplies."""
+    return sum(1 for key in keys if key.startswith("mbconv_"))
 
-    Returns the networks as ops (key ``network_<i>``) and, per network, the LUT keys its prediction sums.
+
+def arch_kept_ops(space: SearchSpace, arch: Architecture) -> int:
+    """MBConv layers of ``arch`` that are not the skip-op (fixed layers included)."""
+    return sum(1 for choice in arch.layers if not choice.is_skip)
+
+
+def sample_mix(space: SearchSpace, rng: Any, p_skip: float, p_se: float) -> Architecture:
+    """A random architecture whose layers are skipped with probability ``p_skip`` (where allowed) and otherwise
+    get an SE ratio > 0 with probability ``p_se``; kernel, expansion and the ratio itself are uniform."""
+    def layer(spec: LayerSpec) -> LayerChoice:
+        if spec.fixed is not None:
+            return spec.fixed
+        c = spec.candidates
+        if spec.can_skip and rng.random() < p_skip:
+            return LayerChoice.skip()
+        with_se = [r for r in c.se_ratios if r > 0]
+        without = [r for r in c.se_ratios if r == 0]
+        pool = with_se if (rng.random() < p_se and with_se) or not without else without
+        return LayerChoice(rng.choice(c.kernels), rng.choice(c.expansions), rng.choice(pool))
+    return space.architecture([layer(spec) for spec in space.layers])
+
+
+# (P(skip) where skipping is allowed, P(SE > 0)) of the seeded random calibration networks, in turn: together
+# with the fixed designs they span skip-free to skip-heavy and SE-free to SE-only networks, so the fit sees
+# every mix of layer count and SE share the space holds (an SE-heavy set over-charges SE-free networks).
+CALIBRATION_MIXES = ((0.0, 0.0), (0.6, 1.0), (0.3, 0.5), (0.0, 1.0), (0.6, 0.0), (0.3, 0.0), (0.0, 0.5),
+                     (0.6, 0.5), (0.3, 1.0))
+
+
+def calibration_architectures(space: SearchSpace, count: int, seed: int = 1234) -> list[Architecture]:
+    """``count`` distinct architectures that span ``space`` for the network calibration.
+
+    First the extremes: the smallest and the largest network, the largest SE-free one and the smallest
+    skip-free one at the largest SE ratio (SE-heavy, many cheap layers); then seeded random networks whose
+    per-layer skip and SE probabilities cycle through :data:`CALIBRATION_MIXES` (kernel and expansion uniform).
     """
     import random
 
+    rng = random.Random(seed)
+    def uniform(pick: int, se: int) -> Architecture:  # pick 0 / -1: smallest / largest kernel and expansion
+        return space.architecture([spec.fixed or LayerChoice(spec.candidates.kernels[pick],
+                                                             spec.candidates.expansions[pick],
+                                                             spec.candidates.se_ratios[se]) for spec in space.layers])
+
+    designs = [space.smallest(), space.largest(), uniform(-1, 0), uniform(0, -1)]
+    out: dict[tuple[str, ...], Architecture] = {}
+    for arch in designs:
+        if len(out) < count:
+            out.setdefault(tuple(arch.keys), arch)
+    tries = 0
+    while len(out) < min(count, space.num_architectures()) and tries < 100 * count:
+        p_skip, p_se = CALIBRATION_MIXES[tries % len(CALIBRATION_MIXES)]
+        arch = sample_mix(space, rng, p_skip, p_se)
+        out.setdefault(tuple(arch.keys), arch)
+        tries += 1
+    return list(out.values())
+
+
+def calibration_networks(space: SearchSpace, in_channels: int, num_classes: int, count: int,
+                         seed: int = 1234) -> tuple[dict[str, OpSpec], dict[str, list[str]]]:
+    """``count`` whole networks of ``space`` (:func:`calibration_architectures`) to fit a LUT's network
+    calibration (``scale``, ``per_op_ms``, ``overhead_ms``).
+
+    Returns the networks as ops (key ``network_<i>``) and, per network, the LUT keys its prediction sums.
+    """
     from nas.space.networks import build_child
 
-    rng = random.Random(seed)
     ops: dict[str, OpSpec] = {}
     keys: dict[str, list[str]] = {}
-    fixed = [space.smallest(), space.largest()]
-    for i in range(count):
-        arch = fixed[i] if i < len(fixed) else space.sample(rng)
+    for i, arch in enumerate(calibration_architectures(space, count, seed) if count > 0 else []):
         name = f"network_{i}"
         ops[name] = OpSpec(name, (in_channels, space.resolution, space.resolution),
                            lambda a=arch: build_child(space, a, in_channels, num_classes), f"calibration network {i}")

@@ -22,12 +22,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from models.child import ChildNet
-from nas.errors import ArchitectureError, ConfigError
+from nas.errors import ConfigError
 from nas.io import atomic_write_json
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.solvers.base import cosine_factor, make_optimizer
 from nas.space.architecture import Architecture
 from nas.space.networks import build_child
+from nas.space.references import load_architecture as load_reference
 from nas.space.search_space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -79,18 +80,10 @@ class ChildTrainingModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def load_architecture(path: str, space: SearchSpace) -> Architecture:
-    """Read ``arch.json`` (or parse a timm architecture string) and check it belongs to ``space``."""
-    text = str(path).strip()
-    if not text.endswith(".json") and not Path(text).exists() and text.split("_")[0] in ("ir", "ds"):
-        from nas.space.timm_interop import architecture_from_timm_string
-
-        return architecture_from_timm_string(text, space)
-    arch = Architecture.load(path)
-    if arch.space_name and arch.space_name != space.name:
-        raise ArchitectureError(f"{path} was derived in space '{arch.space_name}', but space '{space.name}' is "
-                                f"selected; add the override space={arch.space_name}")
-    return arch.validate(space)
+def load_architecture(path: str, space: SearchSpace, in_channels: int = 3, num_classes: int = 1000) -> Architecture:
+    """``arch=``: an arch.json, block strings of any length, timm's arch_def or ``timm:<model>``
+    (:func:`nas.space.references.load_architecture`)."""
+    return load_reference(path, space, in_channels, num_classes)
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
@@ -99,8 +92,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     space = SearchSpace.from_config(cfg.space)
-    arch = load_architecture(str(cfg.arch), space)
     datamodule = instantiate(cfg.data)
+    arch = load_architecture(str(cfg.arch), space, datamodule.in_channels, datamodule.num_classes)
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
     module = ChildTrainingModule(net, optimizer=cfg.train.optimizer, label_smoothing=cfg.train.label_smoothing,
                                  warmup_steps=cfg.train.warmup_steps)
