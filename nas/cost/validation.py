@@ -62,6 +62,29 @@ def sample_architectures(space: SearchSpace, n: int, seed: int,
     return list(seen.values())
 
 
+# held-out designs at the edges of the space (name -> P(skip), P(SE > 0)), sampled with the validation seed
+DESIGNS = {"se_free": (0.3, 0.0), "se_only": (0.3, 1.0), "skip_heavy": (0.7, 0.5), "skip_free": (0.0, 0.5)}
+
+
+def design_architectures(space: SearchSpace, seed: int, per_design: int = 2,
+                         exclude: list[Architecture] = ()) -> dict[str, Architecture]:
+    """``per_design`` random networks of each of :data:`DESIGNS` (SE-free, SE-only, skip-heavy, skip-free),
+    seeded with ``seed`` and none of ``exclude`` (the calibration networks): named, held-out test networks."""
+    from nas.cost.signatures import sample_mix
+
+    rng = random.Random(f"designs-{seed}")
+    excluded = {tuple(a.keys) for a in exclude}
+    out: dict[str, Architecture] = {}
+    for name, (p_skip, p_se) in DESIGNS.items():
+        for j in range(per_design):
+            for _ in range(1000):
+                arch = sample_mix(space, rng, p_skip, p_se)
+                if tuple(arch.keys) not in excluded and all(a.keys != arch.keys for a in out.values()):
+                    out[f"{name}_{j}"] = arch
+                    break
+    return out
+
+
 def runtime_model_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     """MAPE and max APE (%), RMSE (ms), mean signed error (%) and Kendall's τ of predicted vs measured."""
     from scipy.stats import kendalltau
