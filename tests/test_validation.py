@@ -57,18 +57,36 @@ def test_network_calibration_fit():
 
 
 def test_calibration_networks_span_the_space(tiny_space):
-    """Smallest, largest, SE-free and SE-heavy designs, then random networks over skip/SE mixes; distinct."""
+    """Smallest and largest SE-free network, SE-free / SE-only / skip-heavy mixes, then uniformly random ones."""
     from nas.cost.signatures import arch_kept_ops, calibration_architectures
 
-    archs = calibration_architectures(tiny_space, 16)
-    assert len({tuple(a.keys) for a in archs}) == 16
-    assert archs[0].keys == tiny_space.smallest().keys and archs[1].keys == tiny_space.largest().keys
+    archs = calibration_architectures(tiny_space, 24)
+    assert len({tuple(a.keys) for a in archs}) == 24
+    assert archs[0].keys == tiny_space.smallest().keys
+    assert all(c.kernel == 5 and c.expansion == 6 and c.se_ratio == 0 for c in archs[1].layers[1:])
+    assert tiny_space.largest().keys not in [a.keys for a in archs]
     se_layers = [sum(1 for c in a.layers if not c.is_skip and c.se_ratio > 0) for a in archs]
     kept = [arch_kept_ops(tiny_space, a) for a in archs]
-    assert min(se_layers) == 0 and max(se_layers) == len(tiny_space.searchable_layers)
-    assert sum(s == 0 for s in se_layers) >= 3 and sum(s == max(se_layers) for s in se_layers) >= 2
-    assert min(kept) < max(kept) and len(set(kept)) >= 3
-    assert [a.keys for a in calibration_architectures(tiny_space, 16)] == [a.keys for a in archs]  # seeded
+    assert sum(s == 0 for s in se_layers) >= 3 and any(s == k - 1 for s, k in zip(se_layers, kept))  # SE-only
+    assert min(kept) == arch_kept_ops(tiny_space, tiny_space.smallest()) and max(kept) == 6 and len(set(kept)) >= 3
+    assert [a.keys for a in calibration_architectures(tiny_space, 24)] == [a.keys for a in archs]  # seeded
+
+
+def test_robust_fit_is_not_tilted_by_one_odd_network():
+    sums = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    kept = [2, 5, 3, 8, 6, 4, 9, 7]
+    measured = [1.2 * p + 0.01 * k + 0.1 for p, k in zip(sums, kept)]
+    measured[3] *= 1.15  # one network 15 % off the model (e.g. noise, or an effect no per-op model sees)
+    fit = fit_network_calibration(sums, measured, kept)
+    design = np.stack([sums, kept, np.ones(8)], 1)
+    least_squares = np.linalg.lstsq(design / np.array(measured)[:, None], np.ones(8), rcond=None)[0]
+    for coef in (np.array(coefficients(fit)), least_squares):
+        others = [i for i in range(8) if i != 3]
+        error = np.abs(design[others] @ coef - np.array(measured)[others]) / np.array(measured)[others]
+        if coef is least_squares:
+            assert error.max() > 0.01  # plain least squares spreads the odd network over the others
+        else:
+            assert error.max() < 0.005  # the robust fit keeps them within its Huber threshold
 
 
 def test_calibration_removes_an_over_counted_per_call_cost(micro_space):

@@ -188,13 +188,35 @@ def summary(times: list[float], statistic: str) -> dict[str, float]:
     return {"ms": float(np.percentile(arr, STATISTICS[statistic])), "iqr_ms": float(q3 - q1), "runs": len(times)}
 
 
+def _robust_relative_fit(design: np.ndarray, measured: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Coefficients minimising a Huber loss of the *relative* residuals ``(design @ c - measured) / measured``
+    (iteratively reweighted least squares; the Huber threshold is 1.345 robust standard deviations of the
+    residuals, at least 0.5 %). Relative: the fit minimises what MAPE measures. Huber: one network that runs
+    unlike the rest (a noisy measurement, an op fusion no per-op model sees) cannot tilt the fit for all others.
+    """
+    x = design / measured[:, None]
+    y = np.ones_like(measured)
+    weights = np.ones_like(measured)
+    coef = np.zeros(design.shape[1])
+    for _ in range(iterations):
+        root = np.sqrt(weights)
+        coef = np.linalg.lstsq(x * root[:, None], y * root, rcond=None)[0]
+        residual = np.abs(x @ coef - y)
+        scale = 1.4826 * np.median(residual)
+        threshold = max(1.345 * scale, 0.005)
+        new = np.where(residual <= threshold, 1.0, threshold / np.maximum(residual, 1e-12))
+        if np.allclose(new, weights, atol=1e-6):
+            break
+        weights = new
+    return coef
+
+
 def fit_network_calibration(op_sums: list[float], measured: list[float],
                             kept_ops: list[float] | None = None) -> dict[str, float]:
     """``{scale, per_op_ms, overhead_ms}`` with ``measured ~ scale * op_sum + per_op_ms * kept_ops + overhead``.
 
-    ``op_sums`` are the calibration networks' LUT sums, ``kept_ops`` their numbers of MBConv layers kept. Least
-    squares on the *relative* error (each network weighted by ``1 / measured``: the fit minimises what MAPE
-    measures, so short networks are not drowned by long ones). Falls back, in order, when the data cannot
+    ``op_sums`` are the calibration networks' LUT sums, ``kept_ops`` their numbers of MBConv layers kept. A
+    robust fit of the relative error (:func:`_robust_relative_fit`). Falls back, in order, when the data cannot
     support a model or its fit is implausible (``scale`` outside [0.5, 2], or a calibration network predicted
     at <= 0 ms):
 
@@ -212,15 +234,15 @@ def fit_network_calibration(op_sums: list[float], measured: list[float],
     spans = len(p) >= 3 and p.max() >= 1.2 * p.min()
     candidates = []
     if spans and len(p) >= 5 and np.ptp(k) >= 2:
-        candidates.append(np.stack([p, k, np.ones_like(p)], 1))
+        candidates.append([0, 1, 2])
     if spans:
-        candidates.append(np.stack([p, np.zeros_like(p), np.ones_like(p)], 1))
-    for design in candidates:
-        used = [j for j in range(3) if design[:, j].any()]
-        coef = np.zeros(3)
+        candidates.append([0, 2])
+    design = np.stack([p, k, np.ones_like(p)], 1)
+    for used in candidates:
         if np.linalg.matrix_rank(design[:, used]) < len(used):
             continue
-        coef[used] = np.linalg.lstsq(design[:, used] / m[:, None], np.ones_like(m), rcond=None)[0]
+        coef = np.zeros(3)
+        coef[used] = _robust_relative_fit(design[:, used], m)
         if 0.5 <= coef[0] <= 2.0 and (design @ coef > 0).all():
             return {"scale": float(coef[0]), "per_op_ms": float(coef[1]), "overhead_ms": float(coef[2])}
     return {"scale": 1.0, "per_op_ms": 0.0, "overhead_ms": float(np.median(m - p))}
@@ -251,9 +273,10 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
         print(file=sys.stderr)
     entries = {op["key"]: summary(samples[op["key"]], statistic) for op in manifest["ops"]}
     networks = manifest.get("networks") or []
-    sums = [sum(entries[k]["ms"] for k in n["ops"]) for n in networks]
+    # rounded as recorded in the LUT's meta, so that the fit can be reproduced from the file exactly
+    sums = [round(sum(entries[k]["ms"] for k in n["ops"]), 6) for n in networks]
     kept = [sum(1 for k in n["ops"] if k.startswith("mbconv_")) for n in networks]
-    measured = [summary(samples[n["name"]], statistic)["ms"] for n in networks]
+    measured = [round(summary(samples[n["name"]], statistic)["ms"], 6) for n in networks]
     calibration = fit_network_calibration(sums, measured, kept)
     batch = int(manifest["settings"]["batch_size"])
     return {
@@ -265,8 +288,8 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "meta": {"in_channels": manifest["in_channels"], "num_classes": manifest["num_classes"],
                  "profiled_ops": len(entries), "profile_seconds": round(time.perf_counter() - start, 2),
-                 "calibration": {"networks": len(networks), "op_sum_ms": [round(v, 6) for v in sums],
-                                 "kept_ops": kept, "measured_ms": [round(v, 6) for v in measured]}},
+                 "calibration": {"networks": len(networks), "op_sum_ms": sums, "kept_ops": kept,
+                                 "measured_ms": measured}},
         **calibration,
         "entries": dict(sorted(entries.items())),
     }

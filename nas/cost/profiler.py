@@ -56,12 +56,12 @@ def calibrate_networks(network_ms: dict[str, float], network_keys: dict[str, lis
                        entries: dict[str, LatencyEntry]) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Fit the LUT's network calibration (``scale``, ``per_op_ms``, ``overhead_ms``) on whole networks measured
     with the ops; returns the coefficients and a record of the fit's data (for the LUT's ``meta``)."""
-    sums = [sum(entries[k].ms for k in network_keys[name]) for name in network_keys]
+    # rounded as recorded in the LUT's meta, so that the fit can be reproduced from the file exactly
+    sums = [round(sum(entries[k].ms for k in network_keys[name]), 6) for name in network_keys]
     kept = [kept_ops(network_keys[name]) for name in network_keys]
-    measured = [network_ms[name] for name in network_keys]
+    measured = [round(network_ms[name], 6) for name in network_keys]
     calibration = fit_network_calibration(sums, measured, kept)
-    return calibration, {"op_sum_ms": [round(v, 6) for v in sums], "kept_ops": kept,
-                         "measured_ms": [round(v, 6) for v in measured]}
+    return calibration, {"op_sum_ms": sums, "kept_ops": kept, "measured_ms": measured}
 
 
 def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,
