@@ -59,8 +59,9 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
     print(f"network: {kept} MBConv layers kept, {result['parameters']:,} parameters, space '{space.name}', input "
           f"{in_channels}x{space.resolution}x{space.resolution}, {num_classes} classes; {backend.name}, "
           f"{hw['threads']} thread(s), batch {hw['batch_size']}")
-    print(f"predicted, plain per-op sum (Eq 5.8):       {result['predicted_plain_ms']:9.4f} ms")
-    print(f"predicted, calibrated ({lut.describe_calibration()}): {result['predicted_ms']:9.4f} ms")
+    print(f"{'predicted, plain per-op sum (Eq 5.8):':<40}{result['predicted_plain_ms']:10.4f} ms")
+    print(f"{'predicted, calibrated:':<40}{result['predicted_ms']:10.4f} ms  ({lut.describe_calibration()}; "
+          f"LUT {lut.source})")
     if cfg.measure:
         samples: dict[str, list[float]] = {}
         load_before = os.getloadavg()
@@ -82,11 +83,11 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
             "load_average": {"before": [round(v, 2) for v in load_before],
                              "after": [round(v, 2) for v in os.getloadavg()]},
         })
-        print(f"measured ({statistic} of {len(runs)} runs):{'':<17}{entry.ms:9.4f} ms  (spread: IQR "
-              f"{entry.iqr_ms:.4f} ms; calibrated error {result['error_pct']:+.2f} %, plain sum "
-              f"{result['plain_error_pct']:+.2f} %)")
-        print(f"device repeatability (split halves):{'':<7}{result['repeatability_ms']:9.4f} ms  "
-              f"({result['repeatability_pct']:.2f} %; load average {load_before[0]:.2f} -> "
+        label = f"measured ({statistic} of {len(runs)} runs):"
+        print(f"{label:<40}{entry.ms:10.4f} ms  (spread: IQR {entry.iqr_ms:.4f} ms; calibrated prediction "
+              f"{result['error_pct']:+.2f} %, plain sum {result['plain_error_pct']:+.2f} %)")
+        print(f"{'device repeatability (split halves):':<40}{result['repeatability_ms']:10.4f} ms  "
+              f"({result['repeatability_pct']:.2f} % of the measurement; load average {load_before[0]:.2f} -> "
               f"{os.getloadavg()[0]:.2f})")
     out = Path(cfg.paths.output_dir)
     atomic_write_json(out / "latency.json", result)

@@ -161,3 +161,45 @@ def test_a_network_that_does_not_fit_names_its_first_bad_block():
         load_architecture(SPNASNET_100.replace("ir_r3_k3_s1_e3_c40", "ir_r3_k3_s1_e3_c40_noskip"), space)
     with pytest.raises(ArchitectureError, match=r"'er' block"):
         load_architecture(SPNASNET_100.replace("ir_r3_k3_s2_e3_c24", "er_r3_k3_s2_e3_c24"), space)
+
+
+def test_train_reads_strings_longer_than_a_file_name():
+    from nas.search.training import load_architecture as train_load_architecture
+
+    space = load_space("mnasnet")
+    text = timm_string(space.largest(), space)
+    assert len(text) > 255 and train_load_architecture(text, space).keys == space.largest().keys
+
+
+def test_latency_script_predicts_and_measures(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    space = load_space("tiny")
+    arch = space.sample(random.Random(5))
+
+    def run(*overrides):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "latency.py"), "space=tiny", "in_channels=1",
+                               "hardware=macs_proxy", "progress=false", f"paths.cache_dir={tmp_path}/cache",
+                               f"hydra.run.dir={tmp_path}/run", *overrides], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=600)
+
+    proc = run(f"arch={timm_string(arch, space)}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    for start in ("predicted, plain per-op sum", "predicted, calibrated:", "measured (median of 1 runs):",
+                  "device repeatability (split halves):"):
+        assert sum(line.startswith(start) for line in lines) == 1, proc.stdout
+    result = json.loads((tmp_path / "run" / "latency.json").read_text())
+    assert result["architecture"] == arch.keys and result["measured_ms"] > 0
+    assert result["predicted_ms"] == pytest.approx(result["predicted_plain_ms"])  # MacsProxy: no calibration
+    # predict only; and a network that does not fit the space is one error line, exit 2
+    proc = run("arch=smallest", "measure=false")
+    assert proc.returncode == 0 and "measured" not in proc.stdout
+    proc = run("arch=timm:spnasnet_100")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: timm:spnasnet_100 has 7 stages but space 'tiny'")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

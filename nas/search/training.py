@@ -2,7 +2,7 @@
 
 After training and testing, the network is exported to ONNX (checked with ``onnx.checker`` and against the
 torch outputs in ONNX Runtime), its latency is measured on the ``hardware=`` backend and compared with the
-runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i`` plus the LUT's calibrated constant).
+runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i``, with the LUT's network calibration).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
                             "trained network")
     measured = profile_ops(ops, backend, progress=False, rounds=backend.repeats)
     entry = measured["network"]
-    remeasured = lut.network_ms(sum(measured[k].ms for k in keys))
+    remeasured = lut.network_ms(sum(measured[k].ms for k in keys), sum(1 for c in arch.layers if not c.is_skip))
     return {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
             "predicted_latency_ms": predicted, "measured_latency_ms": entry.ms,
             "measured_latency_iqr_ms": entry.iqr_ms,
