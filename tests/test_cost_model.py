@@ -24,21 +24,23 @@ from nas.search.solvers import (
 from nas.supernets.single_path_supernet import SinglePathSupernet
 from tests.conftest import proxy_lut
 
-SCALE, PER_OP, OVERHEAD = 1.3, -0.004, 0.07
+SCALE, PER_OP, PER_SE, OVERHEAD = 1.3, -0.004, 0.003, 0.07
 
 
 @pytest.fixture
 def calibrated_lut(micro_space):
     lut = proxy_lut(micro_space)
-    lut.scale, lut.per_op_ms, lut.overhead_ms = SCALE, PER_OP, OVERHEAD
+    lut.scale, lut.per_op_ms, lut.per_se_op_ms, lut.overhead_ms = SCALE, PER_OP, PER_SE, OVERHEAD
     return lut
 
 
 def by_hand(space, lut, arch) -> float:
-    """``scale * (LUT sum) + per_op * (MBConv layers kept) + overhead``, written out independently."""
+    """``scale * (LUT sum) + per_op * (MBConv layers kept) + per_se * (those with SE) + overhead``, written out
+    independently."""
     op_sum = sum(lut.entries[k].ms for k in network_op_keys(space, arch, 1, 10))
     kept = sum(1 for c in arch.layers if not c.is_skip)
-    return SCALE * op_sum + PER_OP * kept + OVERHEAD
+    se = sum(1 for c in arch.layers if not c.is_skip and c.se_ratio > 0)
+    return SCALE * op_sum + PER_OP * kept + PER_SE * se + OVERHEAD
 
 
 def architectures(space, n=6):
@@ -62,12 +64,13 @@ def test_predict_forward_and_expected_are_one_calibrated_model(micro_space, cali
         plain_thesis = RuntimeModel(micro_space, proxy_lut(micro_space), 1, 10, form="thesis")
         raw = float(plain_thesis(net.fixed_decisions(arch)))
         kept = sum(1 for c in arch.layers if not c.is_skip)
-        assert float(thesis(net.fixed_decisions(arch))) == pytest.approx(SCALE * raw + PER_OP * kept + OVERHEAD,
-                                                                           rel=1e-5)
+        se = sum(1 for c in arch.layers if not c.is_skip and c.se_ratio > 0)
+        assert float(thesis(net.fixed_decisions(arch))) == pytest.approx(
+            SCALE * raw + PER_OP * kept + PER_SE * se + OVERHEAD, rel=1e-5)
 
 
-def test_expected_layer_count_is_differentiable(micro_space, calibrated_lut):
-    """The per-op term reaches the thresholds: with entries of 0 ms, R depends on the skip indicators only."""
+def test_expected_layer_counts_are_differentiable(micro_space, calibrated_lut):
+    """The per-op terms reach the thresholds: with entries of 0 ms, R depends on the skip and SE indicators only."""
     lut = calibrated_lut
     for key in lut.entries:
         lut.entries[key] = type(lut.entries[key])(0.0)
@@ -77,6 +80,7 @@ def test_expected_layer_count_is_differentiable(micro_space, calibrated_lut):
     runtime.backward()
     skippable = [layer for layer in net.super_layers() if layer.spec.can_skip]
     assert skippable and all(layer.thresholds()[1].grad.abs().sum() > 0 for layer in skippable)
+    assert all(layer.thresholds()[2].grad.abs().sum() > 0 for layer in net.super_layers())  # SE thresholds
 
 
 def set_one_hot(alphas, space, arch) -> None:

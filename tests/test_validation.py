@@ -37,21 +37,25 @@ def test_samples_are_distinct_and_seeded(micro_space):
         sample_architectures(micro_space, 1, seed=0)
 
 
-def coefficients(fit: dict) -> tuple[float, float, float]:
-    return fit["scale"], fit["per_op_ms"], fit["overhead_ms"]
+def coefficients(fit: dict) -> tuple[float, float, float, float]:
+    return fit["scale"], fit["per_op_ms"], fit["per_se_op_ms"], fit["overhead_ms"]
 
 
 def test_network_calibration_fit():
-    sums, kept = [2.0, 3.0, 4.0, 6.0, 5.0, 2.5], [3, 7, 5, 9, 4, 8]
-    # the full model: scale, a cost per kept layer and an overhead are recovered exactly
-    exact = [1.1 * p - 0.02 * k + 0.3 for p, k in zip(sums, kept)]
-    assert coefficients(fit_network_calibration(sums, exact, kept)) == pytest.approx((1.1, -0.02, 0.3))
-    # without layer counts (or with too few networks for three coefficients): scale and overhead
+    sums, kept, se = [2.0, 3.0, 4.0, 6.0, 5.0, 2.5, 3.5], [3, 7, 5, 9, 4, 8, 6], [0, 5, 1, 3, 4, 2, 6]
+    # the full model: scale, a cost per kept layer, one per SE layer and an overhead are recovered exactly
+    exact = [1.1 * p - 0.02 * k + 0.01 * s + 0.3 for p, k, s in zip(sums, kept, se)]
+    assert coefficients(fit_network_calibration(sums, exact, kept, se)) == pytest.approx((1.1, -0.02, 0.01, 0.3))
+    # without SE counts: scale, per-op and overhead
+    no_se = [1.1 * p - 0.02 * k + 0.3 for p, k in zip(sums, kept)]
+    assert coefficients(fit_network_calibration(sums, no_se, kept)) == pytest.approx((1.1, -0.02, 0.0, 0.3))
+    # without layer counts (or with too few networks for more coefficients): scale and overhead
     assert coefficients(fit_network_calibration(sums[:4], [1.1 * p - 0.2 for p in sums[:4]])) == \
-        pytest.approx((1.1, 0.0, -0.2))
+        pytest.approx((1.1, 0.0, 0.0, -0.2))
     # too narrow a range to separate scale from overhead: a constant offset (median residual)
-    assert coefficients(fit_network_calibration([2.0, 2.1, 2.05], [2.5, 2.5, 2.9])) == (1.0, 0.0, pytest.approx(0.5))
-    assert coefficients(fit_network_calibration([], [])) == (1.0, 0.0, 0.0)
+    assert coefficients(fit_network_calibration([2.0, 2.1, 2.05], [2.5, 2.5, 2.9])) == \
+        (1.0, 0.0, 0.0, pytest.approx(0.5))
+    assert coefficients(fit_network_calibration([], [])) == (1.0, 0.0, 0.0, 0.0)
     # an implausible slope (noise on few networks) falls back to the offset as well
     assert fit_network_calibration([1.0, 2.0, 3.0], [9.0, 1.0, 0.5])["scale"] == 1.0
 
@@ -78,7 +82,7 @@ def test_robust_fit_is_not_tilted_by_one_odd_network():
     measured = [1.2 * p + 0.01 * k + 0.1 for p, k in zip(sums, kept)]
     measured[3] *= 1.15  # one network 15 % off the model (e.g. noise, or an effect no per-op model sees)
     fit = fit_network_calibration(sums, measured, kept)
-    design = np.stack([sums, kept, np.ones(8)], 1)
+    design = np.stack([sums, kept, np.zeros(8), np.ones(8)], 1)
     least_squares = np.linalg.lstsq(design / np.array(measured)[:, None], np.ones(8), rcond=None)[0]
     for coef in (np.array(coefficients(fit)), least_squares):
         others = [i for i in range(8) if i != 3]
@@ -109,13 +113,15 @@ def test_calibration_removes_an_over_counted_per_call_cost(micro_space):
         sums.append(sum(result["lut"].entries[k].ms for k in keys))
         measured.append(0.05 + 0.01 * count_macs(cal_ops[name].build(), (1, 1, 16, 16)) / 1e6)
     kept = [sum(1 for k in keys if k.startswith("mbconv_")) for keys in cal_keys.values()]
-    assert coefficients(result) == pytest.approx(coefficients(fit_network_calibration(sums, measured, kept)))
+    se = [sum(1 for k in keys if k.startswith("mbconv_") and "_se0_" not in k) for keys in cal_keys.values()]
+    sums, measured = [round(v, 6) for v in sums], [round(v, 6) for v in measured]
+    assert coefficients(result) == pytest.approx(coefficients(fit_network_calibration(sums, measured, kept, se)))
     assert result["plain_sum"]["mean_signed_error_pct"] > 0
     assert result["calibrated"]["mape_pct"] < result["plain_sum"]["mape_pct"] / 2
     # a given LUT is used as is ("lut" mode): its entries, no calibration
     given = validate_runtime_model(micro_space, backend, 1, 10, n=4, seed=1, lut=proxy_lut(micro_space),
                                    progress=False)
-    assert given["mode"] == "lut" and coefficients(given) == (1.0, 0.0, 0.0)
+    assert given["mode"] == "lut" and coefficients(given) == (1.0, 0.0, 0.0, 0.0)
     assert given["calibrated"]["mape_pct"] == given["plain_sum"]["mape_pct"]
 
 

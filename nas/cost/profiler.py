@@ -12,9 +12,9 @@ import torch
 from tqdm.auto import tqdm
 
 from nas.cost.backends import LatencyBackend, summarize
-from nas.cost.device_runner import fit_network_calibration
+from nas.cost.device_runner import fit_network_calibration, network_counts
 from nas.cost.lut import LatencyEntry, LatencyLUT
-from nas.cost.signatures import OpSpec, calibration_networks, kept_ops, required_ops
+from nas.cost.signatures import OpSpec, calibration_networks, required_ops
 from nas.errors import ConfigError, LUTError
 from nas.space.search_space import SearchSpace
 
@@ -54,14 +54,19 @@ def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool 
 
 def calibrate_networks(network_ms: dict[str, float], network_keys: dict[str, list[str]],
                        entries: dict[str, LatencyEntry]) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Fit the LUT's network calibration (``scale``, ``per_op_ms``, ``overhead_ms``) on whole networks measured
-    with the ops; returns the coefficients and a record of the fit's data (for the LUT's ``meta``)."""
+    """Fit the LUT's network calibration (``scale``, ``per_op_ms``, ``per_se_op_ms``, ``overhead_ms``) on whole
+    networks measured with the ops; returns the coefficients and a record of the fit's data (for the LUT's
+    ``meta``)."""
     # rounded as recorded in the LUT's meta, so that the fit can be reproduced from the file exactly
     sums = [round(sum(entries[k].ms for k in network_keys[name]), 6) for name in network_keys]
-    kept = [kept_ops(network_keys[name]) for name in network_keys]
+    kept, se_ops = [], []
+    for name in network_keys:
+        layers, with_se = network_counts(network_keys[name])
+        kept.append(layers)
+        se_ops.append(with_se)
     measured = [round(network_ms[name], 6) for name in network_keys]
-    calibration = fit_network_calibration(sums, measured, kept)
-    return calibration, {"op_sum_ms": sums, "kept_ops": kept, "measured_ms": measured}
+    calibration = fit_network_calibration(sums, measured, kept, se_ops)
+    return calibration, {"op_sum_ms": sums, "kept_ops": kept, "se_ops": se_ops, "measured_ms": measured}
 
 
 def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,

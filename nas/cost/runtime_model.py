@@ -19,10 +19,12 @@
 
 Both are then calibrated to whole networks by the LUT (``nas.cost.lut``)::
 
-    R = scale * (R_const + sum_i R_i) + per_op_ms * (fixed layers + sum_i P_i(kept)) + overhead_ms
+    R = scale * (R_const + sum_i R_i) + per_op_ms * (fixed layers + sum_i P_i(kept))
+        + per_se_op_ms * sum_i P_i(kept) P_i(SE > 0) + overhead_ms
 
 where ``P_i(kept) = 1 - P_i(skip)`` is the probability that layer ``i`` is not the skip-op (its indicator
-``d_e3`` of Eq 5.9 for two expansions), so the count of kept layers is differentiable too.
+``d_e3`` of Eq 5.9 for two expansions) and ``P_i(SE > 0) = d_se`` (Eq 6.8) the probability that it has SE, so
+the counts are differentiable too.
 
 One cost model for every solver: :meth:`RuntimeModel.forward` prices the single-path indicators,
 :meth:`RuntimeModel.expected` the expected runtime ``E[R]`` of per-layer categorical distributions over the
@@ -72,6 +74,7 @@ class RuntimeModel(nn.Module):
         const = lut.ms(stem_key(space, in_channels), "stem") + lut.ms(head_key(space, num_classes), "head")
         self.searchable: list[int] = []
         self.fixed_kept = 0
+        self.fixed_se = 0
         tables = []
         for spec in space.layers:
             if not spec.searchable:
@@ -80,6 +83,7 @@ class RuntimeModel(nn.Module):
                 if key is not None:
                     const += lut.ms(key, f"layer {spec.index} ({spec.name})")
                     self.fixed_kept += 1
+                    self.fixed_se += int(choice.se_ratio > 0)
                 continue
             self.searchable.append(spec.index)
             tables.append(self._layer_table(spec))
@@ -94,6 +98,10 @@ class RuntimeModel(nn.Module):
             self.register_buffer(f"choice_ms_{i}", torch.tensor(row))
             self.register_buffer(f"choice_kept_{i}", torch.tensor([0.0 if c.is_skip else 1.0
                                                                    for c in spec.choices()]))
+            self.register_buffer(f"choice_se_{i}", torch.tensor([0.0 if c.is_skip or c.se_ratio == 0 else 1.0
+                                                                 for c in spec.choices()]))
+            self.register_buffer(f"se_levels_{i}", torch.tensor([1.0 if r > 0 else 0.0
+                                                                 for r in spec.candidates.se_ratios]))
         if form == "thesis":
             self._check_thesis_form()
 
@@ -124,25 +132,30 @@ class RuntimeModel(nn.Module):
                                   "Use solver.runtime_form=exact.")
 
     # ------------------------------------------------------------------ the calibration (one place)
-    def calibrate(self, op_sum_ms: torch.Tensor | float, kept: torch.Tensor | float) -> torch.Tensor | float:
-        """``scale * op_sum + per_op_ms * kept + overhead_ms``: the LUT's network calibration, applied to the
-        (expected) LUT sum and (expected) number of MBConv layers kept by every entry point of this model."""
+    def calibrate(self, op_sum_ms: torch.Tensor | float, kept: torch.Tensor | float,
+                  se_kept: torch.Tensor | float) -> torch.Tensor | float:
+        """``scale * op_sum + per_op_ms * kept + per_se_op_ms * se_kept + overhead_ms``: the LUT's network
+        calibration, applied by every entry point of this model to the (expected) LUT sum, the (expected) number
+        of MBConv layers kept and the (expected) number of those with SE."""
         lut = self.lut
-        return op_sum_ms * lut.scale + kept * lut.per_op_ms + lut.overhead_ms
+        return op_sum_ms * lut.scale + kept * lut.per_op_ms + se_kept * lut.per_se_op_ms + lut.overhead_ms
 
     # ------------------------------------------------------------------ differentiable R
     def forward(self, decisions: Sequence[LayerDecision | None]) -> torch.Tensor:
         """Calibrated ``R`` in ms for the single-path indicators (Eq 5.8 with Eq 5.9-5.10 / 6.5-6.8 per layer)."""
         total = self.constant_ms
         kept = total.new_tensor(float(self.fixed_kept))
+        se_kept = total.new_tensor(float(self.fixed_se))
         for i in self.searchable:
             dec = decisions[i]
             if dec is None:
                 raise ConfigError(f"no decision for searchable layer {i}; pass supernet.decisions()")
             layer = self.layer_runtime_exact(i, dec) if self.form == "exact" else self.layer_runtime_thesis(i, dec)
             total = total + layer
-            kept = kept + self.layer_kept(i, dec)
-        return self.calibrate(total, kept)
+            p_kept = self.layer_kept(i, dec)
+            kept = kept + p_kept
+            se_kept = se_kept + p_kept * (level_probabilities(dec.se) * getattr(self, f"se_levels_{i}")).sum()
+        return self.calibrate(total, kept, se_kept)
 
     def layer_kept(self, i: int, dec: LayerDecision) -> torch.Tensor:
         """``P(layer i is not the skip-op)``: ``1 - P(skip level)``, i.e. the first expansion indicator when the
@@ -162,10 +175,12 @@ class RuntimeModel(nn.Module):
             raise ConfigError(f"expected {len(self.searchable)} per-layer distributions, got {len(probabilities)}")
         total = self.constant_ms
         kept = total.new_tensor(float(self.fixed_kept))
+        se_kept = total.new_tensor(float(self.fixed_se))
         for i, p in zip(self.searchable, probabilities):
             total = total + (p * getattr(self, f"choice_ms_{i}").to(p.dtype)).sum()
             kept = kept + (p * getattr(self, f"choice_kept_{i}").to(p.dtype)).sum()
-        return self.calibrate(total, kept)
+            se_kept = se_kept + (p * getattr(self, f"choice_se_{i}").to(p.dtype)).sum()
+        return self.calibrate(total, kept, se_kept)
 
     def layer_runtime_exact(self, i: int, dec: LayerDecision) -> torch.Tensor:
         pk = level_probabilities(dec.kernel)
@@ -213,7 +228,8 @@ class RuntimeModel(nn.Module):
         """Calibrated runtime (ms) of a discrete architecture: the one discrete entry point, which every solver
         reports and which :meth:`forward` and :meth:`expected` equal at that architecture."""
         kept = sum(1 for choice in arch.layers if not choice.is_skip)
-        return float(self.calibrate(self.plain_sum(arch), kept))
+        se_kept = sum(1 for choice in arch.layers if not choice.is_skip and choice.se_ratio > 0)
+        return float(self.calibrate(self.plain_sum(arch), kept, se_kept))
 
     def per_layer(self, arch: Architecture) -> list[float]:
         """LUT runtime of each layer of ``arch`` (0 for skipped layers)."""

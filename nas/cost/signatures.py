@@ -78,15 +78,15 @@ def required_ops(space: SearchSpace, in_channels: int, num_classes: int) -> dict
     return ops
 
 
-def kept_ops(keys: list[str]) -> int:
-    """How many MBConv layers (searchable or fixed; not stem, not head) a network's LUT keys hold: the count
-    the calibration's ``per_op_ms`` multiplies."""
-    return sum(1 for key in keys if key.startswith("mbconv_"))
-
-
 def arch_kept_ops(space: SearchSpace, arch: Architecture) -> int:
-    """MBConv layers of ``arch`` that are not the skip-op (fixed layers included)."""
+    """MBConv layers of ``arch`` that are not the skip-op (fixed layers included): the calibration's ``per_op_ms``
+    multiplies this count."""
     return sum(1 for choice in arch.layers if not choice.is_skip)
+
+
+def arch_se_ops(space: SearchSpace, arch: Architecture) -> int:
+    """Kept MBConv layers of ``arch`` with squeeze-and-excitation: the count ``per_se_op_ms`` multiplies."""
+    return sum(1 for choice in arch.layers if not choice.is_skip and choice.se_ratio > 0)
 
 
 def sample_mix(space: SearchSpace, rng: Any, p_skip: float, p_se: float) -> Architecture:

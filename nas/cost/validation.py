@@ -30,6 +30,7 @@ from nas.cost.profiler import calibrate_networks, profile_ops
 from nas.cost.signatures import (
     OpSpec,
     arch_kept_ops,
+    arch_se_ops,
     calibration_architectures,
     calibration_networks,
     network_op_keys,
@@ -130,8 +131,8 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
     Every measurement (ops and networks) uses the backend's procedure: warm-up, then ``repeats`` timed runs
     spread over interleaved rounds (one timed run per op per round here), each after the backend's cache flush;
     the backend's statistic is kept. Returns metrics for the plain per-op sum (Eq 5.8) and for the LUT's
-    calibrated model (``scale * sum + per_op_ms * kept layers + overhead``, fitted on calibration networks that
-    are *not* the validation networks), one row per network, and one row per ``named`` network (e.g. the
+    calibrated model (``scale * sum + per_op_ms * kept + per_se_op_ms * SE + overhead``, fitted on calibration
+    networks that are *not* the validation networks), one row per network, and one row per ``named`` network (e.g. the
     published ones, SE-free or skip-heavy designs) measured in the same rounds. The LUT used is returned under
     ``"lut"``.
     """
@@ -168,11 +169,10 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
     def row(arch: Architecture, name: str, where: str) -> dict[str, Any]:
         keys = network_op_keys(space, arch, in_channels, num_classes)
         plain = sum(lut.ms(k, where) for k in keys)
-        kept = arch_kept_ops(space, arch)
+        kept, se_ops = arch_kept_ops(space, arch), arch_se_ops(space, arch)
         entry = measured[name]
-        return {"architecture": arch.keys, "ops": len(keys), "kept_ops": kept,
-                "se_ops": sum(1 for c in arch.layers if not c.is_skip and c.se_ratio > 0),
-                "predicted_plain_ms": plain, "predicted_ms": lut.network_ms(plain, kept),
+        return {"architecture": arch.keys, "ops": len(keys), "kept_ops": kept, "se_ops": se_ops,
+                "predicted_plain_ms": plain, "predicted_ms": lut.network_ms(plain, kept, se_ops),
                 "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms}
 
     rows = [row(a, f"validation_{i}", f"network {i}") for i, a in enumerate(archs)]

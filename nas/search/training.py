@@ -191,7 +191,8 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
                             "trained network")
     measured = profile_ops(ops, backend, progress=False, rounds=backend.repeats)
     entry = measured["network"]
-    remeasured = lut.network_ms(sum(measured[k].ms for k in keys), sum(1 for c in arch.layers if not c.is_skip))
+    kept = [c for c in arch.layers if not c.is_skip]
+    remeasured = lut.network_ms(sum(measured[k].ms for k in keys), len(kept), sum(c.se_ratio > 0 for c in kept))
     return {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
             "predicted_latency_ms": predicted, "measured_latency_ms": entry.ms,
             "measured_latency_iqr_ms": entry.iqr_ms,
