@@ -62,15 +62,19 @@ def test_round_trip_export_runner_lut_search(export, tmp_path):
     assert cal["networks"] == 3 and len(cal["op_sum_ms"]) == 3
     for keys, op_sum in zip((n["ops"] for n in manifest["networks"]), cal["op_sum_ms"]):
         assert op_sum == pytest.approx(sum(data["entries"][k]["ms"] for k in keys), abs=1e-5)
-    fitted = fit_network_calibration(cal["op_sum_ms"], cal["measured_ms"])
-    assert (data["scale"], data["overhead_ms"]) == pytest.approx(fitted, abs=1e-5)
+    assert cal["kept_ops"] == [sum(1 for k in n["ops"] if k.startswith("mbconv_")) for n in manifest["networks"]]
+    fitted = fit_network_calibration(cal["op_sum_ms"], cal["measured_ms"], cal["kept_ops"], cal["se_ops"])
+    assert data["version"] == 2
+    assert {k: data[k] for k in fitted} == pytest.approx(fitted, abs=1e-9)
     # same machine, same settings: the runner's fingerprint is the framework's, so even strict mode accepts it
     lut = obtain_lut(space, backend(), 1, 10, lut_path=device / "lut.json", strict=True)
     assert lut.hardware["fingerprint_id"] == backend().fingerprint_id()
     model = RuntimeModel(space, lut, 1, 10)
     for arch in (space.largest(), space.smallest()):
         op_sum = sum(data["entries"][k]["ms"] for k in network_op_keys(space, arch, 1, 10))
-        expected = data["scale"] * op_sum + data["overhead_ms"]
+        kept = [c for c in arch.layers if not c.is_skip]
+        expected = (data["scale"] * op_sum + data["per_op_ms"] * len(kept)
+                    + data["per_se_op_ms"] * sum(c.se_ratio > 0 for c in kept) + data["overhead_ms"])
         assert model.predict(arch) == pytest.approx(expected, rel=1e-6)
 
 

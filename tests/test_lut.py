@@ -18,11 +18,27 @@ from tests.conftest import MICRO_SPACE, proxy_lut
 def test_round_trip_and_version(tmp_path, micro_space, micro_lut):
     path = micro_lut.save(tmp_path / "lut.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "spnas-lut" and data["version"] == 1 and data["unit"] == "ms"
+    assert data["format"] == "spnas-lut" and data["version"] == 2 and data["unit"] == "ms"
     assert data["space"] == {"name": "micro", "digest": micro_space.digest}
     loaded = LatencyLUT.load(path)
     assert loaded.entries == micro_lut.entries
     assert set(loaded.entries) == set(required_ops(micro_space, 1, 10))
+    micro_lut.scale, micro_lut.per_op_ms, micro_lut.per_se_op_ms, micro_lut.overhead_ms = 1.2, -0.01, 0.02, 0.3
+    assert LatencyLUT.load(micro_lut.save(path)).calibration == {"scale": 1.2, "per_op_ms": -0.01,
+                                                                 "per_se_op_ms": 0.02, "overhead_ms": 0.3}
+
+
+def test_version_1_luts_read_as_scale_and_overhead(tmp_path, micro_lut):
+    data = {**micro_lut.to_dict(), "version": 1, "scale": 1.1, "overhead_ms": -0.2}
+    data.pop("per_op_ms")
+    data.pop("per_se_op_ms")
+    lut = LatencyLUT.from_dict(data)
+    assert lut.calibration == {"scale": 1.1, "per_op_ms": 0.0, "per_se_op_ms": 0.0, "overhead_ms": -0.2}
+    assert lut.network_ms(2.0, kept_ops=7, se_ops=3) == pytest.approx(1.1 * 2.0 - 0.2)
+    with pytest.raises(LUTError, match="version 3 is not supported"):
+        LatencyLUT.from_dict({**data, "version": 3})
+    with pytest.raises(LUTError, match="'per_op_ms' must be a finite number"):
+        LatencyLUT.from_dict({**data, "version": 2, "per_op_ms": "x"})
 
 
 def test_malformed_lut_names_the_file(tmp_path):

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from models.blocks import MBConv
-from nas.cost.runtime_model import CandidateRuntime, RuntimeModel, level_probabilities
+from nas.cost.runtime_model import RuntimeModel, level_probabilities
 from nas.errors import ConfigError
 from nas.search.checkpoint import load_checkpoint
 from nas.search.data import DigitsDataModule
@@ -96,18 +96,17 @@ def test_multi_path_runs_every_path_and_derives_the_argmax(micro_space, micro_lu
 
 
 def test_expected_runtime_is_the_lut_sum_at_one_hot_probabilities(micro_space, micro_lut):
-    runtime = CandidateRuntime(micro_space, micro_lut, 1, 10)
     exact = RuntimeModel(micro_space, micro_lut, 1, 10)
     net = MultiPathSupernet(micro_space, 1, 10)
     for seed in range(3):
         arch = micro_space.sample(__import__("random").Random(seed))
         idx = [layer.choices.index(arch.layers[layer.spec.index]) for layer in net.mixed_layers()]
         one_hot = [torch.eye(len(layer))[i] for layer, i in zip(net.mixed_layers(), idx)]
-        assert float(runtime(one_hot)) == pytest.approx(exact.predict(arch), rel=1e-5)
+        assert float(exact.expected(one_hot)) == pytest.approx(exact.predict(arch), rel=1e-5)
     # uniform probabilities: the mean over each layer's candidates (skip costs 0)
     uniform = [torch.full((len(layer),), 1.0 / len(layer)) for layer in net.mixed_layers()]
-    means = sum(float(runtime.table(i).mean()) for i in range(runtime.num_layers))
-    assert float(runtime(uniform)) == pytest.approx(float(runtime.constant_ms) + means, rel=1e-5)
+    means = sum(float(getattr(exact, f"choice_ms_{i}").mean()) for i in exact.searchable)
+    assert float(exact.expected(uniform)) == pytest.approx(float(exact.constant_ms) + means, rel=1e-5)
 
 
 def test_gumbel_temperature_follows_its_schedule(micro_space, micro_lut, tmp_path):

@@ -37,15 +37,60 @@ def test_samples_are_distinct_and_seeded(micro_space):
         sample_architectures(micro_space, 1, seed=0)
 
 
+def coefficients(fit: dict) -> tuple[float, float, float, float]:
+    return fit["scale"], fit["per_op_ms"], fit["per_se_op_ms"], fit["overhead_ms"]
+
+
 def test_network_calibration_fit():
-    sums = [2.0, 3.0, 4.0, 6.0]
-    scale, overhead = fit_network_calibration(sums, [1.1 * p - 0.2 for p in sums])
-    assert scale == pytest.approx(1.1) and overhead == pytest.approx(-0.2)
+    sums, kept, se = [2.0, 3.0, 4.0, 6.0, 5.0, 2.5, 3.5], [3, 7, 5, 9, 4, 8, 6], [0, 5, 1, 3, 4, 2, 6]
+    # the full model: scale, a cost per kept layer, one per SE layer and an overhead are recovered exactly
+    exact = [1.1 * p - 0.02 * k + 0.01 * s + 0.3 for p, k, s in zip(sums, kept, se)]
+    assert coefficients(fit_network_calibration(sums, exact, kept, se)) == pytest.approx((1.1, -0.02, 0.01, 0.3))
+    # without SE counts: scale, per-op and overhead
+    no_se = [1.1 * p - 0.02 * k + 0.3 for p, k in zip(sums, kept)]
+    assert coefficients(fit_network_calibration(sums, no_se, kept)) == pytest.approx((1.1, -0.02, 0.0, 0.3))
+    # without layer counts (or with too few networks for more coefficients): scale and overhead
+    assert coefficients(fit_network_calibration(sums[:4], [1.1 * p - 0.2 for p in sums[:4]])) == \
+        pytest.approx((1.1, 0.0, 0.0, -0.2))
     # too narrow a range to separate scale from overhead: a constant offset (median residual)
-    assert fit_network_calibration([2.0, 2.1, 2.05], [2.5, 2.5, 2.9]) == (1.0, pytest.approx(0.5))
-    assert fit_network_calibration([], []) == (1.0, 0.0)
+    assert coefficients(fit_network_calibration([2.0, 2.1, 2.05], [2.5, 2.5, 2.9])) == \
+        (1.0, 0.0, 0.0, pytest.approx(0.5))
+    assert coefficients(fit_network_calibration([], [])) == (1.0, 0.0, 0.0, 0.0)
     # an implausible slope (noise on few networks) falls back to the offset as well
-    assert fit_network_calibration([1.0, 2.0, 3.0], [9.0, 1.0, 0.5])[0] == 1.0
+    assert fit_network_calibration([1.0, 2.0, 3.0], [9.0, 1.0, 0.5])["scale"] == 1.0
+
+
+def test_calibration_networks_span_the_space(tiny_space):
+    """Smallest and largest SE-free network, SE-free / SE-only / skip-heavy mixes, then uniformly random ones."""
+    from nas.cost.signatures import arch_kept_ops, calibration_architectures
+
+    archs = calibration_architectures(tiny_space, 24)
+    assert len({tuple(a.keys) for a in archs}) == 24
+    assert archs[0].keys == tiny_space.smallest().keys
+    assert all(c.kernel == 5 and c.expansion == 6 and c.se_ratio == 0 for c in archs[1].layers[1:])
+    assert tiny_space.largest().keys not in [a.keys for a in archs]
+    se_layers = [sum(1 for c in a.layers if not c.is_skip and c.se_ratio > 0) for a in archs]
+    kept = [arch_kept_ops(tiny_space, a) for a in archs]
+    assert sum(s == 0 for s in se_layers) >= 3 and any(s == k - 1 for s, k in zip(se_layers, kept))  # SE-only
+    assert min(kept) == arch_kept_ops(tiny_space, tiny_space.smallest()) and max(kept) == 6 and len(set(kept)) >= 3
+    assert [a.keys for a in calibration_architectures(tiny_space, 24)] == [a.keys for a in archs]  # seeded
+
+
+def test_robust_fit_is_not_tilted_by_one_odd_network():
+    sums = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    kept = [2, 5, 3, 8, 6, 4, 9, 7]
+    measured = [1.2 * p + 0.01 * k + 0.1 for p, k in zip(sums, kept)]
+    measured[3] *= 1.15  # one network 15 % off the model (e.g. noise, or an effect no per-op model sees)
+    fit = fit_network_calibration(sums, measured, kept)
+    design = np.stack([sums, kept, np.zeros(8), np.ones(8)], 1)
+    least_squares = np.linalg.lstsq(design / np.array(measured)[:, None], np.ones(8), rcond=None)[0]
+    for coef in (np.array(coefficients(fit)), least_squares):
+        others = [i for i in range(8) if i != 3]
+        error = np.abs(design[others] @ coef - np.array(measured)[others]) / np.array(measured)[others]
+        if coef is least_squares:
+            assert error.max() > 0.01  # plain least squares spreads the odd network over the others
+        else:
+            assert error.max() < 0.005  # the robust fit keeps them within its Huber threshold
 
 
 def test_calibration_removes_an_over_counted_per_call_cost(micro_space):
@@ -67,13 +112,16 @@ def test_calibration_removes_an_over_counted_per_call_cost(micro_space):
     for name, keys in cal_keys.items():
         sums.append(sum(result["lut"].entries[k].ms for k in keys))
         measured.append(0.05 + 0.01 * count_macs(cal_ops[name].build(), (1, 1, 16, 16)) / 1e6)
-    assert (result["scale"], result["overhead_ms"]) == pytest.approx(fit_network_calibration(sums, measured))
+    kept = [sum(1 for k in keys if k.startswith("mbconv_")) for keys in cal_keys.values()]
+    se = [sum(1 for k in keys if k.startswith("mbconv_") and "_se0_" not in k) for keys in cal_keys.values()]
+    sums, measured = [round(v, 6) for v in sums], [round(v, 6) for v in measured]
+    assert coefficients(result) == pytest.approx(coefficients(fit_network_calibration(sums, measured, kept, se)))
     assert result["plain_sum"]["mean_signed_error_pct"] > 0
     assert result["calibrated"]["mape_pct"] < result["plain_sum"]["mape_pct"] / 2
     # a given LUT is used as is ("lut" mode): its entries, no calibration
     given = validate_runtime_model(micro_space, backend, 1, 10, n=4, seed=1, lut=proxy_lut(micro_space),
                                    progress=False)
-    assert given["mode"] == "lut" and (given["scale"], given["overhead_ms"]) == (1.0, 0.0)
+    assert given["mode"] == "lut" and coefficients(given) == (1.0, 0.0, 0.0, 0.0)
     assert given["calibrated"]["mape_pct"] == given["plain_sum"]["mape_pct"]
 
 

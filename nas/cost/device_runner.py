@@ -12,8 +12,10 @@ The measurement is the one ``nas.cost`` uses for its own LUTs: ONNX Runtime CPU,
 graph optimisations; per op ``warmup`` untimed runs, then ``repeats`` timed runs interleaved over ``rounds``
 passes through all ops (one untimed re-warm run first in each pass), each timed run after streaming through a
 ``cache_flush_mb`` buffer; the ``statistic`` (median, p25, p10 or min) and inter-quartile range are kept.
-The calibration networks of the export set the LUT's ``scale`` and ``overhead_ms`` (``measured ~ scale * sum
-of entries + overhead``, with the same ``fit_network_calibration`` the framework imports from this file). The hardware
+The calibration networks of the export set the LUT's network calibration (``measured ~
+scale * sum of entries + per_op_ms * MBConv layers kept + per_se_op_ms * SE layers kept + overhead``, with the
+same ``fit_network_calibration`` the framework imports from this file; a network's MBConv layers are its
+``mbconv_*`` keys). The hardware
 fingerprint is computed as ``nas.cost.backends.OnnxRuntimeCPU`` does, so a LUT measured here on the
 search machine matches it exactly.
 
@@ -39,7 +41,7 @@ import numpy as np
 MANIFEST_FORMAT = "spnas-op-export"
 MANIFEST_VERSION = 1
 LUT_FORMAT = "spnas-lut"
-LUT_VERSION = 1
+LUT_VERSION = 2
 BACKEND = "onnxruntime-cpu"
 STATISTICS = {"median": 50.0, "p25": 25.0, "p10": 10.0, "min": 0.0}
 
@@ -187,23 +189,80 @@ def summary(times: list[float], statistic: str) -> dict[str, float]:
     return {"ms": float(np.percentile(arr, STATISTICS[statistic])), "iqr_ms": float(q3 - q1), "runs": len(times)}
 
 
-def fit_network_calibration(op_sums: list[float], measured: list[float]) -> tuple[float, float]:
-    """``(scale, overhead_ms)`` with ``measured ~ scale * op_sum + overhead`` over calibration networks.
+def _robust_relative_fit(design: np.ndarray, measured: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Coefficients minimising a Huber loss of the *relative* residuals ``(design @ c - measured) / measured``
+    (iteratively reweighted least squares; the Huber threshold is 1.345 robust standard deviations of the
+    residuals, at least 0.5 %). Relative: the fit minimises what MAPE measures. Huber: one network that runs
+    unlike the rest (a noisy measurement, an op fusion no per-op model sees) cannot tilt the fit for all others.
+    """
+    x = design / measured[:, None]
+    y = np.ones_like(measured)
+    weights = np.ones_like(measured)
+    coef = np.zeros(design.shape[1])
+    for _ in range(iterations):
+        root = np.sqrt(weights)
+        coef = np.linalg.lstsq(x * root[:, None], y * root, rcond=None)[0]
+        residual = np.abs(x @ coef - y)
+        scale = 1.4826 * np.median(residual)
+        threshold = max(1.345 * scale, 0.005)
+        new = np.where(residual <= threshold, 1.0, threshold / np.maximum(residual, 1e-12))
+        if np.allclose(new, weights, atol=1e-6):
+            break
+        weights = new
+    return coef
 
-    Least squares when there are >= 3 networks whose op sums span >= 20 % (the calibration set includes the
-    space's smallest and largest networks for that); otherwise, or if the fitted scale is implausible (outside
-    [0.5, 2], or the smallest network would get a runtime <= 0), ``scale = 1`` and the overhead is the median
-    residual. No networks: ``(1.0, 0.0)``. The framework's profiler uses this same function.
+
+CALIBRATION_TERMS = ("scale", "per_op_ms", "per_se_op_ms", "overhead_ms")
+
+
+def network_counts(keys: list[str]) -> tuple[int, int]:
+    """``(MBConv layers, of them with SE)`` of a network from its LUT keys (``mbconv_..._se0.25_relu``)."""
+    layers = [k for k in keys if k.startswith("mbconv_")]
+    return len(layers), sum(1 for k in layers if "_se0_" not in k)
+
+
+def fit_network_calibration(op_sums: list[float], measured: list[float], kept_ops: list[float] | None = None,
+                            se_ops: list[float] | None = None) -> dict[str, float]:
+    """``{scale, per_op_ms, per_se_op_ms, overhead_ms}`` with
+    ``measured ~ scale * op_sum + per_op_ms * kept_ops + per_se_op_ms * se_ops + overhead``.
+
+    ``op_sums`` are the calibration networks' LUT sums, ``kept_ops`` their numbers of MBConv layers kept and
+    ``se_ops`` the number of those with SE. A robust fit of the relative error (:func:`_robust_relative_fit`).
+    Falls back, in order, when the data cannot
+    support a model or its fit is implausible (``scale`` outside [0.5, 2], or a calibration network predicted
+    at <= 0 ms):
+
+    1. the full model: >= 6 networks, op sums spanning >= 20 %, kept and SE layers each spanning >= 2;
+    2. without the SE term: >= 5 networks, kept layers spanning >= 2;
+    3. scale and overhead: >= 3 networks spanning >= 20 %;
+    4. ``scale = 1`` and the median residual as overhead; no networks: the identity.
+
+    The framework's profiler uses this same function (the runner stays standalone: numpy only).
     """
     p = np.asarray(op_sums, dtype=np.float64)
     m = np.asarray(measured, dtype=np.float64)
+    k = np.zeros_like(p) if kept_ops is None else np.asarray(kept_ops, dtype=np.float64)
+    se = np.zeros_like(p) if se_ops is None else np.asarray(se_ops, dtype=np.float64)
+    identity = dict.fromkeys(CALIBRATION_TERMS, 0.0) | {"scale": 1.0}
     if len(p) == 0:
-        return 1.0, 0.0
-    if len(p) >= 3 and p.max() >= 1.2 * p.min():
-        scale, overhead = np.linalg.lstsq(np.stack([p, np.ones_like(p)], 1), m, rcond=None)[0]
-        if 0.5 <= scale <= 2.0 and scale * p.min() + overhead > 0:
-            return float(scale), float(overhead)
-    return 1.0, float(np.median(m - p))
+        return identity
+    spans = len(p) >= 3 and p.max() >= 1.2 * p.min()
+    candidates = []
+    if spans and len(p) >= 6 and np.ptp(k) >= 2 and np.ptp(se) >= 2:
+        candidates.append([0, 1, 2, 3])
+    if spans and len(p) >= 5 and np.ptp(k) >= 2:
+        candidates.append([0, 1, 3])
+    if spans:
+        candidates.append([0, 3])
+    design = np.stack([p, k, se, np.ones_like(p)], 1)
+    for used in candidates:
+        if np.linalg.matrix_rank(design[:, used]) < len(used):
+            continue
+        coef = np.zeros(4)
+        coef[used] = _robust_relative_fit(design[:, used], m)
+        if 0.5 <= coef[0] <= 2.0 and (design @ coef > 0).all():
+            return {name: float(c) for name, c in zip(CALIBRATION_TERMS, coef)}
+    return identity | {"overhead_ms": float(np.median(m - p))}
 
 
 def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, repeats: int, rounds: int,
@@ -231,9 +290,11 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
         print(file=sys.stderr)
     entries = {op["key"]: summary(samples[op["key"]], statistic) for op in manifest["ops"]}
     networks = manifest.get("networks") or []
-    sums = [sum(entries[k]["ms"] for k in n["ops"]) for n in networks]
-    measured = [summary(samples[n["name"]], statistic)["ms"] for n in networks]
-    scale, overhead = fit_network_calibration(sums, measured)
+    # rounded as recorded in the LUT's meta, so that the fit can be reproduced from the file exactly
+    sums = [round(sum(entries[k]["ms"] for k in n["ops"]), 6) for n in networks]
+    kept, se_ops = (list(c) for c in zip(*(network_counts(n["ops"]) for n in networks))) if networks else ([], [])
+    measured = [round(summary(samples[n["name"]], statistic)["ms"], 6) for n in networks]
+    calibration = fit_network_calibration(sums, measured, kept, se_ops)
     batch = int(manifest["settings"]["batch_size"])
     return {
         "format": LUT_FORMAT,
@@ -244,10 +305,9 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "meta": {"in_channels": manifest["in_channels"], "num_classes": manifest["num_classes"],
                  "profiled_ops": len(entries), "profile_seconds": round(time.perf_counter() - start, 2),
-                 "calibration": {"networks": len(networks), "op_sum_ms": [round(v, 6) for v in sums],
-                                 "measured_ms": [round(v, 6) for v in measured]}},
-        "scale": scale,
-        "overhead_ms": overhead,
+                 "calibration": {"networks": len(networks), "op_sum_ms": sums, "kept_ops": kept,
+                                 "se_ops": se_ops, "measured_ms": measured}},
+        **calibration,
         "entries": dict(sorted(entries.items())),
     }
 
@@ -302,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomically(args.out, lut)
     print(f"measured {len(lut['entries'])} ops and {lut['meta']['calibration']['networks']} calibration networks "
           f"in {lut['meta']['profile_seconds']} s (threads={chosen['threads']}, calibration "
-          f"{lut['scale']:.3f}*sum{lut['overhead_ms']:+.4f} ms, fingerprint {lut['hardware']['fingerprint_id']}); "
+          f"{lut['scale']:.3f}*sum{lut['per_op_ms']:+.4f}*ops{lut['per_se_op_ms']:+.4f}*se_ops"
+          f"{lut['overhead_ms']:+.4f} ms, fingerprint "
+          f"{lut['hardware']['fingerprint_id']}); "
           f"wrote {args.out}")
     return 0
 

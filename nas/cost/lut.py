@@ -1,23 +1,26 @@
 """Versioned latency lookup tables (LUTs): JSON keyed by layer signature, plus a hardware fingerprint.
 
-File format (``format: spnas-lut``, ``version: 1``)::
+File format (``format: spnas-lut``, ``version: 2``)::
 
     {
-      "format": "spnas-lut", "version": 1, "unit": "ms",
+      "format": "spnas-lut", "version": 2, "unit": "ms",
       "space": {"name": "tiny", "digest": "8b36d3bd041af250"},        # what the LUT was profiled for
       "hardware": {"backend": "onnxruntime-cpu", "threads": 1, "batch_size": 1,
                    "fingerprint": {...}, "fingerprint_id": "3f2a..."},
       "created": "2026-11-23T10:00:00+00:00",
-      "scale": 1.08, "overhead_ms": -0.05,   # optional network calibration (defaults 1 and 0)
+      "scale": 1.08, "per_op_ms": -0.011, "per_se_op_ms": 0.02, "overhead_ms": -0.05,  # network calibration
       "entries": {"mbconv_r16_i16_o24_s2_k5_e6_se0.25_relu": {"ms": 0.41, "iqr_ms": 0.01, "runs": 30}, ...}
     }
 
-A network's runtime is ``R = scale * (sum of its entries) + overhead_ms``. Both are calibrated by measuring a
-few whole networks (the space's smallest, its largest and random ones) together with the ops
-(``nas.cost.profiler.fit_network_calibration``) and absorb what a per-op sum cannot see: ops inside a
-network run slower than alone, in proportion to their work (cache and memory state: ``scale``), and a per-call
-session overhead is paid once per op when ops are timed alone but once per network (``overhead_ms``, may be
-negative). Without calibration they are 1 and 0, the plain sum of Eq 5.8. See docs/latency.md.
+A network's runtime is ``R = scale * (sum of its entries) + per_op_ms * (MBConv layers kept) + per_se_op_ms *
+(those with SE) + overhead_ms``. The coefficients are fitted on whole networks measured together with the ops
+(``nas.cost.signatures.calibration_networks``, fitted by ``nas.cost.device_runner.fit_network_calibration``) and
+absorb what a per-op sum cannot see: ops inside a network run slower or faster than alone in proportion to
+their work (cache and memory state: ``scale``); each op timed alone pays a per-call cost that a network pays
+differently (``per_op_ms``, usually negative); an SE block costs more inside a network than alone
+(``per_se_op_ms``); and a per-network constant (``overhead_ms``). Without calibration they are 1, 0, 0 and 0: the
+plain sum of Eq 5.8. Version-1 files (scale and overhead only) are read with both per-op terms 0. See
+docs/latency.md.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from nas.errors import LUTError
 from nas.io import atomic_write_json
 
 LUT_FORMAT = "spnas-lut"
-LUT_VERSION = 1
+LUT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,24 @@ class LatencyLUT:
     path: str | None = None
     overhead_ms: float = 0.0
     scale: float = 1.0
+    per_op_ms: float = 0.0
+    per_se_op_ms: float = 0.0
 
-    def network_ms(self, op_sum_ms: float) -> float:
-        """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms``."""
-        return self.scale * op_sum_ms + self.overhead_ms
+    def network_ms(self, op_sum_ms: float, kept_ops: float = 0.0, se_ops: float = 0.0) -> float:
+        """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms`` and that keeps ``kept_ops``
+        MBConv layers (searchable and fixed, not stem and head), ``se_ops`` of them with SE."""
+        return self.scale * op_sum_ms + self.per_op_ms * kept_ops + self.per_se_op_ms * se_ops + self.overhead_ms
+
+    @property
+    def calibration(self) -> dict[str, float]:
+        """The network calibration's coefficients."""
+        return {"scale": self.scale, "per_op_ms": self.per_op_ms, "per_se_op_ms": self.per_se_op_ms,
+                "overhead_ms": self.overhead_ms}
+
+    def describe_calibration(self) -> str:
+        """``1.031*sum-0.0110*ops+0.0150*se_ops+0.021 ms``: the calibration as a formula, for logs and reports."""
+        return (f"{self.scale:.3f}*sum{self.per_op_ms:+.4f}*ops{self.per_se_op_ms:+.4f}*se_ops"
+                f"{self.overhead_ms:+.4f} ms")
 
     @property
     def source(self) -> str:
@@ -132,6 +150,8 @@ class LatencyLUT:
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "meta": self.meta,
             "scale": self.scale,
+            "per_op_ms": self.per_op_ms,
+            "per_se_op_ms": self.per_se_op_ms,
             "overhead_ms": self.overhead_ms,
             "entries": {k: e.to_dict() for k, e in sorted(self.entries.items())},
         }
@@ -150,9 +170,9 @@ class LatencyLUT:
         if data.get("format") != LUT_FORMAT:
             raise LUTError(f"{source}: 'format' is {data.get('format')!r}, expected {LUT_FORMAT!r}; this is not "
                            "a LUT written by this framework (scripts/profile_lut.py or the device runner).")
-        if data.get("version") != LUT_VERSION:
-            raise LUTError(f"{source}: LUT version {data.get('version')!r} is not supported (expected "
-                           f"{LUT_VERSION}); re-profile with this version.")
+        if data.get("version") not in READABLE_VERSIONS:
+            raise LUTError(f"{source}: LUT version {data.get('version')!r} is not supported (expected one of "
+                           f"{list(READABLE_VERSIONS)}); re-profile with this version.")
         if data.get("unit", "ms") != "ms":
             raise LUTError(f"{source}: unit {data.get('unit')!r} is not supported; LUT entries must be in ms")
         hardware = data.get("hardware")
@@ -184,8 +204,15 @@ class LatencyLUT:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise LUTError(f"{source}: 'scale' must be a finite number > 0 (multiplier on the per-op sum), got "
                            f"{scale!r}")
+        per_op = {}
+        for name, what in (("per_op_ms", "ms per MBConv layer kept"), ("per_se_op_ms", "ms per SE layer kept")):
+            value = data.get(name, 0.0) if data.get("version") != 1 else 0.0
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise LUTError(f"{source}: '{name}' must be a finite number ({what}), got {value!r}")
+            per_op[name] = float(value)
         return cls(entries=entries, hardware=hardware, space=space, created=str(data.get("created", "")),
-                   meta=dict(data.get("meta") or {}), path=source, overhead_ms=float(overhead), scale=float(scale))
+                   meta=dict(data.get("meta") or {}), path=source, overhead_ms=float(overhead), scale=float(scale),
+                   **per_op)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyLUT:

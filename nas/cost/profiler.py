@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nas.cost.backends import LatencyBackend, summarize
-from nas.cost.device_runner import fit_network_calibration
+from nas.cost.device_runner import fit_network_calibration, network_counts
 from nas.cost.lut import LatencyEntry, LatencyLUT
 from nas.cost.signatures import OpSpec, calibration_networks, required_ops
 from nas.errors import ConfigError, LUTError
@@ -53,20 +53,29 @@ def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool 
 
 
 def calibrate_networks(network_ms: dict[str, float], network_keys: dict[str, list[str]],
-                       entries: dict[str, LatencyEntry]) -> tuple[float, float, dict[str, list[float]]]:
-    """Fit the LUT's ``scale`` and ``overhead_ms`` on whole networks measured with the ops (see above)."""
-    sums = [sum(entries[k].ms for k in network_keys[name]) for name in network_keys]
-    measured = [network_ms[name] for name in network_keys]
-    scale, overhead = fit_network_calibration(sums, measured)
-    return scale, overhead, {"op_sum_ms": [round(v, 6) for v in sums], "measured_ms": [round(v, 6) for v in measured]}
+                       entries: dict[str, LatencyEntry]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Fit the LUT's network calibration (``scale``, ``per_op_ms``, ``per_se_op_ms``, ``overhead_ms``) on whole
+    networks measured with the ops; returns the coefficients and a record of the fit's data (for the LUT's
+    ``meta``)."""
+    # rounded as recorded in the LUT's meta, so that the fit can be reproduced from the file exactly
+    sums = [round(sum(entries[k].ms for k in network_keys[name]), 6) for name in network_keys]
+    kept, se_ops = [], []
+    for name in network_keys:
+        layers, with_se = network_counts(network_keys[name])
+        kept.append(layers)
+        se_ops.append(with_se)
+    measured = [round(network_ms[name], 6) for name in network_keys]
+    calibration = fit_network_calibration(sums, measured, kept, se_ops)
+    return calibration, {"op_sum_ms": sums, "kept_ops": kept, "se_ops": se_ops, "measured_ms": measured}
 
 
 def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,
                   progress: bool = True, base: LatencyLUT | None = None, rounds: int = 10) -> LatencyLUT:
     """A LUT covering every op of ``space``; ops already in ``base`` are not measured again.
 
-    With ``backend.calibration_networks = n > 0``, n seeded random whole networks are measured in the same
-    interleaved rounds as the ops (so load drift hits both alike) and set the LUT's ``scale`` and ``overhead_ms``.
+    With ``backend.calibration_networks = n > 0``, n whole networks spanning the space
+    (:func:`~nas.cost.signatures.calibration_networks`) are measured in the same interleaved rounds as the ops (so
+    load drift hits both alike) and set the LUT's network calibration.
     """
     ops = required_ops(space, in_channels, num_classes)
     known = dict(base.entries) if base is not None else {}
@@ -80,13 +89,12 @@ def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int,
     known.update({k: v for k, v in measured.items() if k in todo})
     meta = {"in_channels": in_channels, "num_classes": num_classes, "profiled_ops": len(todo),
             "profile_seconds": round(seconds, 2)}
-    scale, overhead = (base.scale, base.overhead_ms) if base is not None else (1.0, 0.0)
+    calibration = base.calibration if base is not None else {}
     if networks:
-        scale, overhead, record = calibrate_networks({k: measured[k].ms for k in networks}, network_keys, known)
+        calibration, record = calibrate_networks({k: measured[k].ms for k in networks}, network_keys, known)
         meta["calibration"] = {"networks": len(networks), **record}
     return LatencyLUT(entries=known, hardware=backend.hardware_record(),
-                      space={"name": space.name, "digest": space.digest}, meta=meta, overhead_ms=overhead,
-                      scale=scale)
+                      space={"name": space.name, "digest": space.digest}, meta=meta, **calibration)
 
 
 def cache_path(cache_dir: str | os.PathLike, space: SearchSpace, backend: LatencyBackend, in_channels: int,

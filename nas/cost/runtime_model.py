@@ -16,6 +16,21 @@
   approximated by scaling with ``R_3x3,6 / R_5x5,6`` (Eq 5.10), and the SE path as a multiplicative factor
   ``s_{k,e} = R_{k,e,se} / R_{k,e,0}`` interpolated by kernel and expansion indicators (Eq 6.6-6.8), assuming
   ``s_0.25 ~ s_0.5``. Kept for comparison with the thesis; it needs kernels {3, 5} and expansions {3, 6}.
+
+Both are then calibrated to whole networks by the LUT (``nas.cost.lut``)::
+
+    R = scale * (R_const + sum_i R_i) + per_op_ms * (fixed layers + sum_i P_i(kept))
+        + per_se_op_ms * sum_i P_i(kept) P_i(SE > 0) + overhead_ms
+
+where ``P_i(kept) = 1 - P_i(skip)`` is the probability that layer ``i`` is not the skip-op (its indicator
+``d_e3`` of Eq 5.9 for two expansions) and ``P_i(SE > 0) = d_se`` (Eq 6.8) the probability that it has SE, so
+the counts are differentiable too.
+
+One cost model for every solver: :meth:`RuntimeModel.forward` prices the single-path indicators,
+:meth:`RuntimeModel.expected` the expected runtime ``E[R]`` of per-layer categorical distributions over the
+candidates (multi-path, Gumbel, ProxylessNAS), and :meth:`RuntimeModel.predict` a discrete architecture (what
+every solver reports). All three apply the same calibration (:meth:`RuntimeModel.calibrate`); at a discrete
+architecture (one-hot probabilities, indicators in {0, 1}) they agree exactly.
 """
 
 from __future__ import annotations
@@ -58,17 +73,35 @@ class RuntimeModel(nn.Module):
         self.num_classes = num_classes
         const = lut.ms(stem_key(space, in_channels), "stem") + lut.ms(head_key(space, num_classes), "head")
         self.searchable: list[int] = []
+        self.fixed_kept = 0
+        self.fixed_se = 0
         tables = []
         for spec in space.layers:
             if not spec.searchable:
                 choice = spec.choices()[0]
-                const += lut.ms(layer_key(spec, choice, space.act), f"layer {spec.index} ({spec.name})")
+                key = layer_key(spec, choice, space.act)
+                if key is not None:
+                    const += lut.ms(key, f"layer {spec.index} ({spec.name})")
+                    self.fixed_kept += 1
+                    self.fixed_se += int(choice.se_ratio > 0)
                 continue
             self.searchable.append(spec.index)
             tables.append(self._layer_table(spec))
         self.register_buffer("constant_ms", torch.tensor(const, dtype=torch.float64).float())
         for i, table in zip(self.searchable, tables):
             self.register_buffer(f"table_{i}", table)
+        # categorical form (one entry per candidate of spec.choices(), skip first): raw ms and "kept" (0 / 1)
+        for i in self.searchable:
+            spec = space.layers[i]
+            row = [0.0 if (key := layer_key(spec, c, space.act)) is None
+                   else lut.ms(key, f"layer {spec.index} ({spec.name}) {c.key}") for c in spec.choices()]
+            self.register_buffer(f"choice_ms_{i}", torch.tensor(row))
+            self.register_buffer(f"choice_kept_{i}", torch.tensor([0.0 if c.is_skip else 1.0
+                                                                   for c in spec.choices()]))
+            self.register_buffer(f"choice_se_{i}", torch.tensor([0.0 if c.is_skip or c.se_ratio == 0 else 1.0
+                                                                 for c in spec.choices()]))
+            self.register_buffer(f"se_levels_{i}", torch.tensor([1.0 if r > 0 else 0.0
+                                                                 for r in spec.candidates.se_ratios]))
         if form == "thesis":
             self._check_thesis_form()
 
@@ -98,17 +131,56 @@ class RuntimeModel(nn.Module):
                                   f"[3, 6]; layer {spec.index} has {list(c.kernels)} / {list(c.expansions)}. "
                                   "Use solver.runtime_form=exact.")
 
+    # ------------------------------------------------------------------ the calibration (one place)
+    def calibrate(self, op_sum_ms: torch.Tensor | float, kept: torch.Tensor | float,
+                  se_kept: torch.Tensor | float) -> torch.Tensor | float:
+        """``scale * op_sum + per_op_ms * kept + per_se_op_ms * se_kept + overhead_ms``: the LUT's network
+        calibration, applied by every entry point of this model to the (expected) LUT sum, the (expected) number
+        of MBConv layers kept and the (expected) number of those with SE."""
+        lut = self.lut
+        return op_sum_ms * lut.scale + kept * lut.per_op_ms + se_kept * lut.per_se_op_ms + lut.overhead_ms
+
     # ------------------------------------------------------------------ differentiable R
     def forward(self, decisions: Sequence[LayerDecision | None]) -> torch.Tensor:
-        """``R`` in ms for the given indicators (Eq 5.8), with the LUT's network calibration (scale, overhead)."""
+        """Calibrated ``R`` in ms for the single-path indicators (Eq 5.8 with Eq 5.9-5.10 / 6.5-6.8 per layer)."""
         total = self.constant_ms
+        kept = total.new_tensor(float(self.fixed_kept))
+        se_kept = total.new_tensor(float(self.fixed_se))
         for i in self.searchable:
             dec = decisions[i]
             if dec is None:
                 raise ConfigError(f"no decision for searchable layer {i}; pass supernet.decisions()")
             layer = self.layer_runtime_exact(i, dec) if self.form == "exact" else self.layer_runtime_thesis(i, dec)
             total = total + layer
-        return total * self.lut.scale + self.lut.overhead_ms
+            p_kept = self.layer_kept(i, dec)
+            kept = kept + p_kept
+            se_kept = se_kept + p_kept * (level_probabilities(dec.se) * getattr(self, f"se_levels_{i}")).sum()
+        return self.calibrate(total, kept, se_kept)
+
+    def layer_kept(self, i: int, dec: LayerDecision) -> torch.Tensor:
+        """``P(layer i is not the skip-op)``: ``1 - P(skip level)``, i.e. the first expansion indicator when the
+        layer can be skipped (``d_e3`` of Eq 5.9), else 1."""
+        if not self.space.layers[i].can_skip:
+            return dec.expansion.new_ones(())
+        return 1 - level_probabilities(dec.expansion)[0]
+
+    def expected(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Calibrated ``E[R]`` in ms under per-layer categorical distributions over the candidates.
+
+        ``probabilities[j]`` is the distribution of the ``j``-th searchable layer over ``spec.choices()`` (skip
+        first where allowed), as the multi-path supernet orders its paths. ``R`` is linear in the LUT sum and in
+        the count of kept layers, so ``E[R]`` is the calibration of their expectations.
+        """
+        if len(probabilities) != len(self.searchable):
+            raise ConfigError(f"expected {len(self.searchable)} per-layer distributions, got {len(probabilities)}")
+        total = self.constant_ms
+        kept = total.new_tensor(float(self.fixed_kept))
+        se_kept = total.new_tensor(float(self.fixed_se))
+        for i, p in zip(self.searchable, probabilities):
+            total = total + (p * getattr(self, f"choice_ms_{i}").to(p.dtype)).sum()
+            kept = kept + (p * getattr(self, f"choice_kept_{i}").to(p.dtype)).sum()
+            se_kept = se_kept + (p * getattr(self, f"choice_se_{i}").to(p.dtype)).sum()
+        return self.calibrate(total, kept, se_kept)
 
     def layer_runtime_exact(self, i: int, dec: LayerDecision) -> torch.Tensor:
         pk = level_probabilities(dec.kernel)
@@ -141,8 +213,8 @@ class RuntimeModel(nn.Module):
         return (1 - d_se) * r_ke + d_se * (d_e6 * s_e6 + (1 - d_e6) * s_e3) * r_ke   # Eq 6.8
 
     # ------------------------------------------------------------------ discrete architectures
-    def predict(self, arch: Architecture) -> float:
-        """LUT sum for a discrete architecture (stem + layers + head), calibrated by the LUT's scale and overhead."""
+    def plain_sum(self, arch: Architecture) -> float:
+        """The thesis' uncalibrated Eq 5.8 for a discrete architecture: stem + non-skipped layers + head."""
         arch.validate(self.space)
         total = self.lut.ms(stem_key(self.space, self.in_channels), "stem")
         total += self.lut.ms(head_key(self.space, self.num_classes), "head")
@@ -150,34 +222,12 @@ class RuntimeModel(nn.Module):
             key = layer_key(spec, choice, self.space.act)
             if key is not None:
                 total += self.lut.ms(key, f"layer {spec.index} ({spec.name})")
-        return self.lut.network_ms(total)
-
-
-class CandidateRuntime(nn.Module):
-    """Expected runtime ``E[R]`` (ms) of per-layer categorical distributions over candidates, from the LUT."""
-
-    def __init__(self, space: SearchSpace, lut: LatencyLUT, in_channels: int, num_classes: int) -> None:
-        super().__init__()
-        const = lut.ms(stem_key(space, in_channels), "stem") + lut.ms(head_key(space, num_classes), "head")
-        tables = []
-        for spec in space.layers:
-            if not spec.searchable:
-                key = layer_key(spec, spec.choices()[0], space.act)
-                const += 0.0 if key is None else lut.ms(key, f"layer {spec.index} ({spec.name})")
-                continue
-            row = [0.0 if (key := layer_key(spec, c, space.act)) is None
-                   else lut.ms(key, f"layer {spec.index} ({spec.name}) {c.key}") for c in spec.choices()]
-            tables.append(torch.tensor(row))
-        self.register_buffer("constant_ms", torch.tensor(const))
-        self.num_layers = len(tables)
-        for i, row in enumerate(tables):
-            self.register_buffer(f"table_{i}", row)
-
-    def table(self, i: int) -> torch.Tensor:
-        return getattr(self, f"table_{i}")
-
-    def forward(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
-        total = self.constant_ms
-        for i, p in enumerate(probabilities):
-            total = total + (p * self.table(i).to(p.dtype)).sum()
         return total
+
+    def predict(self, arch: Architecture) -> float:
+        """Calibrated runtime (ms) of a discrete architecture: the one discrete entry point, which every solver
+        reports and which :meth:`forward` and :meth:`expected` equal at that architecture."""
+        kept = sum(1 for choice in arch.layers if not choice.is_skip)
+        se_kept = sum(1 for choice in arch.layers if not choice.is_skip and choice.se_ratio > 0)
+        return float(self.calibrate(self.plain_sum(arch), kept, se_kept))
+

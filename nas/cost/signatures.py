@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -77,23 +78,82 @@ def required_ops(space: SearchSpace, in_channels: int, num_classes: int) -> dict
     return ops
 
 
-def calibration_networks(space: SearchSpace, in_channels: int, num_classes: int, count: int,
-                         seed: int = 1234) -> tuple[dict[str, OpSpec], dict[str, list[str]]]:
-    """``count`` whole networks of ``space`` to calibrate a LUT's ``scale`` and ``overhead_ms``: the smallest, the
-    largest (so the fit spans the space's range), then seeded random ones.
+def arch_kept_ops(space: SearchSpace, arch: Architecture) -> int:
+    """MBConv layers of ``arch`` that are not the skip-op (fixed layers included): the calibration's ``per_op_ms``
+    multiplies this count."""
+    return sum(1 for choice in arch.layers if not choice.is_skip)
 
-    Returns the networks as ops (key ``network_<i>``) and, per network, the LUT keys its prediction sums.
+
+def arch_se_ops(space: SearchSpace, arch: Architecture) -> int:
+    """Kept MBConv layers of ``arch`` with squeeze-and-excitation: the count ``per_se_op_ms`` multiplies."""
+    return sum(1 for choice in arch.layers if not choice.is_skip and choice.se_ratio > 0)
+
+
+def sample_mix(space: SearchSpace, rng: Any, p_skip: float, p_se: float) -> Architecture:
+    """A random architecture whose layers are skipped with probability ``p_skip`` (where allowed) and otherwise
+    get an SE ratio > 0 with probability ``p_se``; kernel, expansion and the ratio itself are uniform."""
+    def layer(spec: LayerSpec) -> LayerChoice:
+        if spec.fixed is not None:
+            return spec.fixed
+        c = spec.candidates
+        if spec.can_skip and rng.random() < p_skip:
+            return LayerChoice.skip()
+        with_se = [r for r in c.se_ratios if r > 0]
+        without = [r for r in c.se_ratios if r == 0]
+        pool = with_se if (rng.random() < p_se and with_se) or not without else without
+        return LayerChoice(rng.choice(c.kernels), rng.choice(c.expansions), rng.choice(pool))
+    return space.architecture([layer(spec) for spec in space.layers])
+
+
+# (P(skip) where skipping is allowed, P(SE > 0)) of the mixed calibration networks: skip-free SE-free,
+# skip-heavy SE-only, half-and-half, skip-heavy SE-free. With the smallest network and the largest SE-free one they
+# stretch the fit over layer counts and SE shares; the rest of the calibration set is uniformly random, like the
+# networks the model is used on (a set of extreme designs alone tilts the fit: docs/latency.md).
+CALIBRATION_MIXES = ((0.0, 0.0), (0.6, 1.0), (0.3, 0.5), (0.6, 0.0))
+
+
+def calibration_architectures(space: SearchSpace, count: int, seed: int = 1234) -> list[Architecture]:
+    """``count`` distinct architectures for the network calibration, spanning ``space`` and like its networks.
+
+    The smallest network and the largest SE-free one (every layer at its largest kernel and expansion, no SE)
+    span the range of runtimes and layer counts; then one seeded random network per :data:`CALIBRATION_MIXES`
+    entry (SE-free / SE-only, skip-free / skip-heavy); then uniformly random networks (:meth:`SearchSpace.sample`).
+    The largest network (every layer with the largest SE) is deliberately not among them: uniform all-SE
+    networks run markedly slower than any per-op model predicts here, and would tilt the fit for every other one.
     """
     import random
 
+    rng = random.Random(seed)
+    largest_se_free = space.architecture([spec.fixed or LayerChoice(spec.candidates.kernels[-1],
+                                                                    spec.candidates.expansions[-1],
+                                                                    spec.candidates.se_ratios[0])
+                                          for spec in space.layers])
+    designs = [space.smallest(), largest_se_free] + [sample_mix(space, rng, p_skip, p_se)
+                                                     for p_skip, p_se in CALIBRATION_MIXES]
+    out: dict[tuple[str, ...], Architecture] = {}
+    for arch in designs:
+        if len(out) < count:
+            out.setdefault(tuple(arch.keys), arch)
+    tries = 0
+    while len(out) < min(count, space.num_architectures()) and tries < 100 * count:
+        arch = space.sample(rng)
+        out.setdefault(tuple(arch.keys), arch)
+        tries += 1
+    return list(out.values())
+
+
+def calibration_networks(space: SearchSpace, in_channels: int, num_classes: int, count: int,
+                         seed: int = 1234) -> tuple[dict[str, OpSpec], dict[str, list[str]]]:
+    """``count`` whole networks of ``space`` (:func:`calibration_architectures`) to fit a LUT's network
+    calibration (``scale``, ``per_op_ms``, ``overhead_ms``).
+
+    Returns the networks as ops (key ``network_<i>``) and, per network, the LUT keys its prediction sums.
+    """
     from nas.space.networks import build_child
 
-    rng = random.Random(seed)
     ops: dict[str, OpSpec] = {}
     keys: dict[str, list[str]] = {}
-    fixed = [space.smallest(), space.largest()]
-    for i in range(count):
-        arch = fixed[i] if i < len(fixed) else space.sample(rng)
+    for i, arch in enumerate(calibration_architectures(space, count, seed) if count > 0 else []):
         name = f"network_{i}"
         ops[name] = OpSpec(name, (in_channels, space.resolution, space.resolution),
                            lambda a=arch: build_child(space, a, in_channels, num_classes), f"calibration network {i}")

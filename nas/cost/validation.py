@@ -27,7 +27,15 @@ import numpy as np
 from nas.cost.backends import LatencyBackend
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import calibrate_networks, profile_ops
-from nas.cost.signatures import OpSpec, calibration_networks, network_op_keys, required_ops
+from nas.cost.signatures import (
+    OpSpec,
+    arch_kept_ops,
+    arch_se_ops,
+    calibration_architectures,
+    calibration_networks,
+    network_op_keys,
+    required_ops,
+)
 from nas.errors import ConfigError
 from nas.io import atomic_write_bytes
 from nas.space.architecture import Architecture
@@ -35,19 +43,47 @@ from nas.space.networks import build_child
 from nas.space.search_space import SearchSpace
 
 
-def sample_architectures(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
-    """``n`` distinct, uniformly sampled architectures of ``space`` (seeded with ``seed``)."""
+def sample_architectures(space: SearchSpace, n: int, seed: int,
+                         exclude: list[Architecture] = ()) -> list[Architecture]:
+    """``n`` distinct, uniformly sampled architectures of ``space`` (seeded with ``seed``), none of ``exclude``
+    (e.g. the calibration networks, so that validation is on held-out networks only)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ConfigError(f"the number of networks must be an integer >= 2 (Kendall's tau needs pairs), got {n!r}")
-    if n > space.num_architectures():
-        raise ConfigError(f"space '{space.name}' has only {space.num_architectures()} architectures; ask for "
-                          f"n <= {space.num_architectures()}")
+    excluded = {tuple(a.keys) for a in exclude}
+    if n > space.num_architectures() - len(excluded):
+        raise ConfigError(f"space '{space.name}' has only {space.num_architectures()} architectures "
+                          f"({len(excluded)} used for calibration); ask for n <= "
+                          f"{space.num_architectures() - len(excluded)}")
     rng = random.Random(seed)
     seen: dict[tuple[str, ...], Architecture] = {}
     while len(seen) < n:
         arch = space.sample(rng)
-        seen.setdefault(tuple(arch.keys), arch)
+        if tuple(arch.keys) not in excluded:
+            seen.setdefault(tuple(arch.keys), arch)
     return list(seen.values())
+
+
+# held-out designs at the edges of the space (name -> P(skip), P(SE > 0)), sampled with the validation seed
+DESIGNS = {"se_free": (0.3, 0.0), "se_only": (0.3, 1.0), "skip_heavy": (0.7, 0.5), "skip_free": (0.0, 0.5)}
+
+
+def design_architectures(space: SearchSpace, seed: int, per_design: int = 2,
+                         exclude: list[Architecture] = ()) -> dict[str, Architecture]:
+    """``per_design`` random networks of each of :data:`DESIGNS` (SE-free, SE-only, skip-heavy, skip-free),
+    seeded with ``seed`` and none of ``exclude`` (the calibration networks): named, held-out test networks."""
+    from nas.cost.signatures import sample_mix
+
+    rng = random.Random(f"designs-{seed}")
+    excluded = {tuple(a.keys) for a in exclude}
+    out: dict[str, Architecture] = {}
+    for name, (p_skip, p_se) in DESIGNS.items():
+        for j in range(per_design):
+            for _ in range(1000):
+                arch = sample_mix(space, rng, p_skip, p_se)
+                if tuple(arch.keys) not in excluded and all(a.keys != arch.keys for a in out.values()):
+                    out[f"{name}_{j}"] = arch
+                    break
+    return out
 
 
 def runtime_model_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
@@ -88,45 +124,64 @@ def repeatability(samples: dict[str, list[float]], names: list[str], statistic: 
 
 
 def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int, *,
-                           n: int = 100, seed: int = 0, lut: LatencyLUT | None = None,
-                           progress: bool = True) -> dict[str, Any]:
+                           n: int = 100, seed: int = 0, lut: LatencyLUT | None = None, progress: bool = True,
+                           named: dict[str, Architecture] | None = None) -> dict[str, Any]:
     """Measure ``n`` random networks end to end on ``backend`` and compare them with the LUT runtime model.
 
     Every measurement (ops and networks) uses the backend's procedure: warm-up, then ``repeats`` timed runs
     spread over interleaved rounds (one timed run per op per round here), each after the backend's cache flush;
-    the backend's statistic is kept. Returns metrics for the plain per-op sum and for the LUT's calibrated
-    model (``scale * sum + overhead``, fitted on calibration networks that are *not* the validation networks),
-    and one row per network. The LUT used is returned under ``"lut"``.
+    the backend's statistic is kept. Returns metrics for the plain per-op sum (Eq 5.8) and for the LUT's
+    calibrated model (``scale * sum + per_op_ms * kept + per_se_op_ms * SE + overhead``, fitted on calibration
+    networks that are *not* the validation networks), one row per network, and one row per ``named`` network (e.g. the
+    published ones, SE-free or skip-heavy designs) measured in the same rounds. The LUT used is returned under
+    ``"lut"``.
     """
-    archs = sample_architectures(space, n, seed)
+    cal_archs = calibration_architectures(space, backend.calibration_networks) \
+        if lut is None and backend.calibration_networks > 0 else []
+    archs = sample_architectures(space, n, seed, exclude=cal_archs)
+    named = dict(named or {})
     shape = (in_channels, space.resolution, space.resolution)
-    nets = {f"validation_{i}": OpSpec(f"validation_{i}", shape,
-                                      lambda a=a: build_child(space, a, in_channels, num_classes), f"network {i}")
-            for i, a in enumerate(archs)}
+
+    def network(name: str, arch: Architecture, origin: str) -> OpSpec:
+        return OpSpec(name, shape, lambda: build_child(space, arch, in_channels, num_classes), origin)
+
+    nets = {f"validation_{i}": network(f"validation_{i}", a, f"network {i}") for i, a in enumerate(archs)}
+    extra = {f"named_{name}": network(f"named_{name}", a, name) for name, a in named.items()}
     rounds = backend.repeats
     samples: dict[str, list[float]] = {}
     if lut is None:
         mode = "joint"
         ops = required_ops(space, in_channels, num_classes)
         cal_ops, cal_keys = calibration_networks(space, in_channels, num_classes, backend.calibration_networks)
-        measured = profile_ops({**ops, **cal_ops, **nets}, backend, progress, rounds=rounds, samples_out=samples)
+        measured = profile_ops({**ops, **cal_ops, **nets, **extra}, backend, progress, rounds=rounds,
+                               samples_out=samples)
         entries = {k: measured[k] for k in ops}
-        scale, overhead, record = calibrate_networks({k: measured[k].ms for k in cal_ops}, cal_keys, entries)
+        calibration, record = calibrate_networks({k: measured[k].ms for k in cal_ops}, cal_keys, entries)
         lut = LatencyLUT(entries=entries, hardware=backend.hardware_record(),
-                         space={"name": space.name, "digest": space.digest}, overhead_ms=overhead, scale=scale,
+                         space={"name": space.name, "digest": space.digest},
                          meta={"in_channels": in_channels, "num_classes": num_classes,
-                               "calibration": {"networks": len(cal_ops), **record}})
+                               "calibration": {"networks": len(cal_ops), **record}}, **calibration)
     else:
         mode = "lut"
         lut.check_space(space.name, space.digest)
-        measured = profile_ops(nets, backend, progress, rounds=rounds, samples_out=samples)
-    rows = []
-    for i, arch in enumerate(archs):
+        measured = profile_ops({**nets, **extra}, backend, progress, rounds=rounds, samples_out=samples)
+
+    def row(arch: Architecture, name: str, where: str) -> dict[str, Any]:
         keys = network_op_keys(space, arch, in_channels, num_classes)
-        plain = sum(lut.ms(k, f"network {i}") for k in keys)
-        entry = measured[f"validation_{i}"]
-        rows.append({"architecture": arch.keys, "ops": len(keys), "predicted_plain_ms": plain,
-                     "predicted_ms": lut.network_ms(plain), "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms})
+        plain = sum(lut.ms(k, where) for k in keys)
+        kept, se_ops = arch_kept_ops(space, arch), arch_se_ops(space, arch)
+        entry = measured[name]
+        return {"architecture": arch.keys, "ops": len(keys), "kept_ops": kept, "se_ops": se_ops,
+                "predicted_plain_ms": plain, "predicted_ms": lut.network_ms(plain, kept, se_ops),
+                "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms}
+
+    rows = [row(a, f"validation_{i}", f"network {i}") for i, a in enumerate(archs)]
+    named_rows = {}
+    for name, arch in named.items():
+        r = row(arch, f"named_{name}", name)
+        named_rows[name] = {**r, "calibration_network": tuple(arch.keys) in {tuple(a.keys) for a in cal_archs},
+                            "error_pct": 100 * (r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"],
+                            "plain_error_pct": 100 * (r["predicted_plain_ms"] - r["measured_ms"]) / r["measured_ms"]}
     meas = np.array([r["measured_ms"] for r in rows])
     return {
         "mode": mode,
@@ -134,12 +189,12 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
         "hardware": backend.hardware_record(),
         "n": len(rows),
         "seed": seed,
-        "scale": lut.scale,
-        "overhead_ms": lut.overhead_ms,
+        **lut.calibration,
         "calibration_networks": int(lut.meta.get("calibration", {}).get("networks", 0)),
         "plain_sum": runtime_model_metrics(np.array([r["predicted_plain_ms"] for r in rows]), meas),
         "calibrated": runtime_model_metrics(np.array([r["predicted_ms"] for r in rows]), meas),
         "repeatability": repeatability(samples, list(nets), backend.statistic),
+        "named": named_rows,
         "rows": rows,
         "lut": lut,
     }

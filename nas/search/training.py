@@ -2,7 +2,7 @@
 
 After training and testing, the network is exported to ONNX (checked with ``onnx.checker`` and against the
 torch outputs in ONNX Runtime), its latency is measured on the ``hardware=`` backend and compared with the
-runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i`` plus the LUT's calibrated constant).
+runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i``, with the LUT's network calibration).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from models.child import ChildNet
-from nas.errors import ArchitectureError, ConfigError
+from nas.errors import ConfigError
 from nas.io import atomic_write_json
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.optimization import OptimizerFactory, SchedulerFactory, build_optimizer, step_schedule
 from nas.search.preflight import check_train_config, check_trainer_config
 from nas.space.architecture import Architecture
 from nas.space.networks import build_child
+from nas.space.references import load_architecture as load_reference
 from nas.space.search_space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -85,26 +86,10 @@ class ChildTrainingModule(pl.LightningModule):
         return {"optimizer": optimizer, **({"lr_scheduler": schedule[0]} if schedule else {})}
 
 
-def load_architecture(path: str, space: SearchSpace) -> Architecture:
-    """Read ``arch.json`` (or parse a timm architecture string) and check it belongs to ``space``."""
-    text = str(path).strip()
-    if not text.endswith(".json") and not Path(text).exists() and text.split("_")[0] in ("ir", "ds"):
-        from nas.space.timm_interop import _parse_block, architecture_from_timm_string, parse_timm_string
-
-        for stage, blocks in enumerate(parse_timm_string(text)):  # name a block that does not parse first
-            for block in blocks:
-                _parse_block(block, f"arch= timm string, stage {stage}")
-        return architecture_from_timm_string(text, space)
-    if not Path(text).exists() and not text.endswith(".json"):
-        raise ArchitectureError(f"arch={text!r} is neither an existing file nor a timm architecture string; pass "
-                                "the arch.json written by search.py (in its run folder), or a quoted timm string "
-                                "of '|'-separated stages of blocks, e.g. "
-                                "arch='ds_r1_k3_s1_c16 | ir_r1_k5_s2_e6_c24_se0.25'")
-    arch = Architecture.load(path)
-    if arch.space_name and arch.space_name != space.name:
-        raise ArchitectureError(f"{path} was derived in space '{arch.space_name}', but space '{space.name}' is "
-                                f"selected; add the override space={arch.space_name}")
-    return arch.validate(space)
+def load_architecture(path: str, space: SearchSpace, in_channels: int = 3, num_classes: int = 1000) -> Architecture:
+    """``arch=``: an arch.json, block strings of any length, timm's arch_def or ``timm:<model>``
+    (:func:`nas.space.references.load_architecture`)."""
+    return load_reference(path, space, in_channels, num_classes)
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
@@ -115,11 +100,11 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     space = SearchSpace.from_config(cfg.space)
-    arch = load_architecture(str(cfg.arch), space)
     datamodule = instantiate(cfg.data)
     check = getattr(datamodule, "check_available", None)
     if check is not None:
         check()
+    arch = load_architecture(str(cfg.arch), space, datamodule.in_channels, datamodule.num_classes)
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
     module = ChildTrainingModule(net, optimizer=instantiate(cfg.train.optimizer),
                                  lr_scheduler=instantiate(cfg.train.lr_scheduler),
@@ -223,7 +208,8 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
                             "trained network")
     measured = profile_ops(ops, backend, progress=False, rounds=backend.repeats)
     entry = measured["network"]
-    remeasured = lut.network_ms(sum(measured[k].ms for k in keys))
+    kept = [c for c in arch.layers if not c.is_skip]
+    remeasured = lut.network_ms(sum(measured[k].ms for k in keys), len(kept), sum(c.se_ratio > 0 for c in kept))
     return {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
             "predicted_latency_ms": predicted, "measured_latency_ms": entry.ms,
             "measured_latency_iqr_ms": entry.iqr_ms,

@@ -8,7 +8,7 @@ A :class:`MixedLayer` holds one plain :class:`~models.blocks.MBConv` per candida
 * run only sampled paths with binary gates (ProxylessNAS): the active path is computed with its graph, a
   second sampled path only as a constant for the gate gradient, every other path not at all.
 
-Its expected runtime is priced by :class:`nas.cost.runtime_model.CandidateRuntime`.
+Its expected runtime is priced by :meth:`nas.cost.runtime_model.RuntimeModel.expected`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from nas.cost.lut import LatencyLUT
-from nas.cost.runtime_model import CandidateRuntime
 from nas.errors import ConfigError
 from nas.search.solvers.base import NOT_HYPERPARAMETERS
 from nas.search.solvers.bilevel import BilevelSearch
@@ -36,15 +35,14 @@ def gumbel_temperature(epoch: int, initial: float, decay: float, minimum: float)
 class CandidatePathSearch(BilevelSearch):
     """Base of the solvers over a :class:`~nas.supernets.multi_path_supernet.MultiPathSupernet` (one path per
     candidate op, one logit per candidate): its weights and logits, the expected runtime ``E[R]`` under
-    ``softmax(alpha)`` from the LUT, and validation of the argmax architecture. Subclasses decide how paths are
-    weighted or sampled.
+    ``softmax(alpha)`` from the shared runtime model, and validation of the argmax architecture. Subclasses decide
+    how paths are weighted or sampled.
     """
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, lut: LatencyLUT,
                  **kwargs: Any) -> None:
         super().__init__(space, in_channels, num_classes, lut, **kwargs)
         self.supernet = MultiPathSupernet(space, in_channels, num_classes)
-        self.expected_runtime = CandidateRuntime(space, lut, in_channels, num_classes)
 
     def weight_parameters(self) -> list[torch.nn.Parameter]:
         return self.supernet.weight_parameters()
@@ -53,7 +51,8 @@ class CandidatePathSearch(BilevelSearch):
         return self.supernet.arch_parameters()
 
     def expected_runtime_ms(self) -> torch.Tensor:
-        return self.expected_runtime(self.supernet.probabilities())
+        """Calibrated ``E[R]`` under ``softmax(alpha)``, from the one runtime model every solver shares."""
+        return self.runtime_model.expected(self.supernet.probabilities())
 
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
         best = [int(a.argmax()) for a in self.supernet.arch_parameters()]

@@ -1,0 +1,138 @@
+"""One cost model for every solver: each optimises and reports the same calibrated ``R`` (nas.cost.runtime_model).
+
+The LUT here has a calibration that is not the identity (scale != 1, per-op cost != 0, overhead != 0), so a
+solver that priced runtime from the raw LUT sum, or from its own copy of the calibration, would fail.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from nas.cost.runtime_model import RuntimeModel
+from nas.cost.signatures import network_op_keys
+from nas.search.solvers import (
+    MultiPathSearch,
+    ProxylessSearch,
+    RandomSearch,
+    SinglePathSearch,
+    SinglePathSoftmaxSearch,
+    SinglePathSTESearch,
+)
+from nas.supernets.single_path_supernet import SinglePathSupernet
+from tests.conftest import proxy_lut
+
+SCALE, PER_OP, PER_SE, OVERHEAD = 1.3, -0.004, 0.003, 0.07
+
+
+@pytest.fixture
+def calibrated_lut(micro_space):
+    lut = proxy_lut(micro_space)
+    lut.scale, lut.per_op_ms, lut.per_se_op_ms, lut.overhead_ms = SCALE, PER_OP, PER_SE, OVERHEAD
+    return lut
+
+
+def by_hand(space, lut, arch) -> float:
+    """``scale * (LUT sum) + per_op * (MBConv layers kept) + per_se * (those with SE) + overhead``, written out
+    independently."""
+    op_sum = sum(lut.entries[k].ms for k in network_op_keys(space, arch, 1, 10))
+    kept = sum(1 for c in arch.layers if not c.is_skip)
+    se = sum(1 for c in arch.layers if not c.is_skip and c.se_ratio > 0)
+    return SCALE * op_sum + PER_OP * kept + PER_SE * se + OVERHEAD
+
+
+def architectures(space, n=6):
+    rng = random.Random(0)
+    return [space.smallest(), space.largest(), *(space.sample(rng) for _ in range(n))]
+
+
+def test_predict_forward_and_expected_are_one_calibrated_model(micro_space, calibrated_lut):
+    model = RuntimeModel(micro_space, calibrated_lut, 1, 10)
+    thesis = RuntimeModel(micro_space, calibrated_lut, 1, 10, form="thesis")
+    net = SinglePathSupernet(micro_space, 1, 10)
+    for arch in architectures(micro_space):
+        want = by_hand(micro_space, calibrated_lut, arch)
+        assert want != pytest.approx(model.plain_sum(arch), rel=1e-3)  # the calibration is not the identity
+        assert model.predict(arch) == pytest.approx(want, rel=1e-9)
+        assert float(model(net.fixed_decisions(arch))) == pytest.approx(want, rel=1e-5)
+        one_hot = [torch.eye(len(micro_space.layers[i].choices()))[micro_space.layers[i].choices().index(
+            arch.layers[i])] for i in model.searchable]
+        assert float(model.expected(one_hot)) == pytest.approx(want, rel=1e-5)
+        # the thesis' form approximates the per-layer sums, but calibrates them the same way
+        plain_thesis = RuntimeModel(micro_space, proxy_lut(micro_space), 1, 10, form="thesis")
+        raw = float(plain_thesis(net.fixed_decisions(arch)))
+        kept = sum(1 for c in arch.layers if not c.is_skip)
+        se = sum(1 for c in arch.layers if not c.is_skip and c.se_ratio > 0)
+        assert float(thesis(net.fixed_decisions(arch))) == pytest.approx(
+            SCALE * raw + PER_OP * kept + PER_SE * se + OVERHEAD, rel=1e-5)
+
+
+def test_expected_layer_counts_are_differentiable(micro_space, calibrated_lut):
+    """The per-op terms reach the thresholds: with entries of 0 ms, R depends on the skip and SE indicators only."""
+    lut = calibrated_lut
+    for key in lut.entries:
+        lut.entries[key] = type(lut.entries[key])(0.0)
+    model = RuntimeModel(micro_space, lut, 1, 10)
+    net = SinglePathSupernet(micro_space, 1, 10)
+    runtime = model(net.decisions())
+    runtime.backward()
+    skippable = [layer for layer in net.super_layers() if layer.spec.can_skip]
+    assert skippable and all(layer.thresholds()[1].grad.abs().sum() > 0 for layer in skippable)
+    assert all(layer.thresholds()[2].grad.abs().sum() > 0 for layer in net.super_layers())  # SE thresholds
+
+
+def set_one_hot(alphas, space, arch) -> None:
+    with torch.no_grad():
+        searchable = [spec for spec in space.layers if spec.searchable]
+        for alpha, spec in zip(alphas, searchable):
+            alpha.fill_(-50.0)
+            alpha[spec.choices().index(arch.layers[spec.index])] = 50.0
+
+
+@pytest.mark.parametrize("solver", ["single_path", "single_path_ste", "single_path_softmax", "multi_path",
+                                    "multi_path_gumbel", "proxyless", "random"])
+def test_every_solver_optimises_and_reports_the_calibrated_runtime(solver, micro_space, calibrated_lut):
+    space, lut = micro_space, calibrated_lut
+    cls, kwargs = {
+        "single_path": (SinglePathSearch, {}),
+        "single_path_ste": (SinglePathSTESearch, {}),
+        "single_path_softmax": (SinglePathSoftmaxSearch, {}),
+        "multi_path": (MultiPathSearch, {}),
+        "multi_path_gumbel": (MultiPathSearch, {"weighting": "gumbel"}),
+        "proxyless": (ProxylessSearch, {}),
+        "random": (RandomSearch, {"target_ms": 1e9, "num_samples": 3}),
+    }[solver]
+    module = cls(space, 1, 10, lut, **kwargs)
+    assert isinstance(module.runtime_model, RuntimeModel) and module.runtime_model.lut is lut
+    for arch in architectures(space, 3):
+        want = by_hand(space, lut, arch)
+        assert module.predicted_latency_ms(arch) == pytest.approx(want, rel=1e-9)  # what it reports
+        if solver in ("single_path", "single_path_ste"):  # what it optimises: R(indicators), Eq 5.8
+            optimised = module.runtime_model(module.supernet.fixed_decisions(arch))
+        elif solver in ("multi_path", "multi_path_gumbel", "proxyless"):  # E[R] under softmax(alpha)
+            set_one_hot(module.supernet.arch_parameters(), space, arch)
+            assert module.derive_architecture().keys == arch.keys
+            optimised = module.expected_runtime_ms()
+        else:
+            continue
+        assert float(optimised) == pytest.approx(want, rel=1e-5)
+    if solver == "single_path_ste":  # the hard indicators the solver trains with price its derived network
+        with torch.no_grad():
+            for t in module.supernet.threshold_parameters():
+                t.copy_(torch.randn(t.shape) * 0.01)
+        arch = module.derive_architecture()
+        runtime = module.runtime_model(module.supernet.decisions()).detach()
+        assert float(runtime) == pytest.approx(by_hand(space, lut, arch), rel=1e-5)
+    if solver == "single_path_softmax":  # one-hot level distributions: E[R] is the derived network's R
+        rng = random.Random(1)
+        with torch.no_grad():
+            for tau in module.tau.values():
+                tau.fill_(-50.0)
+                tau[rng.randrange(tau.numel())] = 50.0
+        arch = module.derive_architecture()
+        assert float(module.expected_runtime_ms()) == pytest.approx(by_hand(space, lut, arch), rel=1e-5)
+    if solver == "random":  # samples are priced (and filtered) by the same model
+        for record, arch in zip(module.derive_architecture().meta["samples"], module.samples):
+            assert record["predicted_latency_ms"] == pytest.approx(by_hand(space, lut, arch), abs=1e-6)
