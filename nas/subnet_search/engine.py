@@ -149,6 +149,11 @@ def build_algorithm(cfg: AlgorithmConfig, initial: np.ndarray, n_obj: int) -> An
 
         return NSGA2(**common)
     if cfg.name == "agemoea":
+        try:
+            import numba  # noqa: F401  (pymoo's AGE-MOEA compiles its survival with numba)
+        except ImportError:
+            raise ConfigError("algorithm=agemoea needs numba (pymoo compiles AGE-MOEA with it): "
+                              "pip install -e '.[agemoea]', or use algorithm=nsga2") from None
         from pymoo.algorithms.moo.age import AGEMOEA
 
         return AGEMOEA(**common)

@@ -108,7 +108,7 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
     objectives, norms = parts["objectives"], parts["norms"]
     if validator is None:
         validator = SupernetEvaluator.from_datamodule(
-            parts["supernet"], parts["datamodule"], int(cfg.eval.bn_batches), int(cfg.seed),
+            parts["supernet"], parts["datamodule"], int(cfg.eval.bn_batches), int(cfg.eval.seed),
             batch_size=cfg.eval.get("batch_size"), val_batches=cfg.eval.get("val_batches"))
     fingerprints = {t.name: t.fingerprint for t in objectives.targets}
     store = ValidationStore(out / "validations.jsonl", parts["supernet_digest"], space.digest, fingerprints)
