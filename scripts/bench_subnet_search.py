@@ -15,7 +15,6 @@ second) and figures (``--docs``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ def main() -> None:
     ap.add_argument("--device-a", default="macs_proxy")
     ap.add_argument("--device-b", default="cpu_torch")
     ap.add_argument("--bn-batches", type=int, default=4)
+    ap.add_argument("--via", default="child", choices=["child", "supernet"])
     ap.add_argument("--cache-dir", default=".cache/spnas")
     ap.add_argument("--out", default="outputs/bench_subnet")
     ap.add_argument("--docs", default=None, help="folder for the figures (e.g. docs)")
@@ -72,7 +72,7 @@ def main() -> None:
     datamodule = instantiate(data_cfg)
     ckpt = checkpoint_info(args.supernet, space)
     supernet = load_supernet(ckpt, space, datamodule.in_channels, datamodule.num_classes, args.supernet)
-    evaluator = SupernetEvaluator.from_datamodule(supernet, datamodule, args.bn_batches, seed=0)
+    evaluator = SupernetEvaluator.from_datamodule(supernet, datamodule, args.bn_batches, seed=0, via=args.via)
     targets = {}
     for name in (args.device_a, args.device_b):
         hw = hardware(name)

@@ -101,7 +101,7 @@ def test_fixed_decisions_give_the_extracted_childs_logits(micro_space):
     calibration = [torch.randn(16, 1, 16, 16) * 2 + 0.5 for _ in range(2)]
     evaluator = SupernetEvaluator(net, calibration, [(torch.randn(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))])
     rng = random.Random(0)
-    archs = [micro_space.largest(), micro_space.smallest()] + [micro_space.sample(rng) for _ in range(6)]
+    archs = [micro_space.largest(), micro_space.smallest()] + [micro_space.sample(rng) for _ in range(4)]
     x = torch.randn(8, 1, 16, 16)
     for arch in archs:
         evaluator.recalibrate(arch)  # BN statistics of this sub-network, then copied into the child
@@ -116,6 +116,13 @@ def test_fixed_decisions_give_the_extracted_childs_logits(micro_space):
     mean_largest = bn.running_mean.clone()
     evaluator.recalibrate(archs[1])
     assert not torch.allclose(bn.running_mean, mean_largest)
+    # validating through the extracted child (eval.via=child) measures the same numbers
+    val = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,)))]
+    by_supernet = SupernetEvaluator(net, calibration, val, via="supernet")
+    by_child = SupernetEvaluator(net, calibration, val, via="child")
+    for arch in archs[:4]:
+        a, b = by_supernet.validate(arch), by_child.validate(arch)
+        assert a["error"] == b["error"] and a["ce"] == pytest.approx(b["ce"], abs=1e-5)
 
 
 # ---------------------------------------------------------------------- solver=supernet

@@ -109,7 +109,8 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
     if validator is None:
         validator = SupernetEvaluator.from_datamodule(
             parts["supernet"], parts["datamodule"], int(cfg.eval.bn_batches), int(cfg.eval.seed),
-            batch_size=cfg.eval.get("batch_size"), val_batches=cfg.eval.get("val_batches"))
+            batch_size=cfg.eval.get("batch_size"), val_batches=cfg.eval.get("val_batches"),
+            via=str(cfg.eval.get("via", "supernet")))
     fingerprints = {t.name: t.fingerprint for t in objectives.targets}
     store = ValidationStore(out / "validations.jsonl", parts["supernet_digest"], space.digest, fingerprints)
     log.info("space '%s': %d searchable layers, %d sub-networks; %d validations on record in %s",
