@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--population", type=int, default=50)
     ap.add_argument("--device-a", default="macs_proxy")
-    ap.add_argument("--device-b", default="cpu_torch")
+    ap.add_argument("--device-b", default="cpu_onnx")
+    ap.add_argument("--lut-a", default=None, help="a LUT file for device A (else the cache / profiling)")
+    ap.add_argument("--lut-b", default=None, help="a LUT file for device B")
     ap.add_argument("--bn-batches", type=int, default=4)
     ap.add_argument("--via", default="child", choices=["child", "supernet"])
     ap.add_argument("--cache-dir", default=".cache/spnas")
@@ -74,10 +76,10 @@ def main() -> None:
     supernet = load_supernet(ckpt, space, datamodule.in_channels, datamodule.num_classes, args.supernet)
     evaluator = SupernetEvaluator.from_datamodule(supernet, datamodule, args.bn_batches, seed=0, via=args.via)
     targets = {}
-    for name in (args.device_a, args.device_b):
+    for name, lut_path in ((args.device_a, args.lut_a), (args.device_b, args.lut_b)):
         hw = hardware(name)
         lut = obtain_lut(space, build_backend(hw["backend"]), datamodule.in_channels, datamodule.num_classes,
-                         cache_dir=args.cache_dir, progress=True)
+                         cache_dir=args.cache_dir, lut_path=lut_path, progress=True)
         targets[name] = Target.from_lut(name, space, lut, datamodule.in_channels, datamodule.num_classes)
     objectives = ObjectiveSpace.build(codec, ["error", "latency"], list(targets.values()), datamodule.in_channels,
                                       datamodule.num_classes)

@@ -330,7 +330,6 @@ def test_warm_start_seeds_the_first_population(micro_space, micro_ckpt, tmp_path
                                        out="b"), validator=second)
     initial = set(out["results"][0].keys[:10])  # the first population (population 10)
     assert len(keys & initial) == min(len(keys), 10)  # as many front members as fit, spread over the front
-    assert second.count < 30  # the front members were validated by the first run already
 
 
 # ---------------------------------------------------------------------- bad inputs
