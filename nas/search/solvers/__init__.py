@@ -7,6 +7,7 @@ from nas.search.solvers.proxyless import ProxylessSearch
 from nas.search.solvers.random_search import RandomSearch
 from nas.search.solvers.single_path import SinglePathSearch
 from nas.search.solvers.single_path_variants import SinglePathSoftmaxSearch, SinglePathSTESearch
+from nas.search.solvers.supernet_training import SupernetTraining
 
 __all__ = ["SearchModule", "SinglePathSearch", "BilevelSearch", "MultiPathSearch", "ProxylessSearch", "RandomSearch",
-           "SinglePathSoftmaxSearch", "SinglePathSTESearch"]
+           "SinglePathSoftmaxSearch", "SinglePathSTESearch", "SupernetTraining"]

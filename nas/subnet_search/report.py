@@ -1,0 +1,213 @@
+"""Outputs of a sub-network search: ``pareto.json``, one arch file per front member, ``hv.csv``, figures, table.
+
+``pareto.json`` (``format: spnas-pareto``, ``version: 1``) holds, per device, the non-dominated sub-networks
+with their architecture (the standard ``spnas-architecture`` format) and objective values, all minimised and in
+plain units (``error`` in [0, 1], ``latency_ms``, ``macs_m`` / ``params_m`` in millions). Every member is also
+written as ``pareto/<device>/member_XXX.json``, which ``train.py arch=`` loads. It contains no wall times, so
+the same seed gives an identical file. It is also the warm-start input of another search (§4.4, Fig 8).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.errors import ConfigError
+from nas.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nas.space.architecture import Architecture
+from nas.space.search_space import SearchSpace
+from nas.subnet_search.encoding import GenomeCodec
+from nas.subnet_search.engine import SearchResult
+from nas.subnet_search.hypervolume import Normalisation
+
+PARETO_FORMAT = "spnas-pareto"
+PARETO_VERSION = 1
+OUTPUT_NAMES = {"error": "error", "ce": "ce", "latency": "latency_ms", "macs": "macs_m", "params": "params_m"}
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def member_records(result: SearchResult, codec: GenomeCodec, names: Sequence[str],
+                   extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The front of ``result`` as records (objective values under their output names)."""
+    out = []
+    for rank, i in enumerate(result.front()):
+        arch = codec.decode(result.genes[i])
+        objectives = {OUTPUT_NAMES[n]: float(v) for n, v in zip(names, result.F[i])}
+        out.append({"rank": rank, "key": result.keys[i], "genes": [int(g) for g in result.genes[i]],
+                    "objectives": objectives, "architecture": arch.to_dict(codec.space), **(extra or {})})
+    return out
+
+
+def write_pareto(out: Path, header: Mapping[str, Any], results: Sequence[SearchResult], codec: GenomeCodec,
+                 names: Sequence[str], norms: Mapping[str, Normalisation],
+                 fingerprints: Mapping[str, str]) -> dict[str, Any]:
+    """Write ``pareto.json`` and ``pareto/<device>/member_XXX.json``; return the pareto document."""
+    devices = {}
+    for result in results:
+        members = member_records(result, codec, names)
+        folder = Path("pareto") / safe_name(result.target)
+        for m in members:
+            rel = folder / f"member_{m['rank']:03d}.json"
+            arch = Architecture.from_dict(m["architecture"]).with_meta(
+                source_search="subnet_search", device=result.target, **m["objectives"])
+            arch.save(out / rel, codec.space)
+            m["arch_file"] = rel.as_posix()
+        final_hv = result.history[-1].hypervolume if result.history else 0.0
+        devices[result.target] = {"lut_fingerprint": fingerprints.get(result.target, ""),
+                                  "validations": result.consumed, "generations": len(result.history),
+                                  "hypervolume": final_hv, "hypervolume_normalisation": norms[result.target].describe(),
+                                  "stopped_early": result.stopped_early, "members": members}
+    doc = {"format": PARETO_FORMAT, "version": PARETO_VERSION, **header, "devices": devices}
+    atomic_write_json(out / "pareto.json", doc)
+    return doc
+
+
+def write_hv_csv(path: Path, results: Sequence[SearchResult], norms: Mapping[str, Normalisation]) -> None:
+    """Hypervolume per generation; the normalisation and reference point of each device in comment lines."""
+    lines = ["# hypervolume of the non-dominated validated sub-networks after each generation (source 002 §4.1),",
+             "# computed by pymoo.indicators.hv.HV on normalised objectives f' = (f - lower) / (upper - lower)"]
+    for result in results:
+        d = norms[result.target].describe()
+        lines.append(f"# device={result.target} objectives={d['objectives']} lower={d['lower']} "
+                     f"upper={d['upper']} reference_point={d['reference_point']}")
+    lines.append("device,generation,validations,fresh_validations,hypervolume,front_size")
+    for result in results:
+        for h in result.history:
+            lines.append(f"{result.target},{h.generation},{h.validations},{h.fresh},{h.hypervolume:.10g},"
+                         f"{h.front_size}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_hv_csv(path: str | os.PathLike) -> dict[str, list[tuple[int, int, float]]]:
+    """``{device: [(generation, validations, hypervolume), ...]}`` from an ``hv.csv``."""
+    out: dict[str, list[tuple[int, int, float]]] = {}
+    for line in Path(path).read_text().splitlines():
+        if not line or line.startswith("#") or line.startswith("device,"):
+            continue
+        device, gen, val, _fresh, hv, _size = line.split(",")
+        out.setdefault(device, []).append((int(gen), int(val), float(hv)))
+    return out
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_fronts(path: Path, results: Sequence[SearchResult], names: Sequence[str], title: str = "") -> None:
+    """``pareto_front.png``: every validated sub-network and the front, per device (first two objectives)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    xi, yi = (1, 0) if len(names) > 1 else (0, 0)
+    for ax, result in zip(axes[0], results):
+        F = np.array(result.F).reshape(-1, len(names))
+        front = result.front()
+        ax.scatter(F[:, xi], F[:, yi], s=8, c="0.7", label=f"validated ({len(F)})")
+        if len(front):
+            pts = F[front][np.argsort(F[front, xi])]
+            ax.step(pts[:, xi], pts[:, yi], where="post", c="tab:red", lw=1)
+            ax.scatter(pts[:, xi], pts[:, yi], s=18, c="tab:red", label=f"Pareto front ({len(front)})")
+        ax.set_xlabel(OUTPUT_NAMES[names[xi]])
+        ax.set_ylabel(OUTPUT_NAMES[names[yi]])
+        ax.set_title(f"{result.target}")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def plot_hv(path: Path, curves: Mapping[str, Sequence[tuple[int, float]]], title: str = "") -> None:
+    """``hv_vs_validations.png``: hypervolume against the number of validations, one line per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in curves.items():
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, marker=".", label=label)
+    ax.set_xlabel("validations (supernet evaluations)")
+    ax.set_ylabel("hypervolume (normalised objectives)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def format_table(doc: Mapping[str, Any]) -> str:
+    """The fronts as a plain-text table (printed at the end of a search)."""
+    lines = []
+    for device, d in doc["devices"].items():
+        members = d["members"]
+        cols = list(members[0]["objectives"]) if members else []
+        lines.append(f"\nPareto front on {device}: {len(members)} sub-networks of {d['validations']} validated, "
+                     f"hypervolume {d['hypervolume']:.4f}")
+        lines.append("  #  " + "".join(f"{c:>12}" for c in cols) + "  architecture (searchable layers)")
+        for m in members:
+            keys = [m["key"].split(" ")[i] for i in range(len(m["key"].split(" ")))]
+            lines.append(f"{m['rank']:3d}  " + "".join(f"{m['objectives'][c]:12.5g}" for c in cols)
+                         + "  " + " ".join(keys))
+        if d.get("stopped_early"):
+            lines.append(f"  note: {d['stopped_early']}")
+    return "\n".join(lines)
+
+
+def load_warm_start(path: str | os.PathLike, space: SearchSpace, codec: GenomeCodec,
+                    device: str | None = None) -> np.ndarray:
+    """Genomes of the front members of another run's ``pareto.json`` (§4.4: warm start, Fig 8).
+
+    All devices' fronts are used (members in file order, duplicates dropped) unless ``device`` names one. A
+    file of another space is an error naming both digests.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"warm_start file {path} does not exist; pass <other run>/pareto.json")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"warm_start {path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.get("format") != PARETO_FORMAT:
+        raise ConfigError(f"warm_start {path} is not a pareto.json of subnet_search.py (format {PARETO_FORMAT})")
+    if doc.get("version") != PARETO_VERSION:
+        raise ConfigError(f"warm_start {path}: version {doc.get('version')!r} is not supported ({PARETO_VERSION})")
+    if doc.get("space_digest") != space.digest:
+        raise ConfigError(f"warm_start {path} was searched in space '{doc.get('space')}' (digest "
+                          f"{doc.get('space_digest')}), but this search uses space '{space.name}' (digest "
+                          f"{space.digest}); warm-start only from a search of the same space")
+    devices = doc.get("devices") or {}
+    if device is not None:
+        if device not in devices:
+            raise ConfigError(f"warm_start {path} has no device {device!r}; it has {sorted(devices)}")
+        devices = {device: devices[device]}
+    rows, seen = [], set()
+    for name, d in devices.items():
+        for i, m in enumerate(d.get("members") or []):
+            arch = Architecture.from_dict(m.get("architecture"), source=f"{path}: devices.{name}.members[{i}]")
+            genes = codec.encode(arch.validate(space))
+            if tuple(genes) not in seen:
+                seen.add(tuple(genes))
+                rows.append(genes)
+    if not rows:
+        raise ConfigError(f"warm_start {path} has no front members to start from")
+    return np.array(rows, dtype=int)

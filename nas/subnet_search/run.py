@@ -1,0 +1,192 @@
+"""What ``python subnet_search.py`` does, as a function of its Hydra config (tests call it directly).
+
+Order of work: every input is checked before anything costly runs or anything is written (objectives,
+algorithm, budget, reference point, checkpoint and warm-start digests, constraints against the cheapest
+sub-network); then the LUTs of the target devices, the data and the supernet are loaded; then one budgeted
+search per device runs over a shared validation store, so each sub-network is validated once for all devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from nas.cost.backends import build_backend
+from nas.cost.profiler import obtain_lut
+from nas.errors import ConfigError
+from nas.space.search_space import SearchSpace
+from nas.subnet_search.encoding import GenomeCodec
+from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch, GenerationRecord, check_budget
+from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
+from nas.subnet_search.hypervolume import Normalisation
+from nas.subnet_search.search_objectives import ObjectiveSpace, Target, check_objective_names
+from nas.subnet_search.report import format_table, load_warm_start, plot_fronts, plot_hv, write_hv_csv, write_pareto
+from nas.subnet_search.store import ValidationStore
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def device_configs(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The hardware configs of the target devices: ``devices=[name, ...]`` (files of ``conf/hardware/``, or
+    full mappings) or the single ``hardware`` group."""
+    devices = cfg.get("devices")
+    if not devices:
+        return [OmegaConf.to_container(cfg.hardware, resolve=True)]
+    out = []
+    for entry in devices:
+        if isinstance(entry, str):
+            path = CONF_DIR / "hardware" / f"{entry}.yaml"
+            if not path.is_file():
+                options = sorted(p.stem for p in (CONF_DIR / "hardware").glob("*.yaml"))
+                raise ConfigError(f"devices: no hardware config {entry!r}; choose from {options} or give a mapping")
+            out.append(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+        else:
+            out.append(dict(_plain(entry)))
+    return out
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def prepare(cfg: DictConfig) -> dict[str, Any]:
+    """Check every input and load what the search needs; nothing is written (except the LUT cache)."""
+    names = [str(n) for n in cfg.objectives]
+    check_objective_names(names)
+    algorithm = AlgorithmConfig.from_config(_plain(cfg.algorithm))
+    check_budget(cfg.budget, algorithm.population)
+    reference = _plain(cfg.hv.get("reference"))
+    if reference is not None:
+        Normalisation.build(names, [(0.0, 1.0)] * len(names), reference)  # checks length and sign early
+    space = SearchSpace.from_config(cfg.space)
+    codec = GenomeCodec(space)
+    if cfg.supernet is None:
+        raise ConfigError("supernet=<run>/checkpoints/last.ckpt is required (a search.py run with solver=supernet)")
+    ckpt = checkpoint_info(cfg.supernet, space)
+    warm = load_warm_start(cfg.warm_start, space, codec, cfg.get("warm_start_device")) if cfg.warm_start else None
+    datamodule = instantiate(cfg.data)
+    in_ch, n_cls = datamodule.in_channels, datamodule.num_classes
+    targets = []
+    for hw in device_configs(cfg):
+        backend = build_backend(hw["backend"])
+        lut = obtain_lut(space, backend, in_ch, n_cls, cache_dir=cfg.paths.cache_dir, lut_path=hw.get("lut_path"),
+                         strict=bool(hw.get("strict", False)), progress=bool(cfg.progress))
+        targets.append(Target.from_lut(str(hw.get("name", backend.name)), space, lut, in_ch, n_cls))
+    objectives = ObjectiveSpace.build(codec, names, targets, in_ch, n_cls, _plain(cfg.constraints))
+    norms = {t.name: Normalisation.build(names, objectives.bounds(t.name), reference) for t in targets}
+    supernet = load_supernet(ckpt, space, in_ch, n_cls, source=str(cfg.supernet))
+    return {"space": space, "codec": codec, "algorithm": algorithm, "objectives": objectives, "norms": norms,
+            "warm": warm, "datamodule": datamodule, "supernet": supernet, "supernet_digest": file_digest(cfg.supernet)}
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run folder: ``resume=<old run>`` continues that folder's ``validations.jsonl``."""
+    if cfg.get("resume"):
+        out = Path(cfg.resume)
+        if not (out / "validations.jsonl").is_file():
+            raise ConfigError(f"resume={out}: no validations.jsonl there; pass the folder of the killed run")
+        return out
+    return Path(cfg.paths.output_dir)
+
+
+def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
+    """Run the search of ``cfg``; ``validator`` replaces the supernet evaluator (tests)."""
+    start = time.perf_counter()
+    torch.manual_seed(int(cfg.seed))
+    out = output_dir(cfg)
+    parts = prepare(cfg)
+    space, codec, algorithm = parts["space"], parts["codec"], parts["algorithm"]
+    objectives, norms = parts["objectives"], parts["norms"]
+    if validator is None:
+        validator = SupernetEvaluator.from_datamodule(
+            parts["supernet"], parts["datamodule"], int(cfg.eval.bn_batches), int(cfg.eval.seed),
+            batch_size=cfg.eval.get("batch_size"), val_batches=cfg.eval.get("val_batches"),
+            via=str(cfg.eval.get("via", "supernet")))
+    fingerprints = {t.name: t.fingerprint for t in objectives.targets}
+    store = ValidationStore(out / "validations.jsonl", parts["supernet_digest"], space.digest, fingerprints)
+    log.info("space '%s': %d searchable layers, %d sub-networks; %d validations on record in %s",
+             space.name, codec.n_var, codec.size, len(store), out)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"))
+
+    def on_generation(device: str, rec: GenerationRecord) -> None:
+        writer.add_scalar(f"hv/{device}", rec.hypervolume, rec.validations)
+        writer.add_scalar(f"front_size/{device}", rec.front_size, rec.validations)
+        writer.add_scalar(f"validations/{device}", rec.validations, rec.generation)
+
+    results = []
+    timed = _TimedValidator(validator)
+    previous_front = None
+    try:
+        for target in objectives.targets:
+            initial = parts["warm"]
+            if initial is None and cfg.get("chain_warm_start") and previous_front is not None:
+                initial = previous_front
+            search = BudgetedSearch(objectives, target.name, timed, store, algorithm, int(cfg.budget),
+                                    int(cfg.seed), norms[target.name], initial=initial, progress=bool(cfg.progress),
+                                    on_generation=on_generation)
+            result = search.run()
+            results.append(result)
+            previous_front = [result.genes[i] for i in result.front()]
+    finally:
+        writer.flush()
+
+    header = {"space": space.name, "space_digest": space.digest,
+              "supernet": {"path": str(cfg.supernet), "digest": parts["supernet_digest"]},
+              **objectives.describe(), "algorithm": dataclasses.asdict(algorithm), "budget": int(cfg.budget),
+              "seed": int(cfg.seed), "eval": _plain(cfg.eval),
+              "warm_start": str(cfg.warm_start) if cfg.warm_start else None}
+    doc = write_pareto(out, header, results, codec, objectives.names, norms, fingerprints)
+    write_hv_csv(out / "hv.csv", results, norms)
+    plot_fronts(out / "pareto_front.png", results, objectives.names,
+                title=f"{algorithm.name}, budget {cfg.budget}, seed {cfg.seed}")
+    plot_hv(out / "hv_vs_validations.png",
+            {r.target: [(h.validations, h.hypervolume) for h in r.history] for r in results},
+            title=f"{algorithm.name}, seed {cfg.seed}")
+    wall = time.perf_counter() - start
+    summary = {"output_dir": str(out), "space": space.name, "algorithm": algorithm.name, "budget": int(cfg.budget),
+               "seed": int(cfg.seed), "devices": {r.target: {"validations": r.consumed, "fresh_validations": r.fresh,
+                                                             "hypervolume": doc["devices"][r.target]["hypervolume"],
+                                                             "front_size": len(doc["devices"][r.target]["members"]),
+                                                             "stopped_early": r.stopped_early} for r in results},
+               "supernet_evaluations": timed.count, "records_on_file": len(store),
+               "records_resumed": store.loaded,
+               "validation_seconds": round(timed.seconds, 3),
+               "validations_per_second": round(timed.count / timed.seconds, 3) if timed.seconds > 0 else None,
+               "wall_time_s": round(wall, 2)}
+    writer.add_scalar("validations_per_second", summary["validations_per_second"] or 0.0, 0)
+    writer.close()
+    from nas.io import atomic_write_json
+
+    atomic_write_json(out / "summary.json", summary)
+    print(format_table(doc))
+    print(f"\n{timed.count} supernet evaluations this run ({store.loaded} resumed from validations.jsonl), "
+          f"{summary['validations_per_second']} validations/s; outputs in {out}")
+    return {"summary": summary, "pareto": doc, "results": results}
+
+
+class _TimedValidator:
+    """Counts and times the validations (the costly unit) for validations per second."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.count = 0
+        self.seconds = 0.0
+
+    def validate(self, arch: Any) -> dict[str, float]:
+        t = time.perf_counter()
+        values = self.inner.validate(arch)
+        self.seconds += time.perf_counter() - t
+        self.count += 1
+        return values

@@ -1,0 +1,212 @@
+"""Benchmark of the sub-network search on a real supernet: NSGA-II vs random search, warm vs cold start.
+
+    python scripts/bench_subnet_search.py --supernet <run>/checkpoints/last.ckpt --seeds 0 1 2 --budget 500 \
+        --out outputs/bench_subnet --docs docs
+
+For each seed: NSGA-II and random search with ``--budget`` validations on device A (``--device-a``); then on
+device B (``--device-b``) NSGA-II from a random first population (cold) and seeded with device A's NSGA-II front
+(warm start, source 002 §4.4 / Fig 8). All runs share one validation store (same supernet, same BN-calibration
+batches: a sub-network's error is the same number in every run), so a sub-network is validated once for the whole
+benchmark; each run still consumes exactly ``--budget`` distinct sub-networks, i.e. computes what a standalone
+``subnet_search.py`` run computes. Writes ``bench.json`` (hypervolume per generation of every run, validations per
+second) and figures (``--docs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra.utils import instantiate  # noqa: E402
+
+from nas.cost.backends import build_backend  # noqa: E402
+from nas.cost.profiler import obtain_lut  # noqa: E402
+from nas.io import atomic_write_json  # noqa: E402
+from nas.space.search_space import SearchSpace  # noqa: E402
+from nas.subnet_search.encoding import GenomeCodec  # noqa: E402
+from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch  # noqa: E402
+from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet  # noqa: E402
+from nas.subnet_search.hypervolume import Normalisation  # noqa: E402
+from nas.subnet_search.search_objectives import ObjectiveSpace, Target  # noqa: E402
+from nas.subnet_search.store import ValidationStore  # noqa: E402
+
+
+def hardware(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "hardware" / f"{name}.yaml"), resolve=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--supernet", required=True)
+    ap.add_argument("--space", default="tiny")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budget", type=int, default=500)
+    ap.add_argument("--population", type=int, default=50)
+    ap.add_argument("--device-a", default="macs_proxy")
+    ap.add_argument("--device-b", default="cpu_onnx")
+    ap.add_argument("--lut-a", default=None, help="a LUT file for device A (else the cache / profiling)")
+    ap.add_argument("--lut-b", default=None, help="a LUT file for device B")
+    ap.add_argument("--bn-batches", type=int, default=4)
+    ap.add_argument("--via", default="child", choices=["child", "supernet"])
+    ap.add_argument("--cache-dir", default=".cache/spnas")
+    ap.add_argument("--out", default="outputs/bench_subnet")
+    ap.add_argument("--docs", default=None, help="folder for the figures (e.g. docs)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    space = SearchSpace.from_config(OmegaConf.load(ROOT / "conf" / "space" / f"{args.space}.yaml"))
+    codec = GenomeCodec(space)
+    data_cfg = OmegaConf.load(ROOT / "conf" / "data" / "digits.yaml")
+    data_cfg.image_size = space.resolution
+    data_cfg.seed = 0
+    datamodule = instantiate(data_cfg)
+    ckpt = checkpoint_info(args.supernet, space)
+    supernet = load_supernet(ckpt, space, datamodule.in_channels, datamodule.num_classes, args.supernet)
+    evaluator = SupernetEvaluator.from_datamodule(supernet, datamodule, args.bn_batches, seed=0, via=args.via)
+    targets = {}
+    for name, lut_path in ((args.device_a, args.lut_a), (args.device_b, args.lut_b)):
+        hw = hardware(name)
+        lut = obtain_lut(space, build_backend(hw["backend"]), datamodule.in_channels, datamodule.num_classes,
+                         cache_dir=args.cache_dir, lut_path=lut_path, progress=True)
+        targets[name] = Target.from_lut(name, space, lut, datamodule.in_channels, datamodule.num_classes)
+    objectives = ObjectiveSpace.build(codec, ["error", "latency"], list(targets.values()), datamodule.in_channels,
+                                      datamodule.num_classes)
+    norms = {n: Normalisation.build(objectives.names, objectives.bounds(n)) for n in targets}
+    store = ValidationStore(out / "validations.jsonl", file_digest(args.supernet), space.digest,
+                            {n: t.fingerprint for n, t in targets.items()})
+
+    class Timed:
+        count, seconds = 0, 0.0
+
+        def validate(self, arch):  # noqa: ANN001, ANN202
+            t = time.perf_counter()
+            values = evaluator.validate(arch)
+            Timed.seconds += time.perf_counter() - t
+            Timed.count += 1
+            return values
+
+    runs: dict[str, dict] = {}
+
+    def search(label: str, algorithm: str, device: str, seed: int, initial: np.ndarray | None = None) -> list:
+        cfg = AlgorithmConfig(name=algorithm, population=args.population)
+        result = BudgetedSearch(objectives, device, Timed(), store, cfg, args.budget, seed, norms[device],
+                                initial=initial, progress=True).run()
+        runs[label] = {"algorithm": algorithm, "device": device, "seed": seed, "warm": initial is not None,
+                       "validations": result.consumed,
+                       "curve": [[h.generation, h.validations, h.hypervolume] for h in result.history],
+                       "front": [{"key": result.keys[i], "error": float(result.F[i][0]),
+                                  "latency_ms": float(result.F[i][1])} for i in result.front()]}
+        print(f"{label}: hypervolume {result.history[-1].hypervolume:.4f} after {result.consumed} validations "
+              f"({len(result.history)} generations); supernet evaluations so far {Timed.count}", flush=True)
+        return [result.genes[i] for i in result.front()]
+
+    for seed in args.seeds:
+        front_a = search(f"nsga2/{args.device_a}/seed{seed}", "nsga2", args.device_a, seed)
+        search(f"random/{args.device_a}/seed{seed}", "random", args.device_a, seed)
+        search(f"nsga2-cold/{args.device_b}/seed{seed}", "nsga2", args.device_b, seed)
+        search(f"nsga2-warm/{args.device_b}/seed{seed}", "nsga2", args.device_b, seed, initial=np.array(front_a))
+
+    report = {"supernet": args.supernet, "supernet_digest": file_digest(args.supernet), "space": space.name,
+              "budget": args.budget, "population": args.population, "seeds": args.seeds,
+              "devices": {n: {"lut_fingerprint": t.fingerprint, "normalisation": norms[n].describe()}
+                          for n, t in targets.items()},
+              "supernet_evaluations": Timed.count, "validation_seconds": round(Timed.seconds, 2),
+              "validations_per_second": round(Timed.count / max(Timed.seconds, 1e-9), 3),
+              "validation_samples": evaluator.num_val_samples, "bn_batches": args.bn_batches,
+              "threads": args.threads, "runs": runs}
+    atomic_write_json(out / "bench.json", report)
+    print(summarise(report))
+    if args.docs:
+        figures(report, Path(args.docs))
+
+
+def hv_at(curve: list, validations: int) -> float:
+    """Hypervolume after ``validations`` validations (last generation at or before it)."""
+    best = 0.0
+    for _gen, val, hv in curve:
+        if val <= validations:
+            best = hv
+    return best
+
+
+def summarise(report: dict) -> str:
+    runs, budget = report["runs"], report["budget"]
+    lines = [f"\nhypervolume at {budget} validations (normalised error x latency, reference (1, 1)):"]
+    for seed in report["seeds"]:
+        n = next(r for r in runs.values() if r["algorithm"] == "nsga2" and r["seed"] == seed and not r["warm"])
+        r = next(r for r in runs.values() if r["algorithm"] == "random" and r["seed"] == seed)
+        lines.append(f"  seed {seed}: NSGA-II {hv_at(n['curve'], budget):.4f}  random {hv_at(r['curve'], budget):.4f}")
+    lines.append("warm vs cold start on the second device (hypervolume by generation 1..5):")
+    for seed in report["seeds"]:
+        cold = next(r for k, r in runs.items() if k.startswith("nsga2-cold") and r["seed"] == seed)
+        warm = next(r for k, r in runs.items() if k.startswith("nsga2-warm") and r["seed"] == seed)
+        lines.append(f"  seed {seed}: warm {[round(c[2], 4) for c in warm['curve'][:5]]}  "
+                     f"cold {[round(c[2], 4) for c in cold['curve'][:5]]}")
+    lines.append(f"{report['supernet_evaluations']} supernet evaluations, {report['validations_per_second']} "
+                 f"validations/s ({report['validation_samples']} validation images, {report['bn_batches']} BN batches)")
+    return "\n".join(lines)
+
+
+def figures(report: dict, docs: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    docs.mkdir(parents=True, exist_ok=True)
+    runs = report["runs"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {"nsga2": "tab:blue", "random": "tab:orange"}
+    for r in runs.values():
+        if r["warm"] or r["device"] != next(iter(report["devices"])):
+            continue
+        c = np.array(r["curve"])
+        axes[0].plot(c[:, 1], c[:, 2], color=colours[r["algorithm"]], alpha=0.8,
+                     label=f"{r['algorithm']} seed {r['seed']}")
+    axes[0].set_xlabel("validations")
+    axes[0].set_ylabel("hypervolume")
+    axes[0].set_title(f"NSGA-II vs random search ({next(iter(report['devices']))})")
+    axes[0].legend(fontsize=7)
+    for r in runs.values():
+        if r["device"] == next(iter(report["devices"])):
+            continue
+        c = np.array(r["curve"])
+        axes[1].plot(c[:, 0], c[:, 2], color="tab:green" if r["warm"] else "tab:gray", marker=".",
+                     label=f"{'warm' if r['warm'] else 'cold'} seed {r['seed']}")
+    axes[1].set_xlabel("generation")
+    axes[1].set_ylabel("hypervolume")
+    axes[1].set_title(f"warm start from the other device's front ({list(report['devices'])[1]})")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(docs / "subnet_search_hv.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in runs.values():
+        if r["seed"] != report["seeds"][0] or r["warm"] or r["device"] != next(iter(report["devices"])):
+            continue
+        pts = sorted((m["latency_ms"], m["error"]) for m in r["front"])
+        x, y = zip(*pts)
+        ax.step(x, y, where="post", marker="o", ms=3, color=colours[r["algorithm"]], label=r["algorithm"])
+    ax.set_xlabel(f"latency (ms, {next(iter(report['devices']))})")
+    ax.set_ylabel("top-1 error (supernet weights)")
+    ax.set_title(f"Pareto fronts at {report['budget']} validations, seed {report['seeds'][0]}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(docs / "subnet_search_front.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
