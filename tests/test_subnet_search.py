@@ -27,8 +27,8 @@ from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch
 from nas.subnet_search.evaluation import SupernetEvaluator
 from nas.subnet_search.hypervolume import Normalisation, front_2d
-from nas.subnet_search.search_objectives import ObjectiveSpace, Target
 from nas.subnet_search.run import run_subnet_search
+from nas.subnet_search.search_objectives import ObjectiveSpace, Target
 from nas.subnet_search.store import ValidationStore
 from nas.supernets.single_path_supernet import SinglePathSupernet
 from tests.conftest import MICRO_SPACE, ROOT, make_solver, proxy_lut

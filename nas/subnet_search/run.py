@@ -26,8 +26,8 @@ from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch, GenerationRecord, check_budget
 from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
 from nas.subnet_search.hypervolume import Normalisation
-from nas.subnet_search.search_objectives import ObjectiveSpace, Target, check_objective_names
 from nas.subnet_search.report import format_table, load_warm_start, plot_fronts, plot_hv, write_hv_csv, write_pareto
+from nas.subnet_search.search_objectives import ObjectiveSpace, Target, check_objective_names
 from nas.subnet_search.store import ValidationStore
 
 log = logging.getLogger(__name__)
