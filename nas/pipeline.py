@@ -17,22 +17,13 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from models.timm_interop import timm_string
 from nas.checkpoint import AtomicCheckpointIO
 from nas.distributed import RankAgreement, check_trainer_config, obtain_lut_once, sync_batchnorm_arguments
-from nas.errors import ConfigError
 from nas.io import atomic_write_json, atomic_write_text
 from nas.latency.backends import build_backend
 from nas.monitoring import log_final_hparams
+from nas.objectives import Measurements, build_objective, target_objective  # noqa: F401 (re-exported)
 from nas.space import SearchSpace
 
 log = logging.getLogger(__name__)
-
-
-def target_objective(accuracy: float, runtime_ms: float, target_ms: float | None) -> float:
-    """Eq 6.2: ``acc * (R / R_T)^w`` with ``w = 0`` if ``R <= R_T`` else ``-1`` (plain accuracy without target)."""
-    if target_ms is None:
-        return accuracy
-    if target_ms <= 0:
-        raise ConfigError(f"hardware.target_ms must be > 0, got {target_ms}")
-    return accuracy if runtime_ms <= target_ms else accuracy * (target_ms / runtime_ms)
 
 
 def build_search(cfg: DictConfig) -> dict[str, Any]:
@@ -54,6 +45,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     check_trainer_config(cfg.trainer)
+    objective = build_objective(cfg.get("objective"), cfg.hardware.get("target_ms"))  # checked before any work
     out = Path(cfg.paths.output_dir)
     parts = build_search(cfg)
     space, datamodule, lut, solver = parts["space"], parts["datamodule"], parts["lut"], parts["solver"]
@@ -83,7 +75,8 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         "predicted_latency_ms": predicted,
         "val_acc": val_acc,
         "target_ms": target,
-        "objective": target_objective(val_acc, predicted, target),
+        "objective": objective(Measurements(val_acc, latency_ms=predicted, device_power_w=objective.device_power_w)),
+        "objective_name": objective.name,
         "lut": lut.source,
         "hardware": lut.hardware.get("backend"),
         "epochs": int(trainer.current_epoch),
