@@ -64,3 +64,28 @@ def test_a_multirun_asks_and_tells_and_writes_the_best(tmp_path, sampler):
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"+x", "+opt"} and 0.0 <= results["best_params"]["+x"] <= 1.0
     assert results["best_value"] <= 0.0
+
+
+def test_trials_fan_out_through_the_submitit_launcher(tmp_path):
+    # submitit's local executor runs each trial as its own job, as SLURM would (hydra/launcher=slurm extends it)
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    proc = subprocess.run([sys.executable, str(app), "-m", "hydra/sweeper=optuna", "hydra/launcher=submitit_local",
+                           "hydra.launcher.timeout_min=5", "hydra.sweeper.direction=maximize",
+                           "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "+x=interval(0.0, 1.0)",
+                           "+opt=choice(a, b)", f"hydra.sweep.dir={tmp_path}/sweep"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "sweep" / ".submitit").is_dir()  # the jobs went through submitit
+    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
+
+
+def test_lambda_sweep_composes_with_the_slurm_launcher():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("search", overrides=["hparams_search=lambda_for_target", "hardware.target_ms=80",
+                                           "hydra/launcher=slurm", "hydra.sweeper.n_jobs=4"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.sweeper.n_jobs == 4 and cfg.hydra.sweeper.params["solver.lambda_"].startswith("tag(log")
