@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="networks profiled for the cost models")
     parser.add_argument("--features", default="quadratic", choices=["linear", "quadratic"])
     parser.add_argument("--quantile", type=float, default=0.5, help="memory limit = this quantile of the profile")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild bench.json and the figures from <out>/runs/*/hyperpower.json (e.g. of a cut run)")
     parser.add_argument("overrides", nargs="*", default=["data.limit=600", "data.batch_size=16",
                                                          "trainer.max_epochs=2"])
     args = parser.parse_args()
@@ -116,34 +118,51 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    base = [*args.overrides, f"paths.output_dir={out}/runs/profile"]
-    cfg = compose([*base, "hyperpower.constraints.memory_mb=1"])
-    structure = make_structure(cfg)
-    models = profile_cost_models(structure, ["memory_mb"], (1, 1, int(cfg.space.resolution), int(cfg.space.resolution)),
-                                 1, 10, args.samples, 10, args.features, 0)
-    model = models.models["memory_mb"]
-    X, y = structure.features_matrix(models.configs), np.array(model.actual)
+    models_path = out / "runs" / "cost_models.json"
+    if args.report_only:
+        runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*_seed*/hyperpower.json"))]
+        runs.sort(key=lambda r: (r["seed"], args.methods.index(r["method"]) if r["method"] in args.methods else 9))
+        args.seeds = sorted({r["seed"] for r in runs})
+        limit = float(runs[0]["constraints"]["memory_mb"])
+        profile = json.loads(models_path.read_text())
+        y = np.array(profile["models"]["memory_mb"]["actual"])
+        cfg = compose([*args.overrides, "hyperpower.constraints.memory_mb=1",
+                       f"paths.output_dir={out}/runs/profile"])
+        structure = make_structure(cfg)
+        X = structure.features_matrix(profile["configs"])  # noqa: N806
+        args.features = profile["models"]["memory_mb"]["features"]
+    else:
+        base = [*args.overrides, f"paths.output_dir={out}/runs/profile"]
+        cfg = compose([*base, "hyperpower.constraints.memory_mb=1"])
+        structure = make_structure(cfg)
+        resolution = int(cfg.space.resolution)
+        models = profile_cost_models(structure, ["memory_mb"], (1, 1, resolution, resolution), 1, 10, args.samples,
+                                     10, args.features, 0)
+        model = models.models["memory_mb"]
+        X, y = structure.features_matrix(models.configs), np.array(model.actual)
+        rmspe = {f: CostModel.fit("memory_mb", X, y, structure.feature_names, 10, f).rmspe_cv
+                 for f in ("linear", "quadratic")}
+        limit = float(np.quantile(y, args.quantile))
+        violating_fraction = float(np.mean(y > limit))
+        models.save(models_path)
+        logging.info("memory: %.3f-%.3f MB, limit %.4f MB (%.0f %% of %d random networks violate); RMSPE %s",
+                     y.min(), y.max(), limit, 100 * violating_fraction, len(y), rmspe)
+
+        runs = []
+        for seed in args.seeds:
+            for method in args.methods:
+                run_cfg = compose([*args.overrides, f"seed={seed}", f"hyperpower.method={method}",
+                                   f"hyperpower.n_trials={args.trials}", f"hyperpower.constraints.memory_mb={limit}",
+                                   f"hyperpower.cost_models.path={models_path}",
+                                   f"paths.output_dir={out}/runs/{method}_seed{seed}"])
+                result = run_hyperpower(run_cfg)
+                runs.append(result)
+                atomic_write_json(out / "bench_partial.json",
+                                  {"runs": [{k: v for k, v in r.items() if k != "trials"} for r in runs]})
+
     rmspe = {f: CostModel.fit("memory_mb", X, y, structure.feature_names, 10, f).rmspe_cv
              for f in ("linear", "quadratic")}
-    limit = float(np.quantile(y, args.quantile))
     violating_fraction = float(np.mean(y > limit))
-    models_path = out / "runs" / "cost_models.json"
-    models.save(models_path)
-    logging.info("memory: %.3f-%.3f MB, limit %.4f MB (%.0f %% of %d random networks violate); RMSPE %s",
-                 y.min(), y.max(), limit, 100 * violating_fraction, len(y), rmspe)
-
-    runs = []
-    for seed in args.seeds:
-        for method in args.methods:
-            run_cfg = compose([*args.overrides, f"seed={seed}", f"hyperpower.method={method}",
-                               f"hyperpower.n_trials={args.trials}", f"hyperpower.constraints.memory_mb={limit}",
-                               f"hyperpower.cost_models.path={models_path}",
-                               f"paths.output_dir={out}/runs/{method}_seed{seed}"])
-            result = run_hyperpower(run_cfg)
-            runs.append(result)
-            atomic_write_json(out / "bench_partial.json", {"runs": [{k: v for k, v in r.items() if k != "trials"}
-                                                                     for r in runs]})
-
     summary = []
     for seed in args.seeds:
         seed_runs = [r for r in runs if r["seed"] == seed]
@@ -161,7 +180,8 @@ def main() -> None:
                 "wall_time_s": r["wall_time_s"]})
     report = {
         "format": "spnas-hyperpower-bench", "version": 1, "overrides": args.overrides, "seeds": args.seeds,
-        "trials": args.trials, "memory_limit_mb": limit, "violating_fraction_of_random": violating_fraction,
+        "trials": runs[0]["num_trials"] if runs else args.trials,
+        "memory_limit_mb": limit, "violating_fraction_of_random": violating_fraction,
         "profiled_networks": len(y), "cost_model_features_used": args.features, "rmspe_cv_pct": rmspe,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "load_average_at_end": os.getloadavg(), "torch_threads": torch.get_num_threads()},
