@@ -15,29 +15,26 @@ second) and figures (``--docs``).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from nas.cost.backends import build_backend
+from nas.cost.profiler import obtain_lut
+from nas.io import atomic_write_json
+from nas.space.search_space import SearchSpace
+from nas.subnet_search.encoding import GenomeCodec
+from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch
+from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
+from nas.subnet_search.hypervolume import Normalisation
+from nas.subnet_search.search_objectives import ObjectiveSpace, Target
+from nas.subnet_search.store import ValidationStore
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hydra.utils import instantiate  # noqa: E402
-
-from nas.cost.backends import build_backend  # noqa: E402
-from nas.cost.profiler import obtain_lut  # noqa: E402
-from nas.io import atomic_write_json  # noqa: E402
-from nas.space.search_space import SearchSpace  # noqa: E402
-from nas.subnet_search.encoding import GenomeCodec  # noqa: E402
-from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch  # noqa: E402
-from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet  # noqa: E402
-from nas.subnet_search.hypervolume import Normalisation  # noqa: E402
-from nas.subnet_search.search_objectives import ObjectiveSpace, Target  # noqa: E402
-from nas.subnet_search.store import ValidationStore  # noqa: E402
 
 
 def hardware(name: str) -> dict:

@@ -16,27 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from scipy.stats import kendalltau
+
+from nas.io import atomic_write_json
+from nas.search.training import ChildTrainingModule
+from nas.space.architecture import Architecture
+from nas.space.networks import build_child
+from nas.space.search_space import SearchSpace
+from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hydra.utils import instantiate  # noqa: E402
-from scipy.stats import kendalltau  # noqa: E402
-
-from models.child import ChildNet  # noqa: E402
-from nas.io import atomic_write_json  # noqa: E402
-from nas.search.training import ChildTrainingModule  # noqa: E402
-from nas.space.architecture import Architecture  # noqa: E402
-from nas.space.search_space import SearchSpace  # noqa: E402
-from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet  # noqa: E402
 
 
 def pick_architectures(space: SearchSpace, pareto: str | None, n_front: int, n_random: int,
@@ -64,8 +61,11 @@ def retrain(space: SearchSpace, arch: Architecture, data_cfg, epochs: int, seed:
     """Validation error of ``arch`` trained from scratch (``train.py``'s module and default recipe)."""
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = instantiate(data_cfg)
-    net = ChildNet(space, arch, datamodule.in_channels, datamodule.num_classes)
-    module = ChildTrainingModule(net)
+    net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
+    train = OmegaConf.load(ROOT / "conf" / "train.yaml").train  # train.py's default recipe
+    module = ChildTrainingModule(net, optimizer=instantiate(train.optimizer),
+                                 lr_scheduler=instantiate(train.lr_scheduler),
+                                 label_smoothing=float(train.label_smoothing))
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=1, deterministic=True)
     trainer.fit(module, datamodule=datamodule)

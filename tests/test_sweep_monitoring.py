@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from nas.errors import ConfigError
-from nas.search.pipeline import target_objective
+from nas.search.objectives import target_objective
 from nas.search.sweep import best_trial, write_sweep_report
 from nas.space.architecture import Architecture
 from tests.conftest import ROOT, load_space
@@ -83,17 +83,35 @@ def test_tensorboard_has_the_monitoring_tags(sweep):
     assert {"hparams/val_acc", "hparams/predicted_latency_ms", "hparams/objective"} <= tags
 
 
-def test_gp_sampler_proposes_lambdas_from_its_gaussian_process():
-    optuna = pytest.importorskip("optuna")
-    from nas.search.sweep import gp_sampler
+def test_gp_sampler_is_optunas_native_gaussian_process():
+    import optuna
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
 
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("search", overrides=["hparams_search=lambda_for_target", "hydra/sweeper/sampler=gp"],
+                      return_hydra_config=True)
+    sampler_cfg = cfg.hydra.sweeper.sampler
+    assert sampler_cfg._target_ == "optuna.samplers.GPSampler"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=gp_sampler(seed=0, n_initial_points=3))
+    study = optuna.create_study(direction="maximize", sampler=instantiate(sampler_cfg, seed=0))
+    assert isinstance(study.sampler, optuna.samplers.GPSampler)
     # a smooth 1-d objective with its maximum at λ = 0.3: after 3 random points the GP should close in
     study.optimize(lambda trial: -(math.log(trial.suggest_float("lambda_", 0.005, 2.0, log=True) / 0.3)) ** 2,
-                   n_trials=8)
-    assert type(study.sampler).__name__ == "SkoptSampler"
+                   n_trials=10)
     assert abs(math.log(study.best_params["lambda_"] / 0.3)) < 0.5
+
+
+def test_a_current_optuna_and_no_scikit_optimize_dependency():
+    import optuna
+
+    assert int(optuna.__version__.split(".")[0]) >= 4
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    assert not [r for r in requirements if r.startswith(("scikit-optimize", "hydra-optuna-sweeper"))]
+    assert any(r.startswith("optuna>=4") for r in project["optional-dependencies"]["tune"])
 
 
 def test_lambda_sweep_without_a_target_is_refused(capsys):

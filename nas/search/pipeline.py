@@ -20,27 +20,19 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from nas.cost.backends import build_backend
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import obtain_lut_once
-from nas.errors import ConfigError, Interrupted
+from nas.errors import Interrupted
 from nas.io import atomic_write_json, atomic_write_text
 from nas.search.callbacks import PreemptionCheckpoint, RankAgreement, SearchClock
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.global_batchnorm import sync_batchnorm_arguments
 from nas.search.monitoring import log_final_hparams
+from nas.search.objectives import Measurements, build_objective
 from nas.search.preflight import check_search_config, check_trainer_config
 from nas.search.solvers.base import SearchModule
 from nas.space.search_space import SearchSpace
 from nas.space.timm_interop import timm_record, timm_string
 
 log = logging.getLogger(__name__)
-
-
-def target_objective(accuracy: float, runtime_ms: float, target_ms: float | None) -> float:
-    """Eq 6.2: ``acc * (R / R_T)^w`` with ``w = 0`` if ``R <= R_T`` else ``-1`` (plain accuracy without target)."""
-    if target_ms is None:
-        return accuracy
-    if target_ms <= 0:
-        raise ConfigError(f"hardware.target_ms must be > 0, got {target_ms}")
-    return accuracy if runtime_ms <= target_ms else accuracy * (target_ms / runtime_ms)
 
 
 def instantiate_solver(solver_cfg: Any, space: SearchSpace, in_channels: int, num_classes: int,
@@ -113,6 +105,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     check_search_config(cfg)
     check_trainer_config(cfg.trainer)
+    objective = build_objective(cfg.get("objective"), cfg.hardware.get("target_ms"))  # checked before any work
     out = Path(cfg.paths.output_dir)
     parts = build_search(cfg)
     space, datamodule, lut, solver = parts["space"], parts["datamodule"], parts["lut"], parts["solver"]
@@ -145,7 +138,9 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         "predicted_latency_ms": predicted,
         "val_acc": val_acc,
         "target_ms": target,
-        "objective": None if val_acc is None else target_objective(val_acc, predicted, target),
+        "objective": None if val_acc is None else objective(
+            Measurements(val_acc, latency_ms=predicted, device_power_w=objective.device_power_w)),
+        "objective_name": objective.name,
         "lut": lut.source,
         "hardware": lut.hardware.get("backend"),
         "epochs": int(trainer.current_epoch),

@@ -1,7 +1,7 @@
-"""λ tuning for a runtime target (thesis Sec 6.3, Eq 6.2) with Hydra's Optuna sweeper: samplers and the report.
+"""λ tuning for a runtime target (thesis Sec 6.3, Eq 6.2) with the Optuna sweeper: the sweep report.
 
 ``python search.py -m hparams_search=lambda_for_target hardware.target_ms=...`` runs one full search per trial;
-each returns ``acc_val * (R / R_T)^w`` (:func:`nas.search.pipeline.target_objective`). When the sweep ends,
+each returns ``acc_val * (R / R_T)^w`` (:func:`nas.search.objectives.target_objective`). When the sweep ends,
 :class:`LambdaSweepReport` collects the trials' ``summary.json`` / ``arch.json`` and writes into the sweep folder:
 
 * ``lambda_sweep.json``: every trial (λ, objective, accuracy, predicted runtime, architecture) and the best one;
@@ -25,20 +25,6 @@ log = logging.getLogger(__name__)
 
 REPORT_FORMAT = "spnas-lambda-sweep"
 REPORT_VERSION = 1
-
-
-def gp_sampler(seed: int | None = None, n_initial_points: int = 3, acq_func: str = "EI") -> Any:
-    """Gaussian-process Bayesian optimisation over λ (the thesis' vanilla BO) via Optuna's skopt integration."""
-    import optuna
-
-    try:
-        import skopt  # noqa: F401
-    except ImportError:
-        raise ConfigError("hydra/sweeper/sampler=gp needs scikit-optimize: pip install -e '.[tune]' (or use "
-                          "hydra/sweeper/sampler=tpe|random)") from None
-    return optuna.integration.SkoptSampler(skopt_kwargs={"base_estimator": "GP", "acq_func": acq_func,
-                                                         "n_initial_points": n_initial_points,
-                                                         "random_state": seed})
 
 
 def collect_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:

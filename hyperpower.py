@@ -1,0 +1,29 @@
+"""HyperPower (thesis Ch. 3): `python hyperpower.py hyperpower.constraints.memory_mb=0.6 [overrides]`.
+
+Examples:
+    python hyperpower.py hyperpower.constraints.memory_mb=0.6 data.limit=800 trainer.max_epochs=2
+    python hyperpower.py hyperpower.constraints.memory_mb=0.6 hyperpower.method=vanilla_bo   # baseline
+    python hyperpower.py -m hyperpower.constraints.memory_mb=0.6 hyperpower.method=hyperpower,random seed=0,1,2
+
+The study runs in this process (ask-and-tell): the cost models are fitted before the first proposal and the
+pruner needs the live trial inside the training loop, which a Hydra sweeper's jobs (other processes, other
+nodes) would not have. Use -m (and hydra/launcher=slurm) to fan whole studies out over methods and seeds.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from nas.cli import main_guard
+from nas.hyperpower.study import run_hyperpower
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="hyperpower")
+def main(cfg: DictConfig) -> float | None:
+    """Returns the best validation error (for sweeps over seeds or settings)."""
+    return main_guard(lambda: (run_hyperpower(cfg)["best"] or {}).get("val_error"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""HyperPower's loop (thesis Ch. 3) and its baselines on the same budget, with Optuna's ask-and-tell.
+
+``run_hyperpower(cfg)`` (what ``python hyperpower.py`` runs):
+
+1. check the inputs (objective, method, constraints, GPU for power / CUDA memory, profiling size vs folds);
+2. profile ``cost_models.samples`` random networks and fit the cost models of the constrained metrics
+   (Eq 3.2-3.3, 10-fold CV RMSPE), or load them (``cost_models.path``);
+3. refuse a constraint no configuration meets (the best predicted value is in the message);
+4. run ``n_trials`` evaluations of Eq 3.1 (minimise validation error, or maximise ``objective=``, subject to
+   the constraints) with one of the methods:
+
+   =============  ==========================================================================================
+   hyperpower     Eq 3.4 (:class:`~nas.hyperpower.samplers.ConstraintAwareSampler`): only networks the models
+                  call feasible are proposed and trained; diverging ones stop early (Sec 3.3.3, a pruner)
+   vanilla_bo     ``optuna.samplers.GPSampler(constraints_func=...)``: constraints learned from the measured
+                  values of evaluated points (Sec 3.2); no cost models, no early termination
+   random         ``optuna.samplers.RandomSampler``: constrained random search (Sec 3.4.1)
+   random_walk    :class:`~nas.hyperpower.samplers.RandomWalkSampler`: ``a ~ N(a+, sigma0^2)`` (Sec 3.4.1)
+   =============  ==========================================================================================
+
+   The baselines measure each proposal's costs before training (cheap, as the thesis' low-cost constraints)
+   and do not train a violating one: it uses up its evaluation and is told to the study as an untrained
+   network (chance accuracy) with its measured constraint values. HyperPower's gate is the models alone; its
+   networks are measured as well, after the decision, only to audit the models: a trained network that
+   violates a measured constraint is a model error, reported with the model's RMSPE.
+5. write ``hyperpower.json`` (every trial: parameters, predicted and measured costs, trained / pruned,
+   validation error, objective, best so far) and ``cost_models.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from models.child import ChildNet
+from nas.errors import ConfigError
+from nas.hyperpower.cost_models import CostModels, check_samples, finite_or_none
+from nas.hyperpower.measure import GPU_METRICS, METRICS, UNITS, measure, require_gpu
+from nas.hyperpower.samplers import ConstraintAwareSampler, RandomWalkSampler
+from nas.hyperpower.structure import StructureSpace
+from nas.io import atomic_write_json
+from nas.search.objectives import Measurements, Objective, build_objective
+from nas.space.networks import build_child
+
+log = logging.getLogger(__name__)
+
+FORMAT = "spnas-hyperpower"
+VERSION = 1
+METHODS = ("hyperpower", "vanilla_bo", "random", "random_walk")
+ENUMERATE_LIMIT = 200_000
+
+
+class PruningCallback(pl.Callback):
+    """Early termination of diverging candidates (Sec 3.3.3): report validation error each epoch, stop if pruned.
+
+    optuna-integration's ``PyTorchLightningPruningCallback`` subclasses ``lightning.pytorch.Callback``; this
+    project's Trainer is ``pytorch_lightning``'s, which rejects callbacks of the other package, so this is its
+    few-line equivalent. It stops the fit (``trainer.should_stop``) instead of raising through Lightning.
+    """
+
+    def __init__(self, trial: optuna.Trial, monitor: str = "val/acc") -> None:
+        self.trial = trial
+        self.monitor = monitor
+        self.pruned = False
+        self.last_error: float | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        acc = float(trainer.callback_metrics[self.monitor])
+        self.last_error = 1.0 - acc if math.isfinite(acc) else 1.0
+        self.trial.report(self.last_error, step=int(trainer.current_epoch))
+        if self.trial.should_prune():
+            self.pruned = True
+            trainer.should_stop = True
+
+
+def evaluations_to_reach(best_so_far: list[float | None], target: float) -> int | None:
+    """1-based index of the first evaluation whose best-so-far error is ``<= target`` (``None``: never)."""
+    for i, value in enumerate(best_so_far):
+        if value is not None and value <= target + 1e-12:
+            return i + 1
+    return None
+
+
+def check_config(cfg: DictConfig) -> tuple[Objective, dict[str, float], str]:
+    """Every input check that needs no data, profiling or training (so bad input fails in a second)."""
+    hp = cfg.hyperpower
+    objective = build_objective(cfg.get("objective"), None)
+    method = str(hp.method)
+    if method not in METHODS:
+        raise ConfigError(f"hyperpower.method must be one of {list(METHODS)}, got {method!r}")
+    constraints = {}
+    for metric, limit in (OmegaConf.to_container(hp.constraints, resolve=True) or {}).items():
+        if metric not in METRICS:
+            raise ConfigError(f"hyperpower.constraints.{metric}: unknown; choose among {list(METRICS)}")
+        if limit is None:
+            continue
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+            raise ConfigError(f"hyperpower.constraints.{metric} must be > 0 {UNITS[metric]}, got {limit!r}")
+        constraints[metric] = float(limit)
+    if not constraints:
+        raise ConfigError("HyperPower needs at least one constraint (Eq 3.1): e.g. hyperpower.constraints."
+                          "memory_mb=<MB> or hyperpower.constraints.latency_ms=<ms>")
+    for metric in constraints:
+        require_gpu(metric)
+    if hp.cost_models.get("path") is None:
+        check_samples(int(hp.cost_models.samples), int(hp.cost_models.folds))
+    if int(hp.n_trials) < 1:
+        raise ConfigError(f"hyperpower.n_trials must be >= 1, got {hp.n_trials}")
+    return objective, constraints, method
+
+
+def make_structure(cfg: DictConfig) -> StructureSpace:
+    hp = cfg.hyperpower
+    return StructureSpace(OmegaConf.to_container(cfg.space, resolve=True), widths=list(hp.structure.widths),
+                          lr=list(hp.training.lr), momentum=list(hp.training.momentum),
+                          weight_decay=list(hp.training.weight_decay))
+
+
+def profile_cost_models(structure: StructureSpace, metrics: list[str], input_shape: tuple[int, ...],
+                        in_channels: int, num_classes: int, samples: int, folds: int, features: str, seed: int,
+                        backend: Any = None) -> CostModels:
+    """Measure ``samples`` distinct random networks and fit one cost model per metric (Eq 3.2-3.3)."""
+    rng = np.random.default_rng(seed)
+    configs: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    limit = min(samples, structure.num_structures())
+    check_samples(limit, folds)
+    while len(configs) < limit:
+        config = structure.sample_structures(rng, 1)[0]
+        key = tuple(sorted(config.items()))
+        if key not in seen:
+            seen.add(key)
+            configs.append(config)
+    measured: dict[str, list[float]] = {m: [] for m in metrics}
+    for config in configs:
+        space, arch = structure.build(config)
+        values = measure(build_child(space, arch, in_channels, num_classes), input_shape, metrics, backend)
+        for m in metrics:
+            measured[m].append(values[m])
+    return CostModels.fit(configs, measured, structure.features_matrix(configs), structure.feature_names, folds,
+                          features, seed)
+
+
+def best_predicted(structure: StructureSpace, models: CostModels, constraints: dict[str, float],
+                   seed: int) -> dict[str, float]:
+    """Smallest predicted value of each constrained metric over the structural space; refuses unmeetable limits."""
+    if structure.num_structures() <= ENUMERATE_LIMIT:
+        configs, how = structure.enumerate_structures(), "all"
+    else:
+        configs, how = structure.sample_structures(np.random.default_rng(seed), 50_000), "50000 random"
+    predictions = models.predict(structure.features_matrix(configs))
+    best = {m: float(predictions[m].min()) for m in constraints}
+    for m, limit in constraints.items():
+        if best[m] > limit:
+            raise ConfigError(f"no configuration can meet {m} <= {limit:g} {UNITS[m]}: the best predicted value over "
+                              f"{how} {len(configs)} configurations is {best[m]:.4g} {UNITS[m]} (cost model RMSPE "
+                              f"{models.models[m].rmspe_cv:.1f} %); raise the limit or widen the space")
+    joint = np.ones(len(configs), bool)
+    for m, limit in constraints.items():
+        joint &= predictions[m] <= limit
+    if not joint.any():
+        raise ConfigError(f"no configuration meets all constraints {constraints} together, though each alone can "
+                          f"be met (best predicted values {best}); loosen one of them")
+    log.info("Predicted feasible: %d of %s %d configurations (%.0f %%)", int(joint.sum()), how, len(configs),
+             100 * joint.mean())
+    return best
+
+
+def make_sampler(method: str, structure: StructureSpace, models: CostModels, constraints: dict[str, float],
+                 hp: DictConfig, seed: int) -> optuna.samplers.BaseSampler:
+    distributions = structure.distributions()
+    if method == "hyperpower":
+        def feasible(configs: list[dict[str, Any]]) -> np.ndarray:
+            predictions = models.predict(structure.features_matrix(configs))
+            ok = np.ones(len(configs), bool)
+            for m, limit in constraints.items():
+                ok &= predictions[m] <= limit
+            return ok
+
+        return ConstraintAwareSampler(distributions, feasible, int(hp.n_startup_trials), int(hp.n_candidates), seed)
+    if method == "vanilla_bo":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=int(hp.n_startup_trials),
+                                         constraints_func=lambda t: t.user_attrs["constraints"])
+    if method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return RandomWalkSampler(distributions, float(hp.random_walk_sigma), seed=seed)
+
+
+def train_candidate(cfg: DictConfig, net: ChildNet, optimizer: Any, datamodule: Any,
+                    callbacks: list[pl.Callback]) -> float:
+    """Train ``net`` for ``trainer.max_epochs`` (or until pruned); its final validation accuracy."""
+    from nas.search.optimization import warmup_cosine
+    from nas.search.training import ChildTrainingModule
+
+    net.train()  # the cost measurements left it in eval mode, and Lightning keeps the modes it finds
+    module = ChildTrainingModule(net, optimizer=optimizer, lr_scheduler=partial(warmup_cosine, warmup_steps=0),
+                                 label_smoothing=float(cfg.hyperpower.label_smoothing))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks, enable_checkpointing=False,
+                                      num_sanity_val_steps=0, enable_progress_bar=False,
+                                      enable_model_summary=False)
+    trainer.fit(module, datamodule=datamodule)
+    acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
+    return acc if math.isfinite(acc) else 0.0
+
+
+def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
+    """Fit or load the cost models, then run ``hyperpower.n_trials`` evaluations; write ``hyperpower.json``."""
+    start = time.perf_counter()
+    objective, constraints, method = check_config(cfg)
+    hp = cfg.hyperpower
+    seed = int(cfg.seed)
+    out = Path(cfg.paths.output_dir)
+    if hp.get("threads"):
+        # tiny networks gain nothing from intra-op threads, and spinning threads collapse on a loaded machine
+        import torch
+
+        torch.set_num_threads(int(hp.threads))
+    structure = make_structure(cfg)
+    pruner = instantiate(hp.pruner) if method == "hyperpower" and hp.get("pruner") else optuna.pruners.NopPruner()
+    datamodule = instantiate(cfg.data)
+    metrics = list(constraints)
+    input_shape = (int(hp.batch_size), datamodule.in_channels, structure_resolution(cfg), structure_resolution(cfg))
+    # an untrained network's score (chance accuracy at the limits): what the baselines tell for a violating
+    # proposal; computing it now also checks that the objective only needs costs this run measures
+    y_untrained = -objective(Measurements(1.0 / datamodule.num_classes, device_power_w=objective.device_power_w,
+                                          **{m: constraints[m] for m in metrics if m != "cuda_memory_mb"}))
+    backend = None
+    if "latency_ms" in metrics:
+        from nas.cost.backends import build_backend
+
+        backend = build_backend(cfg.hardware.backend)
+
+    if hp.cost_models.get("path"):
+        models = CostModels.load(hp.cost_models.path, structure.feature_names, structure.features, seed)
+        missing = set(metrics) - set(models.models)
+        if missing:
+            raise ConfigError(f"{hp.cost_models.path} has no cost model for {sorted(missing)}; profile again")
+    else:
+        log.info("Profiling %d networks for the cost models of %s", int(hp.cost_models.samples), metrics)
+        models = profile_cost_models(structure, metrics, input_shape, datamodule.in_channels,
+                                     datamodule.num_classes, int(hp.cost_models.samples),
+                                     int(hp.cost_models.folds), str(hp.cost_models.features), seed, backend)
+    models.save(out / "cost_models.json")
+    for m, model in models.models.items():
+        log.info("Cost model %s: %d-fold CV RMSPE %.2f %% on %d networks", m, model.folds, model.rmspe_cv,
+                 model.n_samples)
+    best_pred = best_predicted(structure, models, constraints, seed)
+
+    sampler = make_sampler(method, structure, models, constraints, hp, seed)
+    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner,
+                                study_name=f"hyperpower-{method}-{seed}")
+    distributions = structure.distributions()
+    trials: list[dict[str, Any]] = []
+    best_error: float | None = None
+    for _ in range(int(hp.n_trials)):
+        t0 = time.perf_counter()
+        trial = study.ask(fixed_distributions=distributions)
+        params = dict(trial.params)
+        pl.seed_everything(seed * 100_003 + trial.number, workers=True, verbose=False)
+        space, arch = structure.build(params)
+        net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
+        features = structure.features(params)
+        predicted = {m: float(models.models[m].predict(features)[0]) for m in metrics}
+        measured = measure(net, input_shape, metrics, backend)
+        violated = [m for m in metrics if measured[m] > constraints[m]]
+        trial.set_user_attr("constraints", [measured[m] - constraints[m] for m in metrics])
+        record: dict[str, Any] = {
+            "number": trial.number, "params": params, "architecture": arch.keys,
+            "predicted": predicted, "measured": measured,
+            "predicted_feasible": all(predicted[m] <= constraints[m] for m in metrics),
+            "violated": violated, "trained": False, "pruned": False, "val_acc": None, "val_error": None,
+            "objective": None}
+        if violated and method != "hyperpower":
+            trial.set_user_attr("y", y_untrained)
+            study.tell(trial, y_untrained)
+        else:
+            pruning = PruningCallback(trial)
+            acc = train_candidate(cfg, net, structure.optimizer_config(params), datamodule, [pruning])
+            score = objective(Measurements(acc, device_power_w=objective.device_power_w,
+                                           **{m: measured[m] for m in metrics if m != "cuda_memory_mb"}))
+            trial.set_user_attr("y", -score)
+            if pruning.pruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, -score)
+            record.update(trained=True, pruned=pruning.pruned, val_acc=acc, val_error=1.0 - acc, objective=score)
+            if not pruning.pruned:
+                best_error = record["val_error"] if best_error is None else min(best_error, record["val_error"])
+        record["best_error_so_far"] = best_error
+        record["wall_s"] = round(time.perf_counter() - t0, 3)
+        trials.append(record)
+        log.info("[%s] trial %d: %s%s%s, error %s, best %s (%.1f s)", method, trial.number,
+                 ", ".join(f"{m} {measured[m]:.4g} (pred {predicted[m]:.4g})" for m in metrics),
+                 " VIOLATES " + ",".join(violated) if violated else "",
+                 " [pruned]" if record["pruned"] else "" if record["trained"] else " [not trained]",
+                 "-" if record["val_error"] is None else f"{record['val_error']:.4f}",
+                 "-" if best_error is None else f"{best_error:.4f}", record["wall_s"])
+    result = summarise(trials, method, seed, constraints, models, best_pred, objective)
+    result["wall_time_s"] = round(time.perf_counter() - start, 2)
+    atomic_write_json(out / "hyperpower.json", sanitize(result))
+    print(format_summary(result, out))
+    return result
+
+
+def structure_resolution(cfg: DictConfig) -> int:
+    return int(cfg.space.resolution)
+
+
+def summarise(trials: list[dict[str, Any]], method: str, seed: int, constraints: dict[str, float],
+              models: CostModels, best_pred: dict[str, float], objective: Objective) -> dict[str, Any]:
+    trained = [t for t in trials if t["trained"]]
+    completed = [t for t in trained if not t["pruned"]]
+    best = min(completed, key=lambda t: t["val_error"]) if completed else None
+    curve = [t["best_error_so_far"] for t in trials]
+    final = best["val_error"] if best else None
+    model_errors = [{"number": t["number"], "violated": t["violated"],
+                     **{f"{m}_predicted": t["predicted"][m] for m in t["violated"]},
+                     **{f"{m}_measured": t["measured"][m] for m in t["violated"]},
+                     **{f"{m}_rmspe_pct": models.models[m].rmspe_cv for m in t["violated"]}}
+                    for t in trained if t["violated"]]
+    return {
+        "format": FORMAT, "version": VERSION, "method": method, "seed": seed, "objective": objective.name,
+        "constraints": constraints, "best_predicted": best_pred,
+        "cost_models": {m: {"rmspe_cv_pct": model.rmspe_cv, "n_samples": model.n_samples, "folds": model.folds,
+                            "features": model.features} for m, model in models.models.items()},
+        "num_trials": len(trials), "num_trained": len(trained), "num_pruned": len(trained) - len(completed),
+        "violating_proposals": sum(bool(t["violated"]) for t in trials),
+        "violating_trained": len(model_errors), "model_errors": model_errors,
+        "best": best, "best_error_curve": curve,
+        "evaluations_to_within_1pct": None if final is None else evaluations_to_reach(curve, final + 0.01),
+        "trials": trials,
+    }
+
+
+def sanitize(obj: Any) -> Any:
+    """Replace NaN / infinities by ``None`` and numpy scalars by Python numbers (no NaN is written)."""
+    if isinstance(obj, dict):
+        return {str(k): sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [sanitize(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return finite_or_none(float(obj))
+    return obj
+
+
+def format_summary(result: dict[str, Any], out: Path) -> str:
+    best = result["best"]
+    rmspe = ", ".join(f"{m} {v['rmspe_cv_pct']:.2f} %" for m, v in result["cost_models"].items())
+    lines = [f"\nHyperPower ({result['method']}, seed {result['seed']}): {result['num_trials']} evaluations, "
+             f"{result['num_trained']} trained ({result['num_pruned']} stopped early), "
+             f"{result['violating_proposals']} violating proposals, {result['violating_trained']} violating "
+             f"networks trained",
+             f"cost models ({next(iter(result['cost_models'].values()))['folds']}-fold CV RMSPE): {rmspe}"]
+    if best:
+        lines.append(f"best: validation error {best['val_error']:.4f} at evaluation {best['number'] + 1} "
+                     f"({' '.join(best['architecture'])}); within 1 % after "
+                     f"{result['evaluations_to_within_1pct']} evaluations")
+    lines.append(f"written to: {out / 'hyperpower.json'}")
+    return "\n".join(lines)
+
+
+__all__ = ["GPU_METRICS", "METHODS", "PruningCallback", "run_hyperpower"]
