@@ -13,11 +13,8 @@ docs/latency.md for the measured effect on the runtime model's accuracy.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import os
-import platform
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,7 +25,7 @@ import torch
 from torch import nn
 
 # the standalone device runner holds the measurement rules both sides share (it imports nothing from here)
-from nas.cost.device_runner import STATISTICS, cpu_model, summary
+from nas.cost.device_runner import STATISTICS, cpu_fingerprint, fingerprint_id, session_options, summary
 from nas.cost.lut import LatencyEntry
 from nas.errors import ConfigError
 
@@ -97,22 +94,11 @@ class LatencyBackend:
 
     def fingerprint(self) -> dict[str, Any]:
         """What the measurements depend on: device, software versions, threads and batch size."""
-        return {
-            "backend": self.name,
-            "device": cpu_model(),
-            "machine": platform.machine(),
-            "system": platform.system(),
-            "logical_cpus": os.cpu_count(),
-            "threads": self.threads,
-            "batch_size": self.batch_size,
-            "cache_flush_mb": self.cache_flush_mb,
-            "statistic": self.statistic,
-            **self.versions(),
-        }
+        return cpu_fingerprint(self.name, self.threads, self.batch_size, self.cache_flush_mb, self.statistic,
+                               self.versions())
 
     def fingerprint_id(self) -> str:
-        blob = json.dumps(self.fingerprint(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return fingerprint_id(self.fingerprint())
 
     def hardware_record(self) -> dict[str, Any]:
         return {"backend": self.name, "threads": self.threads, "batch_size": self.batch_size,
@@ -173,13 +159,7 @@ class OnnxRuntimeCPU(LatencyBackend):
     def session(self, model_bytes: bytes):  # noqa: ANN201
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model_bytes, session_options(ort, self.threads), providers=["CPUExecutionProvider"])
 
     def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
         sess = self.session(export_onnx(module, shape))

@@ -128,20 +128,49 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_fingerprint(backend: str, threads: int, batch_size: int, cache_flush_mb: float, statistic: str,
+                    versions: dict[str, str]) -> dict[str, Any]:
+    """What a CPU measurement depends on (device, software versions, threads, batch size, flush, statistic); the
+    framework's CPU backends use this same function, so a LUT measured here on the search machine matches it."""
+    return {"backend": backend, "device": cpu_model(), "machine": platform.machine(), "system": platform.system(),
+            "logical_cpus": os.cpu_count(), "threads": threads, "batch_size": batch_size,
+            "cache_flush_mb": float(cache_flush_mb), "statistic": statistic, **versions}
+
+
+def fingerprint_id(fingerprint: dict[str, Any]) -> str:
+    """Short hash of a fingerprint: the id LUTs are compared and cached by."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def session_options(ort: Any, threads: int) -> Any:
+    """ONNX Runtime session options of every measurement: ``threads`` intra-op threads, sequential execution,
+    all graph optimisations, quiet logging."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def round_counts(repeats: int, rounds: int) -> list[int]:
+    """Timed runs per interleaved round: ``repeats`` spread as evenly as possible over ``min(rounds, repeats)``."""
+    rounds = max(1, min(rounds, repeats))
+    return [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+
+
 def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, cache_flush_mb: float,
                     statistic: str) -> dict:
     """The LUT's ``hardware`` block; the fingerprint equals ``OnnxRuntimeCPU.fingerprint()`` on this machine."""
     import onnxruntime
 
-    fingerprint = {
-        "backend": BACKEND, "device": cpu_model(), "machine": platform.machine(), "system": platform.system(),
-        "logical_cpus": os.cpu_count(), "threads": threads, "batch_size": batch_size,
-        "cache_flush_mb": float(cache_flush_mb), "statistic": statistic, "onnxruntime": onnxruntime.__version__,
-    }
-    fingerprint_id = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    fingerprint = cpu_fingerprint(BACKEND, threads, batch_size, cache_flush_mb, statistic,
+                                  {"onnxruntime": onnxruntime.__version__})
+    fingerprint_id_ = fingerprint_id(fingerprint)
     return {"backend": BACKEND, "threads": threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,
             "cache_flush_mb": float(cache_flush_mb), "statistic": statistic, "fingerprint": fingerprint,
-            "fingerprint_id": fingerprint_id,
+            "fingerprint_id": fingerprint_id_,
             "measured_by": "device_runner.py"}
 
 
@@ -157,12 +186,7 @@ class Runner:
         self.scratch = np.zeros(max(1, int(cache_flush_mb * 2**20) // 8)) if cache_flush_mb > 0 else None
 
     def prepare(self, path: Path, shape: list[int]):  # noqa: ANN201
-        options = self.ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options = session_options(self.ort, self.threads)
         try:
             session = self.ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
@@ -277,8 +301,7 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
         runner.time_calls(runs[name], warmup)
         if progress:
             print(f"\rpreparing {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
-    rounds = max(1, min(rounds, repeats))
-    per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    per_round = round_counts(repeats, rounds)
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for r, count in enumerate(per_round):
         for name, run in runs.items():

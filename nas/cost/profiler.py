@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nas.cost.backends import LatencyBackend, summarize
-from nas.cost.device_runner import fit_network_calibration, network_counts
+from nas.cost.device_runner import fit_network_calibration, network_counts, round_counts
 from nas.cost.lut import LatencyEntry, LatencyLUT
 from nas.cost.signatures import OpSpec, calibration_networks, required_ops
 from nas.errors import ConfigError, LUTError
@@ -29,8 +29,7 @@ def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool 
     The timed runs are interleaved over ``rounds`` passes through all ops, so that a burst of load on a shared
     machine spreads over every op instead of inflating the few measured while it lasted.
     """
-    rounds = max(1, min(rounds, backend.repeats))
-    per_round = [backend.repeats // rounds + (1 if r < backend.repeats % rounds else 0) for r in range(rounds)]
+    per_round = round_counts(backend.repeats, rounds)
     samples: dict[str, list[float]] = {k: [] for k in ops}
     with backend.threads_context():
         runners = {}
