@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.child import build_head, build_layer, build_stem
 from nas.cost.backends import count_macs
 from nas.cost.lut import LatencyLUT
 from nas.cost.runtime_model import RuntimeModel
 from nas.cost.signatures import head_key, layer_key, stem_key
 from nas.errors import ConfigError
 from nas.space.architecture import Architecture
+from nas.space.networks import build_head, build_layer, build_stem
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
 
