@@ -13,16 +13,8 @@ import torch
 
 from nas.cost.runtime_model import RuntimeModel
 from nas.cost.signatures import network_op_keys
-from nas.search.solvers import (
-    MultiPathSearch,
-    ProxylessSearch,
-    RandomSearch,
-    SinglePathSearch,
-    SinglePathSoftmaxSearch,
-    SinglePathSTESearch,
-)
 from nas.supernets.single_path_supernet import SinglePathSupernet
-from tests.conftest import proxy_lut
+from tests.conftest import make_solver, proxy_lut
 
 SCALE, PER_OP, PER_SE, OVERHEAD = 1.3, -0.004, 0.003, 0.07
 
@@ -95,16 +87,11 @@ def set_one_hot(alphas, space, arch) -> None:
                                     "multi_path_gumbel", "proxyless", "random"])
 def test_every_solver_optimises_and_reports_the_calibrated_runtime(solver, micro_space, calibrated_lut):
     space, lut = micro_space, calibrated_lut
-    cls, kwargs = {
-        "single_path": (SinglePathSearch, {}),
-        "single_path_ste": (SinglePathSTESearch, {}),
-        "single_path_softmax": (SinglePathSoftmaxSearch, {}),
-        "multi_path": (MultiPathSearch, {}),
-        "multi_path_gumbel": (MultiPathSearch, {"weighting": "gumbel"}),
-        "proxyless": (ProxylessSearch, {}),
-        "random": (RandomSearch, {"target_ms": 1e9, "num_samples": 3}),
-    }[solver]
-    module = cls(space, 1, 10, lut, **kwargs)
+    name, settings = {
+        "multi_path_gumbel": ("multi_path", {"weighting": "gumbel"}),
+        "random": ("random", {"target_ms": 1e9, "num_samples": 3}),
+    }.get(solver, (solver, {}))
+    module = make_solver(name, space, lut, **settings)
     assert isinstance(module.runtime_model, RuntimeModel) and module.runtime_model.lut is lut
     for arch in architectures(space, 3):
         want = by_hand(space, lut, arch)

@@ -150,6 +150,9 @@ def architecture_from_arch_def(arch_def: list[list[str]], space: SearchSpace, so
     which ones are skipped does not matter). The first block that does not fit is an
     :class:`ArchitectureError` naming it and why.
     """
+    for stage, blocks in enumerate(arch_def):  # a block that does not parse is named before any count is compared
+        for block in blocks:
+            _parse_block(block, f"{source} stage {stage}")
     by_stage: dict[int, list] = {}
     for spec in space.layers:
         by_stage.setdefault(spec.stage, []).append(spec)
