@@ -137,7 +137,7 @@ CASES: dict[str, Case] = {
     # train.py
     "train without arch": Case("train.py", [], "arch is required but not set"),
     "train arch string that is no block": Case("train.py", ["arch=hello_world | ir_r1_kX"],
-                                               "is neither an existing arch.json, nor timm:<model name>, nor block strings"),
+                                               "is neither an existing arch.json, nor timm:<model name>"),
     "train arch block that does not parse": Case("train.py", ["arch=ir_blah_blah"], "cannot read blah in block"),
     "train arch file missing": Case("train.py", ["arch=/nonexistent/arch.json"], "does not exist"),
     "train arch file not JSON": Case("train.py", [f"arch={f('bad_arch.json')}"], "not valid JSON"),
