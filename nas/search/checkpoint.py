@@ -26,7 +26,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | os.PathLike,
                         map_location: Callable | str | torch.device | None = "cpu",
-                        weights_only: bool | None = True) -> dict[str, Any]:
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """Read ``path`` with ``weights_only=True``, always: Lightning passes its own ``weights_only`` (``None`` by
+        default); asking for ``False`` (unpickling arbitrary objects) is refused."""
+        if weights_only is False:
+            raise ConfigError("spnas loads checkpoints with weights_only=True only (they hold tensors and plain "
+                              "Python values); do not pass weights_only=False")
         fix = "pass ckpt_path=<run dir>/checkpoints/last.ckpt of the run to resume"
         if not os.path.isfile(path):
             raise ConfigError(f"checkpoint {path} does not exist; {fix}")
