@@ -52,7 +52,7 @@ class ChildTrainingModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.label_smoothing = label_smoothing
         num_classes = net.head.classifier.out_features
-        self.accuracy = nn.ModuleDict({split: MulticlassAccuracy(num_classes, average="micro")
+        self.accuracy = nn.ModuleDict({f"{split}_acc": MulticlassAccuracy(num_classes, average="micro")
                                        for split in ("train", "val", "test")})
         self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler"], logger=False)
 
@@ -64,9 +64,9 @@ class ChildTrainingModule(pl.LightningModule):
         logits = self.net(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if split == "train" else 0.0)
         on_step = split == "train"
-        self.accuracy[split](logits.detach(), y)
+        self.accuracy[f"{split}_acc"](logits.detach(), y)
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-        self.log(f"{split}/acc", self.accuracy[split], on_step=on_step, on_epoch=not on_step,
+        self.log(f"{split}/acc", self.accuracy[f"{split}_acc"], on_step=on_step, on_epoch=not on_step,
                  prog_bar=split != "train")
         return loss
 
