@@ -9,6 +9,7 @@ writer (use ``None`` for a metric that does not exist), so it raises instead of 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +28,18 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def null_non_finite(obj: Any) -> Any:
+    """``obj`` with every NaN / infinite float replaced by ``None``: for reports where NaN means "not defined"
+    (e.g. Kendall's tau of constant values, a metric of a failed trial)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: null_non_finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [null_non_finite(v) for v in obj]
+    return obj
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

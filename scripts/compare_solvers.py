@@ -146,7 +146,7 @@ def main() -> None:
     from nas.cli import main_guard
     from nas.cost.profiler import obtain_lut
     from nas.cost.runtime_model import RuntimeModel
-    from nas.io import atomic_write_json, atomic_write_text
+    from nas.io import atomic_write_json, atomic_write_text, null_non_finite
     from nas.space.architecture import Architecture
     from nas.space.search_space import SearchSpace
 
@@ -206,11 +206,11 @@ def main() -> None:
                                              "search_peak_rss_mib")},
                       "retrain_epochs": args.retrain_epochs,
                       **retrain(space, arch, compose([*common, f"seed={seed}"]), args.retrain_epochs, seed)}
-            atomic_write_json(record_path, record)
+            atomic_write_json(record_path, null_non_finite(record))
             records.append(record)
-        atomic_write_json(out / "runs.json", {"target_ms": target, "epochs": args.epochs, "seeds": args.seeds,
-                                              "space": args.space, "data": args.data, "hardware": args.hardware,
-                                              "retrain_epochs": args.retrain_epochs, "runs": records})
+        runs = {"target_ms": target, "epochs": args.epochs, "seeds": args.seeds, "space": args.space,
+                "data": args.data, "hardware": args.hardware, "retrain_epochs": args.retrain_epochs, "runs": records}
+        atomic_write_json(out / "runs.json", null_non_finite(runs))
         if not records:
             return
         text = (f"Space `{args.space}`, data `{args.data}`, hardware `{args.hardware}` (LUT {lut.source}), target "

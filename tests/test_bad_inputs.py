@@ -9,6 +9,7 @@ before training, and the ones that need no LUT fail before one is profiled (the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import runpy
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 
 from nas.cost.backends import MacsProxy
 from nas.cost.lut import LatencyEntry, LatencyLUT
@@ -34,6 +36,20 @@ class Case:
     message: str  # a substring of the error line
     absent: list[str] = field(default_factory=list)  # substrings the error line must not contain
     lut_free: bool = True  # fails before any LUT is profiled
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Running a Hydra app in this process initialises Hydra and configures logging: undo both afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    GlobalHydra.instance().clear()
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

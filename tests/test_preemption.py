@@ -46,15 +46,20 @@ runpy.run_path({script!r}, run_name="__main__")
 """
 
 
-def _interrupted_search(tmp_path: Path, signum: int, run_dir: Path) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    """One LUT cache for the interrupted searches (profiled by the first one)."""
+    return f"paths.cache_dir={tmp_path_factory.mktemp('lut_cache')}"
+
+
+def _interrupted_search(tmp_path: Path, signum: int, run_dir: Path, cache: str) -> subprocess.CompletedProcess:
     flag = tmp_path / f"paused-{signum}"
     wrapper = tmp_path / "paused_search.py"
     wrapper.write_text(WRAPPER.format(step=PAUSE_STEP, flag=str(flag), script=str(ROOT / "search.py")))
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(wrapper), *SEARCH, f"hydra.run.dir={run_dir}",
-                             f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
+    proc = subprocess.Popen([sys.executable, str(wrapper), *SEARCH, f"hydra.run.dir={run_dir}", cache], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 1800  # generous: a CI machine may be shared and slow
     while not flag.exists():
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the search never reached the pause step"
@@ -64,12 +69,11 @@ def _interrupted_search(tmp_path: Path, signum: int, run_dir: Path) -> subproces
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_sigterm_mid_epoch_saves_and_the_resumed_search_equals_an_uninterrupted_one(tmp_path):
-    cache = f"paths.cache_dir={tmp_path}/cache"
+def test_sigterm_mid_epoch_saves_and_the_resumed_search_equals_an_uninterrupted_one(tmp_path, cache):
     reference = run("search.py", *SEARCH, f"hydra.run.dir={tmp_path}/reference", cache)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    killed = _interrupted_search(tmp_path, signal.SIGTERM, tmp_path / "killed")
+    killed = _interrupted_search(tmp_path, signal.SIGTERM, tmp_path / "killed", cache)
     assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-3000:]
     assert "Traceback" not in killed.stderr
     ckpt_path = tmp_path / "killed" / "checkpoints" / "last.ckpt"
@@ -94,8 +98,8 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_search_equals_an_uninterrupted_
     assert summary["wall_time_s"] >= round(clock["wall_time_s"], 2) > 0
 
 
-def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tmp_path):
-    stopped = _interrupted_search(tmp_path, signal.SIGINT, tmp_path / "stopped")
+def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tmp_path, cache):
+    stopped = _interrupted_search(tmp_path, signal.SIGINT, tmp_path / "stopped", cache)
     assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
     ckpt_path = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     assert f"stopped by SIGINT at step {PAUSE_STEP}" in stopped.stderr

@@ -98,6 +98,9 @@ class PreemptionCheckpoint(pl.Callback):
         self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+
+    def _restore_sigint(self) -> None:
         if self._previous_sigint is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
@@ -124,8 +127,11 @@ class PreemptionCheckpoint(pl.Callback):
         raise Interrupted(signum, self.message(signum, trainer))
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and self.saved_step is None and trainer.global_step > 0:
-            self._save(trainer)
+        try:
+            if isinstance(exception, SIGTERMException) and self.saved_step is None and trainer.global_step > 0:
+                self._save(trainer)
+        finally:
+            self._restore_sigint()  # Lightning skips the teardown hooks when a fit ends in an exception
 
     def _save(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(self.path)

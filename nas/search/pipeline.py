@@ -183,7 +183,7 @@ def format_result(result: dict[str, Any], arch: Any, space: SearchSpace) -> str:
     lines = [
         "",
         f"Derived architecture ({result['solver']}, space '{space.name}'):",
-        f"  {'#':>2} {'layer':<10} {'res':<5} {'in->out':<9} {'stride':<3} {'choice':<16}",
+        f"  {'#':>2} {'layer':<10} {'res':<5}   {'in->out':<9}{'s':<2}  {'choice':<16}",
         arch.describe(space),
         f"timm: {result['timm']}",
         f"predicted latency: {result['predicted_latency_ms']:.4f} ms on {result['hardware']}",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import ConfigError
-from nas.io import atomic_write_bytes, atomic_write_json
+from nas.io import atomic_write_bytes, atomic_write_json, null_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def write_sweep_report(sweep_dir: str | Path, sampler: str | None = None) -> dic
     target = best["target_ms"]
     report = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "target_ms": target, "sampler": sampler,
               "num_trials": len(trials), "best": best, "trials": trials}
-    atomic_write_json(sweep_dir / "lambda_sweep.json", report)
+    atomic_write_json(sweep_dir / "lambda_sweep.json", null_non_finite(report))
     best_arch = Path(best["run_dir"]) / "arch.json"
     if best_arch.is_file():
         atomic_write_bytes(sweep_dir / "best_arch.json", best_arch.read_bytes())
