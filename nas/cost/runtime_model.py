@@ -90,7 +90,7 @@ class RuntimeModel(nn.Module):
         self.register_buffer("constant_ms", torch.tensor(const, dtype=torch.float64).float())
         for i, table in zip(self.searchable, tables):
             self.register_buffer(f"table_{i}", table)
-        # categorical form (one entry per candidate of spec.choices(), skip first): raw ms and "kept" (0 / 1)
+        # categorical form (one entry per candidate of spec.choices(), skip first): raw ms, kept and SE kept (0 / 1)
         for i in self.searchable:
             spec = space.layers[i]
             row = [0.0 if (key := layer_key(spec, c, space.act)) is None
