@@ -112,6 +112,11 @@ def test_cache_profiles_once_per_space_and_hardware(tmp_path, micro_space):
     # another data shape needs new stem/head entries only
     obtain_lut(micro_space, backend, 3, 100, cache_dir=tmp_path, progress=False)
     assert CountingBackend.calls == 2 * n_ops
+    # a cached LUT from before the per-op calibration terms (version 1) is profiled again, not reused
+    path = cache_path(tmp_path, micro_space, backend, 1, 10)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "version": 1}))
+    obtain_lut(micro_space, backend, 1, 10, cache_dir=tmp_path, progress=False)
+    assert CountingBackend.calls == 3 * n_ops and LatencyLUT.load(path).version == 2
 
 
 def test_onnxruntime_profiles_real_ops(micro_space):

@@ -18,7 +18,7 @@ Manifest (``format: spnas-op-export``, ``version: 1``)::
                     "sha256": "...", "ops": ["stem_...", "mbconv_...", ..., "head_..."]}, ...]
     }
 
-``networks`` are the calibration networks of the LUT's ``scale`` and ``overhead_ms`` (see ``nas.cost.lut``).
+``networks`` are the calibration networks of the LUT's network calibration (see ``nas.cost.lut``).
 """
 
 from __future__ import annotations

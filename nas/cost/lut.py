@@ -69,6 +69,7 @@ class LatencyLUT:
     scale: float = 1.0
     per_op_ms: float = 0.0
     per_se_op_ms: float = 0.0
+    version: int = LUT_VERSION  # of the file it was read from (1: calibrated with scale and overhead only)
 
     def network_ms(self, op_sum_ms: float, kept_ops: float = 0.0, se_ops: float = 0.0) -> float:
         """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms`` and that keeps ``kept_ops``
@@ -212,7 +213,7 @@ class LatencyLUT:
             per_op[name] = float(value)
         return cls(entries=entries, hardware=hardware, space=space, created=str(data.get("created", "")),
                    meta=dict(data.get("meta") or {}), path=source, overhead_ms=float(overhead), scale=float(scale),
-                   **per_op)
+                   version=int(data["version"]), **per_op)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyLUT:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from nas.cost.backends import LatencyBackend, summarize
 from nas.cost.device_runner import fit_network_calibration, network_counts, round_counts
-from nas.cost.lut import LatencyEntry, LatencyLUT
+from nas.cost.lut import LUT_VERSION, LatencyEntry, LatencyLUT
 from nas.cost.signatures import OpSpec, calibration_networks, required_ops
 from nas.errors import ConfigError, LUTError
 from nas.space.search_space import SearchSpace
@@ -127,6 +127,10 @@ def obtain_lut(space: SearchSpace, backend: LatencyBackend, in_channels: int, nu
             base.check_space(space.name, space.digest)
         except LUTError as err:
             warnings.warn(f"ignoring unusable cached LUT ({err}); profiling again", stacklevel=2)
+            base = None
+        if base is not None and base.version < LUT_VERSION:
+            log.info("Cached LUT %s predates the current network calibration (version %d); profiling again", path,
+                     base.version)
             base = None
         if base is not None and all(k in base.entries for k in needed):
             log.info("Using cached LUT %s", path)

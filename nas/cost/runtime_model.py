@@ -90,18 +90,20 @@ class RuntimeModel(nn.Module):
         self.register_buffer("constant_ms", torch.tensor(const, dtype=torch.float64).float())
         for i, table in zip(self.searchable, tables):
             self.register_buffer(f"table_{i}", table)
-        # categorical form (one entry per candidate of spec.choices(), skip first): raw ms and "kept" (0 / 1)
+        # categorical form (one entry per candidate of spec.choices(), skip first): raw ms, kept and SE kept (0 / 1).
+        # Derived from the LUT, so not saved in checkpoints (which keep loading across versions).
         for i in self.searchable:
             spec = space.layers[i]
             row = [0.0 if (key := layer_key(spec, c, space.act)) is None
                    else lut.ms(key, f"layer {spec.index} ({spec.name}) {c.key}") for c in spec.choices()]
-            self.register_buffer(f"choice_ms_{i}", torch.tensor(row))
+            self.register_buffer(f"choice_ms_{i}", torch.tensor(row), persistent=False)
             self.register_buffer(f"choice_kept_{i}", torch.tensor([0.0 if c.is_skip else 1.0
-                                                                   for c in spec.choices()]))
+                                                                   for c in spec.choices()]), persistent=False)
             self.register_buffer(f"choice_se_{i}", torch.tensor([0.0 if c.is_skip or c.se_ratio == 0 else 1.0
-                                                                 for c in spec.choices()]))
+                                                                 for c in spec.choices()]), persistent=False)
             self.register_buffer(f"se_levels_{i}", torch.tensor([1.0 if r > 0 else 0.0
-                                                                 for r in spec.candidates.se_ratios]))
+                                                                 for r in spec.candidates.se_ratios]),
+                                 persistent=False)
         if form == "thesis":
             self._check_thesis_form()
 
