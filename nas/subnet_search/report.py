@@ -163,11 +163,9 @@ def format_table(doc: Mapping[str, Any]) -> str:
         cols = list(members[0]["objectives"]) if members else []
         lines.append(f"\nPareto front on {device}: {len(members)} sub-networks of {d['validations']} validated, "
                      f"hypervolume {d['hypervolume']:.4f}")
-        lines.append("  #  " + "".join(f"{c:>12}" for c in cols) + "  architecture (searchable layers)")
+        lines.append("  #  " + "".join(f"{c:>12}" for c in cols) + "  architecture (every layer)")
         for m in members:
-            keys = [m["key"].split(" ")[i] for i in range(len(m["key"].split(" ")))]
-            lines.append(f"{m['rank']:3d}  " + "".join(f"{m['objectives'][c]:12.5g}" for c in cols)
-                         + "  " + " ".join(keys))
+            lines.append(f"{m['rank']:3d}  " + "".join(f"{m['objectives'][c]:12.5g}" for c in cols) + "  " + m["key"])
         if d.get("stopped_early"):
             lines.append(f"  note: {d['stopped_early']}")
     return "\n".join(lines)
