@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from models.child import build_head, build_layer, build_stem
-from nas.arch import Architecture
 from nas.errors import ConfigError
 from nas.latency.backends import count_macs
 from nas.latency.lut import LatencyLUT
@@ -255,7 +254,3 @@ def check_objective_names(names: Sequence[str]) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"objectives {list(names)} lists an objective twice")
 
-
-def architecture_costs(space: SearchSpace, arch: Architecture, targets: Sequence[Target]) -> dict[str, float]:
-    """Latency per device from ``RuntimeModel.predict`` (the reference the additive tables must equal)."""
-    return {t.name: t.runtime.predict(arch) for t in targets}

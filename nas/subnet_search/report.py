@@ -88,17 +88,6 @@ def write_hv_csv(path: Path, results: Sequence[SearchResult], norms: Mapping[str
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def read_hv_csv(path: str | os.PathLike) -> dict[str, list[tuple[int, int, float]]]:
-    """``{device: [(generation, validations, hypervolume), ...]}`` from an ``hv.csv``."""
-    out: dict[str, list[tuple[int, int, float]]] = {}
-    for line in Path(path).read_text().splitlines():
-        if not line or line.startswith("#") or line.startswith("device,"):
-            continue
-        device, gen, val, _fresh, hv, _size = line.split(",")
-        out.setdefault(device, []).append((int(gen), int(val), float(hv)))
-    return out
-
-
 def _savefig(fig: Any, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
