@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/bench_subnet")
     ap.add_argument("--docs", default=None, help="folder for the figures (e.g. docs)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-warm", action="store_true", help="only NSGA-II vs random search on device A")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -112,8 +113,10 @@ def main() -> None:
     for seed in args.seeds:
         front_a = search(f"nsga2/{args.device_a}/seed{seed}", "nsga2", args.device_a, seed)
         search(f"random/{args.device_a}/seed{seed}", "random", args.device_a, seed)
-        search(f"nsga2-cold/{args.device_b}/seed{seed}", "nsga2", args.device_b, seed)
-        search(f"nsga2-warm/{args.device_b}/seed{seed}", "nsga2", args.device_b, seed, initial=np.array(front_a))
+        if not args.no_warm:
+            search(f"nsga2-cold/{args.device_b}/seed{seed}", "nsga2", args.device_b, seed)
+            search(f"nsga2-warm/{args.device_b}/seed{seed}", "nsga2", args.device_b, seed,
+                   initial=np.array(front_a))
 
     report = {"supernet": args.supernet, "supernet_digest": file_digest(args.supernet), "space": space.name,
               "budget": args.budget, "population": args.population, "seeds": args.seeds,
@@ -147,8 +150,10 @@ def summarise(report: dict) -> str:
         lines.append(f"  seed {seed}: NSGA-II {hv_at(n['curve'], budget):.4f}  random {hv_at(r['curve'], budget):.4f}")
     lines.append("warm vs cold start on the second device (hypervolume by generation 1..5):")
     for seed in report["seeds"]:
-        cold = next(r for k, r in runs.items() if k.startswith("nsga2-cold") and r["seed"] == seed)
-        warm = next(r for k, r in runs.items() if k.startswith("nsga2-warm") and r["seed"] == seed)
+        cold = next((r for k, r in runs.items() if k.startswith("nsga2-cold") and r["seed"] == seed), None)
+        warm = next((r for k, r in runs.items() if k.startswith("nsga2-warm") and r["seed"] == seed), None)
+        if cold is None or warm is None:
+            continue
         lines.append(f"  seed {seed}: warm {[round(c[2], 4) for c in warm['curve'][:5]]}  "
                      f"cold {[round(c[2], 4) for c in cold['curve'][:5]]}")
     lines.append(f"{report['supernet_evaluations']} supernet evaluations, {report['validations_per_second']} "

@@ -28,7 +28,7 @@ from scipy.stats import kendalltau
 
 from nas.io import atomic_write_json
 from nas.search.training import ChildTrainingModule
-from nas.space.architecture import Architecture
+from nas.space.architecture import Architecture, LayerChoice
 from nas.space.networks import build_child
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
@@ -42,10 +42,15 @@ def pick_architectures(space: SearchSpace, pareto: str | None, n_front: int, n_r
     seen: set[tuple[str, ...]] = set()
     if pareto and n_front:
         doc = json.loads(Path(pareto).read_text())
-        members = next(iter(doc["devices"].values()))["members"]
-        idx = np.unique(np.linspace(0, len(members) - 1, min(n_front, len(members))).round().astype(int))
+        if "runs" in doc:  # a bench.json of scripts/bench_subnet_search.py: its first NSGA-II front
+            front = next(r["front"] for r in doc["runs"].values() if r["algorithm"] == "nsga2")
+            archs = [space.architecture([LayerChoice.from_key(k) for k in m["key"].split(" ")]) for m in front]
+        else:
+            members = next(iter(doc["devices"].values()))["members"]
+            archs = [Architecture.from_dict(m["architecture"]) for m in members]
+        idx = np.unique(np.linspace(0, len(archs) - 1, min(n_front, len(archs))).round().astype(int))
         for i in idx:
-            arch = Architecture.from_dict(members[i]["architecture"]).validate(space)
+            arch = archs[i].validate(space)
             seen.add(tuple(arch.keys))
             picked.append(("front", arch))
     rng = random.Random(seed)
@@ -76,7 +81,8 @@ def retrain(space: SearchSpace, arch: Architecture, data_cfg, epochs: int, seed:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", action="append", required=True, help="label=path (repeatable)")
-    ap.add_argument("--pareto", default=None, help="a pareto.json whose front members are retrained")
+    ap.add_argument("--pareto", default=None,
+                    help="a pareto.json (or bench.json) whose front members are retrained")
     ap.add_argument("--space", default="tiny")
     ap.add_argument("--n-front", type=int, default=4)
     ap.add_argument("--n-random", type=int, default=4)

@@ -224,11 +224,11 @@ def test_constraints_are_hard_and_infeasible_networks_are_never_validated(tiny_s
 
 # ---------------------------------------------------------------------- runs, outputs, resume
 def test_same_seed_gives_an_identical_pareto_json_and_members_load_in_train_py(micro_space, micro_ckpt, tmp_path):
-    first = run_subnet_search(subnet_cfg(tmp_path, micro_ckpt, out="a"))
-    run_subnet_search(subnet_cfg(tmp_path, micro_ckpt, out="b"))
+    first = run_subnet_search(subnet_cfg(tmp_path, micro_ckpt, "budget=20", out="a"))
+    run_subnet_search(subnet_cfg(tmp_path, micro_ckpt, "budget=20", out="b"))
     a, b = (tmp_path / "a" / "pareto.json").read_bytes(), (tmp_path / "b" / "pareto.json").read_bytes()
     assert a == b
-    other = run_subnet_search(subnet_cfg(tmp_path, micro_ckpt, "seed=1", out="c"))
+    other = run_subnet_search(subnet_cfg(tmp_path, micro_ckpt, "budget=20", "seed=1", out="c"))
     assert other["pareto"] != first["pareto"]
     doc = json.loads(a)
     assert doc["format"] == "spnas-pareto" and doc["version"] == 1
@@ -246,7 +246,7 @@ def test_same_seed_gives_an_identical_pareto_json_and_members_load_in_train_py(m
     assert any("reference_point=[1.0, 1.0]" in line for line in hv_lines if line.startswith("#"))
     assert list((tmp_path / "a" / "tb").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (tmp_path / "a" / "validations.jsonl").read_text().splitlines()]
-    assert len(records) == 30 == len({r["key"] for r in records})
+    assert len(records) == 20 == len({r["key"] for r in records})
     assert {r["supernet_digest"] for r in records} == {doc["supernet"]["digest"]}
     assert all(r["lut_fingerprints"]["macs_proxy"] == doc["devices"]["macs_proxy"]["lut_fingerprint"]
                for r in records)
@@ -339,6 +339,7 @@ def test_warm_start_seeds_the_first_population(micro_space, micro_ckpt, tmp_path
     (["budget=5"], "smaller than one population"),
     (["hv.reference=[0.0,1.0]"], "not dominated by any sub-network"),
     (["constraints.latency_ms=0.000001"], "below the smallest possible value.*has [0-9.]+ ms"),
+    (["algorithm=ga"], "single-objective but 2 objectives"),
 ])
 def test_bad_inputs_fail_before_any_work_and_write_nothing(micro_ckpt, tmp_path, overrides, message):
     cfg = subnet_cfg(tmp_path, micro_ckpt, *overrides)

@@ -91,6 +91,19 @@ class AlgorithmConfig:
         if self.max_stall_generations < 1:
             raise ConfigError(f"algorithm.max_stall_generations must be >= 1, got {self.max_stall_generations}")
 
+    def check_objectives(self, n_obj: int) -> None:
+        """Algorithm-specific requirements, checked before any work: GA is single-objective, AGE-MOEA needs
+        numba."""
+        if self.name == "ga" and n_obj != 1:
+            raise ConfigError(f"algorithm=ga is single-objective but {n_obj} objectives are set; use "
+                              "objectives=[error] (with constraints.latency_ms=...) or algorithm=nsga2")
+        if self.name == "agemoea":
+            try:
+                import numba  # noqa: F401  (pymoo's AGE-MOEA compiles its survival with numba)
+            except ImportError:
+                raise ConfigError("algorithm=agemoea needs numba (pymoo compiles AGE-MOEA with it): "
+                                  "pip install -e '.[agemoea]', or use algorithm=nsga2") from None
+
     @property
     def gene_mutation_prob(self) -> float:
         return float(self.mutation_prob) if self.mutation_prob is not None else 1.0 / self.population
@@ -148,21 +161,14 @@ def build_algorithm(cfg: AlgorithmConfig, initial: np.ndarray, n_obj: int) -> An
         from pymoo.algorithms.moo.nsga2 import NSGA2
 
         return NSGA2(**common)
+    cfg.check_objectives(n_obj)
     if cfg.name == "agemoea":
-        try:
-            import numba  # noqa: F401  (pymoo's AGE-MOEA compiles its survival with numba)
-        except ImportError:
-            raise ConfigError("algorithm=agemoea needs numba (pymoo compiles AGE-MOEA with it): "
-                              "pip install -e '.[agemoea]', or use algorithm=nsga2") from None
         from pymoo.algorithms.moo.age import AGEMOEA
 
         return AGEMOEA(**common)
     if cfg.name == "ga":
         from pymoo.algorithms.soo.nonconvex.ga import GA
 
-        if n_obj != 1:
-            raise ConfigError(f"algorithm=ga is single-objective but {n_obj} objectives are set; use "
-                              "objectives=[error] (with constraints.latency_ms=...) or algorithm=nsga2")
         return GA(**common)
     raise ConfigError(f"algorithm {cfg.name!r} has no pymoo implementation")
 

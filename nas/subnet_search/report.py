@@ -88,17 +88,6 @@ def write_hv_csv(path: Path, results: Sequence[SearchResult], norms: Mapping[str
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def read_hv_csv(path: str | os.PathLike) -> dict[str, list[tuple[int, int, float]]]:
-    """``{device: [(generation, validations, hypervolume), ...]}`` from an ``hv.csv``."""
-    out: dict[str, list[tuple[int, int, float]]] = {}
-    for line in Path(path).read_text().splitlines():
-        if not line or line.startswith("#") or line.startswith("device,"):
-            continue
-        device, gen, val, _fresh, hv, _size = line.split(",")
-        out.setdefault(device, []).append((int(gen), int(val), float(hv)))
-    return out
-
-
 def _savefig(fig: Any, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
@@ -163,11 +152,9 @@ def format_table(doc: Mapping[str, Any]) -> str:
         cols = list(members[0]["objectives"]) if members else []
         lines.append(f"\nPareto front on {device}: {len(members)} sub-networks of {d['validations']} validated, "
                      f"hypervolume {d['hypervolume']:.4f}")
-        lines.append("  #  " + "".join(f"{c:>12}" for c in cols) + "  architecture (searchable layers)")
+        lines.append("  #  " + "".join(f"{c:>12}" for c in cols) + "  architecture (every layer)")
         for m in members:
-            keys = [m["key"].split(" ")[i] for i in range(len(m["key"].split(" ")))]
-            lines.append(f"{m['rank']:3d}  " + "".join(f"{m['objectives'][c]:12.5g}" for c in cols)
-                         + "  " + " ".join(keys))
+            lines.append(f"{m['rank']:3d}  " + "".join(f"{m['objectives'][c]:12.5g}" for c in cols) + "  " + m["key"])
         if d.get("stopped_early"):
             lines.append(f"  note: {d['stopped_early']}")
     return "\n".join(lines)

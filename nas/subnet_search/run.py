@@ -63,6 +63,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     names = [str(n) for n in cfg.objectives]
     check_objective_names(names)
     algorithm = AlgorithmConfig.from_config(_plain(cfg.algorithm))
+    algorithm.check_objectives(len(names))
     check_budget(cfg.budget, algorithm.population)
     reference = _plain(cfg.hv.get("reference"))
     if reference is not None:

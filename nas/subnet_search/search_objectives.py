@@ -28,7 +28,6 @@ from nas.cost.lut import LatencyLUT
 from nas.cost.runtime_model import RuntimeModel
 from nas.cost.signatures import head_key, layer_key, stem_key
 from nas.errors import ConfigError
-from nas.space.architecture import Architecture
 from nas.space.networks import build_head, build_layer, build_stem
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
@@ -255,7 +254,3 @@ def check_objective_names(names: Sequence[str]) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"objectives {list(names)} lists an objective twice")
 
-
-def architecture_costs(space: SearchSpace, arch: Architecture, targets: Sequence[Target]) -> dict[str, float]:
-    """Latency per device from ``RuntimeModel.predict`` (the reference the additive tables must equal)."""
-    return {t.name: t.runtime.predict(arch) for t in targets}
