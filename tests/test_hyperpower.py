@@ -131,6 +131,16 @@ def test_random_walk_moves_around_the_best_point():
     assert all(abs(x - 0.5) < 0.3 for x in xs)
 
 
+def test_random_walk_starts_over_until_it_has_a_feasible_point():
+    dists = {"x": FloatDistribution(0.0, 1.0)}
+    study = optuna.create_study(sampler=RandomWalkSampler(dists, sigma=0.01, seed=0))
+    infeasible = optuna.trial.create_trial(params={"x": 0.95}, distributions=dists, value=-0.1,
+                                           user_attrs={"constraints": [0.2]})
+    study.add_trial(infeasible)
+    xs = [study.ask(fixed_distributions=dists).params["x"] for _ in range(10)]
+    assert min(xs) < 0.8  # uniform, not a walk around the infeasible 0.95
+
+
 def test_evaluations_to_reach():
     assert evaluations_to_reach([None, 0.5, 0.3, 0.3, 0.2], 0.3) == 3
     assert evaluations_to_reach([None, 0.5], 0.1) is None
