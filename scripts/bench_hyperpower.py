@@ -148,7 +148,8 @@ def main() -> None:
     models_path = out / "runs" / "cost_models.json"
     if args.report_only:
         runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*_seed*/hyperpower.json"))]
-        runs.sort(key=lambda r: (r["seed"], args.methods.index(r["method"]) if r["method"] in args.methods else 9))
+        runs = [r for r in runs if r["method"] in args.methods]
+        runs.sort(key=lambda r: (r["seed"], args.methods.index(r["method"])))
         args.seeds = sorted({r["seed"] for r in runs})
         limit = float(runs[0]["constraints"]["memory_mb"])
         profile = json.loads(models_path.read_text())
