@@ -26,7 +26,7 @@ import numpy as np
 
 from nas.hyperpower.cost_models import CostModel
 from nas.hyperpower.study import evaluations_to_reach, make_structure, profile_cost_models, run_hyperpower
-from nas.io import atomic_write_bytes, atomic_write_json
+from nas.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS = {"hyperpower": "tab:red", "vanilla_bo": "tab:blue", "random": "tab:green", "random_walk": "tab:orange"}
@@ -91,6 +91,33 @@ def plots(runs: list[dict], limit: float, out: Path) -> None:
     atomic_write_bytes(out / "violations.png", buffer.getvalue())
 
 
+def markdown(report: dict) -> str:
+    """The results as Markdown tables (per run, and per method over seeds) for docs/hyperpower.md."""
+    rows = report["summary"]
+    lines = ["| method | seed | best val. error | evals to own best + 1 pt | evals to best of all + 1 pt | "
+             "violating proposals | violating networks trained | trained (stopped early) | wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        best = "-" if r["best_val_error"] is None else f"{100 * r['best_val_error']:.2f} %"
+        lines.append(f"| {r['method']} | {r['seed']} | {best} | {r['evals_to_within_1pt_of_own_best']} | "
+                     f"{r['evals_to_within_1pt_of_best_of_all_methods'] or 'not reached'} | "
+                     f"{r['violating_proposals']} | {r['violating_trained']} | {r['trained']} ({r['stopped_early']}) | "
+                     f"{r['wall_time_s']:.0f} |")
+    lines += ["", "| method | mean best val. error | mean evals to own best + 1 pt | runs reaching best of all + 1 pt "
+              "(mean evals) | violating proposals (total) | violating networks trained (total) |",
+              "|---|---|---|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        errors = [r["best_val_error"] for r in mine if r["best_val_error"] is not None]
+        own = [r["evals_to_within_1pt_of_own_best"] for r in mine if r["evals_to_within_1pt_of_own_best"]]
+        common = [r["evals_to_within_1pt_of_best_of_all_methods"] for r in mine
+                  if r["evals_to_within_1pt_of_best_of_all_methods"]]
+        lines.append(f"| {method} | {100 * np.mean(errors):.2f} % | {np.mean(own):.1f} | {len(common)}/{len(mine)}"
+                     f"{f' ({np.mean(common):.1f})' if common else ''} | "
+                     f"{sum(r['violating_proposals'] for r in mine)} | {sum(r['violating_trained'] for r in mine)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="docs/hyperpower")
@@ -118,7 +145,8 @@ def main() -> None:
     models_path = out / "runs" / "cost_models.json"
     if args.report_only:
         runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*_seed*/hyperpower.json"))]
-        runs.sort(key=lambda r: (r["seed"], args.methods.index(r["method"]) if r["method"] in args.methods else 9))
+        runs = [r for r in runs if r["method"] in args.methods]
+        runs.sort(key=lambda r: (r["seed"], args.methods.index(r["method"])))
         args.seeds = sorted({r["seed"] for r in runs})
         limit = float(runs[0]["constraints"]["memory_mb"])
         profile = json.loads(models_path.read_text())
@@ -187,6 +215,7 @@ def main() -> None:
     from nas.hyperpower.study import sanitize
 
     atomic_write_json(out / "bench.json", sanitize(report))
+    atomic_write_text(out / "results.md", markdown(report))
     plots(runs, limit, out)
     (out / "bench_partial.json").unlink(missing_ok=True)
     print(json.dumps(sanitize({k: v for k, v in report.items() if k != "summary"}), indent=1))

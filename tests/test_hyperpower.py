@@ -131,6 +131,39 @@ def test_random_walk_moves_around_the_best_point():
     assert all(abs(x - 0.5) < 0.3 for x in xs)
 
 
+def test_random_walk_starts_over_until_it_has_a_feasible_point():
+    dists = {"x": FloatDistribution(0.0, 1.0)}
+    study = optuna.create_study(sampler=RandomWalkSampler(dists, sigma=0.01, seed=0))
+    infeasible = optuna.trial.create_trial(params={"x": 0.95}, distributions=dists, value=-0.1,
+                                           user_attrs={"constraints": [0.2]})
+    study.add_trial(infeasible)
+    xs = [study.ask(fixed_distributions=dists).params["x"] for _ in range(10)]
+    assert min(xs) < 0.8  # uniform, not a walk around the infeasible 0.95
+
+
+def test_hyperpower_feasibility_uses_measurements_where_known_and_the_margin_elsewhere():
+    from omegaconf import OmegaConf
+
+    from nas.hyperpower.cost_models import CostModels
+    from nas.hyperpower.study import KnownCosts, make_sampler
+
+    structure = StructureSpace(MICRO_SPACE)
+    configs = structure.sample_structures(np.random.default_rng(0), 12)
+    X = structure.features_matrix(configs)
+    models = CostModels.fit(configs, {"memory_mb": list(1.0 + X.sum(1) / 100)}, X, structure.feature_names, folds=4)
+    config = {**configs[0], "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3}
+    predicted = float(models.models["memory_mb"].predict(structure.features(config))[0])
+    hp = OmegaConf.create({"n_startup_trials": 1, "n_candidates": 8, "margin": 0.0})
+    known = KnownCosts(structure)
+    limit = {"memory_mb": predicted * 1.01}
+    feasible = make_sampler("hyperpower", structure, models, limit, hp, 0, known).feasible
+    assert feasible([config])[0]
+    hp.margin = 0.05  # the prediction is within 5 % of the limit: not feasible with the margin
+    assert not make_sampler("hyperpower", structure, models, limit, hp, 0, known).feasible([config])[0]
+    known.add(config, {"memory_mb": predicted * 1.02})  # measured over the limit: the measurement wins
+    assert not feasible([config])[0]
+
+
 def test_evaluations_to_reach():
     assert evaluations_to_reach([None, 0.5, 0.3, 0.3, 0.2], 0.3) == 3
     assert evaluations_to_reach([None, 0.5], 0.1) is None

@@ -106,7 +106,7 @@ def test_a_current_optuna_and_no_scikit_optimize_dependency():
     import optuna
 
     assert int(optuna.__version__.split(".")[0]) >= 4
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + sum(project["optional-dependencies"].values(), [])

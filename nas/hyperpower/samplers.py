@@ -103,11 +103,17 @@ class SpaceCodec:
         return out
 
 
-def observations(study: Study) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Finished trials (complete or pruned) and their ``y`` (lower is better)."""
+def observations(study: Study, feasible_only: bool = False) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Finished trials (complete or pruned) and their ``y`` (lower is better).
+
+    ``feasible_only``: skip trials whose user attribute ``constraints`` (measured value - limit) has a positive
+    entry, i.e. the measured violations a baseline told the study without training.
+    """
     configs, ys = [], []
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if feasible_only and any(c > 0 for c in t.user_attrs.get("constraints", ())):
+            continue
         y = t.user_attrs.get("y")
         if y is None and t.value is not None:
             y = sign * t.value
@@ -203,7 +209,11 @@ class ConstraintAwareSampler(_FullSpaceSampler):
 
 
 class RandomWalkSampler(_FullSpaceSampler):
-    """Random walk (thesis Sec 3.4.1): ``a_{d+1} ~ N(a+, sigma0^2)`` around the best configuration so far."""
+    """Random walk (thesis Sec 3.4.1): ``a_{d+1} ~ N(a+, sigma0^2)`` around the best configuration so far.
+
+    ``a+`` is the best *feasible* evaluated configuration; until one exists the walk samples uniformly (a walk
+    around an infeasible start would stay in the infeasible region).
+    """
 
     def __init__(self, distributions: dict[str, BaseDistribution], sigma: float = 0.15, n_startup_trials: int = 1,
                  seed: int | None = None) -> None:
@@ -215,7 +225,7 @@ class RandomWalkSampler(_FullSpaceSampler):
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        configs, ys = observations(study)
+        configs, ys = observations(study, feasible_only=True)
         if len(ys) < self.n_startup_trials:
             return self.codec.random(self.rng)
         return self.codec.perturb(configs[int(np.argmin(ys))], self.sigma, self.rng)

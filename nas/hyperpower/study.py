@@ -116,6 +116,9 @@ def check_config(cfg: DictConfig) -> tuple[Objective, dict[str, float], str]:
         require_gpu(metric)
     if hp.cost_models.get("path") is None:
         check_samples(int(hp.cost_models.samples), int(hp.cost_models.folds))
+    margin = hp.get("margin", 0.0)
+    if margin != "rmspe" and (isinstance(margin, (str, bool)) or not 0.0 <= float(margin or 0.0) < 1.0):
+        raise ConfigError(f"hyperpower.margin must be a fraction in [0, 1) or 'rmspe', got {margin!r}")
     if int(hp.n_trials) < 1:
         raise ConfigError(f"hyperpower.n_trials must be >= 1, got {hp.n_trials}")
     return objective, constraints, method
@@ -178,15 +181,50 @@ def best_predicted(structure: StructureSpace, models: CostModels, constraints: d
     return best
 
 
+class KnownCosts:
+    """Measured costs by structure: a structure's cost is a property of the network, so once it is measured
+    (profiled for the models, or evaluated in this study) the measurement replaces the model's prediction."""
+
+    def __init__(self, structure: StructureSpace) -> None:
+        self.keys = list(structure.structural_distributions())
+        self.values: dict[tuple, dict[str, float]] = {}
+
+    def key(self, params: dict[str, Any]) -> tuple:
+        return tuple(params.get(k) for k in self.keys)
+
+    def add(self, params: dict[str, Any], measured: dict[str, float]) -> None:
+        self.values.setdefault(self.key(params), {}).update(measured)
+
+    def get(self, params: dict[str, Any], metric: str) -> float | None:
+        return self.values.get(self.key(params), {}).get(metric)
+
+
+def resolve_margin(margin: Any, models: CostModels, metric: str) -> float:
+    """``hyperpower.margin``: a fraction of the limit kept free for model error, or ``rmspe`` (the model's CV RMSPE)."""
+    if isinstance(margin, str):
+        if margin != "rmspe":
+            raise ConfigError(f"hyperpower.margin must be a fraction in [0, 1) or 'rmspe', got {margin!r}")
+        return models.models[metric].rmspe_cv / 100.0
+    margin = float(margin or 0.0)
+    if not 0.0 <= margin < 1.0:
+        raise ConfigError(f"hyperpower.margin must be a fraction in [0, 1) or 'rmspe', got {margin}")
+    return margin
+
+
 def make_sampler(method: str, structure: StructureSpace, models: CostModels, constraints: dict[str, float],
-                 hp: DictConfig, seed: int) -> optuna.samplers.BaseSampler:
+                 hp: DictConfig, seed: int, known: KnownCosts | None = None) -> optuna.samplers.BaseSampler:
     distributions = structure.distributions()
     if method == "hyperpower":
+        margins = {m: resolve_margin(hp.get("margin", 0.0), models, m) for m in constraints}
+
         def feasible(configs: list[dict[str, Any]]) -> np.ndarray:
+            """Eq 3.4's indicators: predicted cost (measured where known) within the limit (less the margin)."""
             predictions = models.predict(structure.features_matrix(configs))
             ok = np.ones(len(configs), bool)
             for m, limit in constraints.items():
-                ok &= predictions[m] <= limit
+                for i, config in enumerate(configs):
+                    value = known.get(config, m) if known is not None else None
+                    ok[i] &= (value <= limit) if value is not None else predictions[m][i] <= limit * (1 - margins[m])
             return ok
 
         return ConstraintAwareSampler(distributions, feasible, int(hp.n_startup_trials), int(hp.n_candidates), seed)
@@ -258,7 +296,10 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
                  model.n_samples)
     best_pred = best_predicted(structure, models, constraints, seed)
 
-    sampler = make_sampler(method, structure, models, constraints, hp, seed)
+    known = KnownCosts(structure)
+    for i, config in enumerate(models.configs):
+        known.add(config, {m: model.actual[i] for m, model in models.models.items()})
+    sampler = make_sampler(method, structure, models, constraints, hp, seed, known)
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner,
                                 study_name=f"hyperpower-{method}-{seed}")
     distributions = structure.distributions()
@@ -274,6 +315,7 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
         features = structure.features(params)
         predicted = {m: float(models.models[m].predict(features)[0]) for m in metrics}
         measured = measure(net, input_shape, metrics, backend)
+        known.add(params, measured)
         violated = [m for m in metrics if measured[m] > constraints[m]]
         trial.set_user_attr("constraints", [measured[m] - constraints[m] for m in metrics])
         record: dict[str, Any] = {
