@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import optuna
@@ -178,7 +179,7 @@ def test_pruning_callback_stops_a_diverging_candidate(tmp_path):
     pruning = PruningCallback(trial)
     net = build_child(*StructureSpace(MICRO_SPACE).build({})[:2], 1, 10)
     # lr = 0: the network cannot learn, its validation error stays near chance (0.9) -> pruned after epoch 1
-    acc = train_candidate(cfg, net, {"name": "sgd", "lr": 0.0}, instantiate(cfg.data), [pruning])
+    acc = train_candidate(cfg, net, partial(torch.optim.SGD, lr=0.0), instantiate(cfg.data), [pruning])
     assert pruning.pruned and acc < 0.5
     assert list(study.trials[0].intermediate_values) == [0]  # one epoch reported, the other two never ran
 

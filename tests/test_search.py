@@ -105,4 +105,5 @@ def test_search_runs_in_float64_with_bn_calibration(micro_space, micro_lut, tmp_
     module.eval()
     with torch.no_grad():
         correct = int((module.eval_logits(images.double()).argmax(1) == labels).sum())
-    assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(correct / len(labels), abs=1e-9)
+    # torchmetrics reports the fraction in float32: equal up to float32 rounding (eps 1.2e-7) of a value <= 1
+    assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(correct / len(labels), abs=1e-6)

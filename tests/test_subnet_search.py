@@ -74,7 +74,7 @@ def fake_checkpoint(path: Path, space, seed: int = 0) -> Path:
     net = SinglePathSupernet(space, 1, 10)
     torch.save({"state_dict": {f"supernet.{k}": v for k, v in net.state_dict().items()},
                 "spnas": {"format_version": 1, "space": space.name, "space_digest": space.digest},
-                "hyper_parameters": {"solver": "supernet"}}, path)
+                "hyper_parameters": {"solver": "supernet"}, "pytorch-lightning_version": "2.6.0"}, path)
     return path
 
 

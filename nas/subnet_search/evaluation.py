@@ -56,7 +56,7 @@ def checkpoint_info(path: str | os.PathLike, space: SearchSpace) -> dict[str, An
                           f"selected; pass space={info.get('space')} as trained")
     state = ckpt.get("state_dict") or {}
     if not any(k.startswith("supernet.") for k in state):
-        solver = (ckpt.get("hyper_parameters") or {}).get("solver", "?")
+        solver = info.get("solver", "?")
         raise ConfigError(f"{path} (solver={solver}) holds no single-path supernet; sub-network search needs a "
                           "checkpoint of solver=supernet (or single_path)")
     return ckpt

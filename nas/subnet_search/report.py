@@ -23,6 +23,7 @@ from nas.errors import ConfigError
 from nas.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nas.space.architecture import Architecture
 from nas.space.search_space import SearchSpace
+from nas.space.timm_interop import timm_record
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import SearchResult
 from nas.subnet_search.hypervolume import Normalisation
@@ -44,7 +45,8 @@ def member_records(result: SearchResult, codec: GenomeCodec, names: Sequence[str
         arch = codec.decode(result.genes[i])
         objectives = {OUTPUT_NAMES[n]: float(v) for n, v in zip(names, result.F[i])}
         out.append({"rank": rank, "key": result.keys[i], "genes": [int(g) for g in result.genes[i]],
-                    "objectives": objectives, "architecture": arch.to_dict(codec.space), **(extra or {})})
+                    "objectives": objectives, "architecture": arch.to_dict(timm_record(arch, codec.space)),
+                    **(extra or {})})
     return out
 
 
@@ -60,7 +62,7 @@ def write_pareto(out: Path, header: Mapping[str, Any], results: Sequence[SearchR
             rel = folder / f"member_{m['rank']:03d}.json"
             arch = Architecture.from_dict(m["architecture"]).with_meta(
                 source_search="subnet_search", device=result.target, **m["objectives"])
-            arch.save(out / rel, codec.space)
+            arch.save(out / rel, timm=timm_record(arch, codec.space))
             m["arch_file"] = rel.as_posix()
         final_hv = result.history[-1].hypervolume if result.history else 0.0
         devices[result.target] = {"lut_fingerprint": fingerprints.get(result.target, ""),

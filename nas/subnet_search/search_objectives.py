@@ -86,22 +86,28 @@ class AdditiveTable:
 
 
 def latency_table(codec: GenomeCodec, target: Target) -> AdditiveTable:
-    """The runtime model of ``target`` as an additive table (equals ``RuntimeModel.predict``)."""
+    """The runtime model of ``target`` as an additive table (equals ``RuntimeModel.predict``).
+
+    The LUT's network calibration is additive over layers too (``scale`` times each entry, ``per_op_ms`` for each
+    kept layer, ``per_se_op_ms`` for each kept SE layer), so it is folded into the entries.
+    """
     runtime = target.runtime
-    base = codec.space.smallest()
-    per_layer = runtime.per_layer(base)
+    lut, space = runtime.lut, codec.space
+
+    def cost(spec: Any, choice: Any) -> float:
+        key = layer_key(spec, choice, space.act)
+        if key is None:
+            return 0.0
+        se = lut.per_se_op_ms if choice.se_ratio > 0 else 0.0
+        return lut.scale * lut.ms(key, f"layer {spec.index} ({spec.name})") + lut.per_op_ms + se
+
     searchable = {spec.index for spec in codec.layers}
-    const = runtime.lut.ms(stem_key(codec.space, runtime.in_channels), "stem")
-    const += runtime.lut.ms(head_key(codec.space, runtime.num_classes), "head")
-    const += sum(ms for i, ms in enumerate(per_layer) if i not in searchable)
-    tables = []
-    for spec, options in zip(codec.layers, codec.choices):
-        row = []
-        for choice in options:
-            key = layer_key(spec, choice, codec.space.act)
-            row.append(0.0 if key is None else runtime.lut.ms(key, f"layer {spec.index} ({spec.name})"))
-        tables.append(np.array(row, dtype=np.float64))
-    return AdditiveTable(const, tables, runtime.lut.scale, runtime.lut.overhead_ms)
+    const = lut.scale * (lut.ms(stem_key(space, runtime.in_channels), "stem")
+                         + lut.ms(head_key(space, runtime.num_classes), "head")) + lut.overhead_ms
+    const += sum(cost(spec, spec.choices()[0]) for spec in space.layers if spec.index not in searchable)
+    tables = [np.array([cost(spec, choice) for choice in options], dtype=np.float64)
+              for spec, options in zip(codec.layers, codec.choices)]
+    return AdditiveTable(const, tables, 1.0, 0.0)
 
 
 def structure_tables(codec: GenomeCodec, in_channels: int, num_classes: int) -> dict[str, AdditiveTable]:

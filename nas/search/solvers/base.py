@@ -151,6 +151,7 @@ class SearchModule(pl.LightningModule):
         arch = self.derive_architecture()
         checkpoint["spnas"] = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
+            "solver": self.solver_name,
             "space": self.space.name,
             "space_digest": self.space.digest,
             "architecture": arch.to_dict(),
