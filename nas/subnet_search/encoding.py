@@ -22,12 +22,28 @@ def architecture_key(arch: Architecture) -> str:
 
 
 class GenomeCodec:
-    """Maps integer genomes to :class:`Architecture` s of ``space`` and back."""
+    """Maps integer genomes to :class:`Architecture` s of ``space`` and back.
 
-    def __init__(self, space: SearchSpace) -> None:
+    ``allowed`` (a PopDB search mask, :mod:`nas.subnet_search.popdb`) restricts each searchable layer to a
+    subset of its candidates, given as indices into ``LayerSpec.choices()``; genes then index that subset. The
+    space, and so the supernet, is unchanged.
+    """
+
+    def __init__(self, space: SearchSpace, allowed: Sequence[Sequence[int]] | None = None) -> None:
         self.space = space
         self.layers = space.searchable_layers
-        self.choices: list[list[LayerChoice]] = [spec.choices() for spec in self.layers]
+        full = [spec.choices() for spec in self.layers]
+        if allowed is None:
+            self.choices: list[list[LayerChoice]] = full
+        else:
+            if len(allowed) != len(full):
+                raise ArchitectureError(f"the mask lists {len(allowed)} layers, space '{space.name}' has "
+                                        f"{len(full)} searchable layers")
+            self.choices = [[options[i] for i in sorted(set(keep))] for options, keep in zip(full, allowed)]
+            empty = [spec.index for spec, ch in zip(self.layers, self.choices) if not ch]
+            if empty:
+                raise ArchitectureError(f"the mask leaves no candidate in layer(s) {empty}")
+        self.masked = allowed is not None
         self._index = [{choice: i for i, choice in enumerate(ch)} for ch in self.choices]
         self.xl = np.zeros(len(self.layers), dtype=int)
         self.xu = np.array([len(ch) - 1 for ch in self.choices], dtype=int)
@@ -46,7 +62,7 @@ class GenomeCodec:
         if genes.shape != (self.n_var,):
             raise ArchitectureError(f"genome has {genes.shape} genes, space '{self.space.name}' has {self.n_var} "
                                     "searchable layers")
-        choices = [spec.choices()[0] for spec in self.space.layers]
+        choices = [spec.choices()[0] for spec in self.space.layers]  # fixed layers: their only candidate
         for g, spec, options in zip(genes, self.layers, self.choices):
             gi = int(round(float(g)))
             if not 0 <= gi < len(options):
@@ -57,7 +73,14 @@ class GenomeCodec:
 
     def encode(self, arch: Architecture) -> np.ndarray:
         arch.validate(self.space)
-        return np.array([self._index[j][arch.layers[spec.index]] for j, spec in enumerate(self.layers)], dtype=int)
+        genes = []
+        for j, spec in enumerate(self.layers):
+            gene = self._index[j].get(arch.layers[spec.index])
+            if gene is None:
+                raise ArchitectureError(f"layer {spec.index} ({spec.name}) is {arch.layers[spec.index].key}, which "
+                                        "the search mask removed")
+            genes.append(gene)
+        return np.array(genes, dtype=int)
 
     def key(self, genes: Sequence[int] | np.ndarray) -> str:
         return architecture_key(self.decode(genes))

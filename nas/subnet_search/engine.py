@@ -215,8 +215,9 @@ class BudgetedSearch:
     def __init__(self, space: ObjectiveSpace, target: str, validator: Validator, store: ValidationStore,
                  algorithm: AlgorithmConfig, budget: int, seed: int, normalisation: Normalisation,
                  initial: np.ndarray | None = None, progress: bool = False,
-                 on_generation: Callable[[str, GenerationRecord], None] | None = None) -> None:
-        check_budget(budget, algorithm.population)
+                 on_generation: Callable[[str, GenerationRecord], None] | None = None,
+                 first_population: int | None = None) -> None:
+        check_budget(budget, algorithm.population if first_population is None else first_population)
         self.space = space
         self.codec = space.codec
         self.target = target
@@ -231,6 +232,7 @@ class BudgetedSearch:
         self._seen: dict[str, int] = {}
         self._progress = progress
         self._bar: Any = None
+        self._warm = initial
         self.initial = initial_population(self.codec, algorithm.population, seed, initial)
         upper = np.array(normalisation.upper)
         self._penalty = upper + (upper - np.array(normalisation.lower))  # F of infeasible (never ranked by F)
@@ -307,13 +309,16 @@ class BudgetedSearch:
         self._bar = tqdm(total=self.budget, desc=f"{self.algorithm.name} [{self.target}]", unit="val",
                          disable=not self._progress, leave=False)
         try:
-            if self.algorithm.name == "random":
-                self._run_random()
-            else:
-                self._run_pymoo()
+            self._run()
         finally:
             self._bar.close()
         return self.result
+
+    def _run(self) -> None:
+        if self.algorithm.name == "random":
+            self._run_random()
+        else:
+            self._run_pymoo()
 
     def _stalled(self, stall: int, generation: int) -> bool:
         if self.algorithm.max_generations is not None and generation >= self.algorithm.max_generations:

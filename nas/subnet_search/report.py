@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.errors import ConfigError
+from nas.errors import ArchitectureError, ConfigError
 from nas.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nas.space.architecture import Architecture
 from nas.space.search_space import SearchSpace
@@ -27,6 +28,8 @@ from nas.space.timm_interop import timm_record
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import SearchResult
 from nas.subnet_search.hypervolume import Normalisation
+
+log = logging.getLogger(__name__)
 
 PARETO_FORMAT = "spnas-pareto"
 PARETO_VERSION = 1
@@ -189,14 +192,24 @@ def load_warm_start(path: str | os.PathLike, space: SearchSpace, codec: GenomeCo
         if device not in devices:
             raise ConfigError(f"warm_start {path} has no device {device!r}; it has {sorted(devices)}")
         devices = {device: devices[device]}
-    rows, seen = [], set()
+    rows, seen, skipped = [], set(), 0
     for name, d in devices.items():
         for i, m in enumerate(d.get("members") or []):
             arch = Architecture.from_dict(m.get("architecture"), source=f"{path}: devices.{name}.members[{i}]")
-            genes = codec.encode(arch.validate(space))
+            arch.validate(space)
+            try:
+                genes = codec.encode(arch)
+            except ArchitectureError:
+                if not codec.masked:
+                    raise
+                skipped += 1  # a candidate the search mask removed
+                continue
             if tuple(genes) not in seen:
                 seen.add(tuple(genes))
                 rows.append(genes)
+    if skipped:
+        log.info("warm start: %d front member(s) of %s use candidates the search mask removed; skipped", skipped, path)
     if not rows:
-        raise ConfigError(f"warm_start {path} has no front members to start from")
+        raise ConfigError(f"warm_start {path} has no front members to start from"
+                          + (" inside the search mask" if skipped else ""))
     return np.array(rows, dtype=int)

@@ -26,9 +26,12 @@ from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch, GenerationRecord, check_budget
 from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
 from nas.subnet_search.hypervolume import Normalisation
+from nas.subnet_search.popdb import load_mask
+from nas.subnet_search.predictors import ObjectivePredictor, check_predictor_config
 from nas.subnet_search.report import format_table, load_warm_start, plot_fronts, plot_hv, write_hv_csv, write_pareto
 from nas.subnet_search.search_objectives import ObjectiveSpace, Target, check_objective_names
 from nas.subnet_search.store import ValidationStore
+from nas.subnet_search.tactics import PredictorSearch, TacticConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +67,22 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     check_objective_names(names)
     algorithm = AlgorithmConfig.from_config(_plain(cfg.algorithm))
     algorithm.check_objectives(len(names))
-    check_budget(cfg.budget, algorithm.population)
+    tactic = TacticConfig.from_config(_plain(cfg.tactic))
+    if tactic.uses_predictors:
+        if algorithm.name == "random":
+            raise ConfigError(f"tactic={tactic.name} runs an evolutionary algorithm on the predictors; use "
+                              "algorithm=nsga2 (or agemoea, ga), or tactic=validation for random search")
+        check_budget(cfg.budget, 1)
+        tactic.check_budget(cfg.budget)
+        check_predictor_config(_plain(cfg.predictor))
+    else:
+        check_budget(cfg.budget, algorithm.population)
     reference = _plain(cfg.hv.get("reference"))
     if reference is not None:
         Normalisation.build(names, [(0.0, 1.0)] * len(names), reference)  # checks length and sign early
     space = SearchSpace.from_config(cfg.space)
-    codec = GenomeCodec(space)
+    mask = load_mask(cfg.search_mask, space) if cfg.get("search_mask") else None
+    codec = GenomeCodec(space, mask)
     if cfg.supernet is None:
         raise ConfigError("supernet=<run>/checkpoints/last.ckpt is required (a search.py run with solver=supernet)")
     ckpt = checkpoint_info(cfg.supernet, space)
@@ -83,9 +96,12 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
                          strict=bool(hw.get("strict", False)), progress=bool(cfg.progress))
         targets.append(Target.from_lut(str(hw.get("name", backend.name)), space, lut, in_ch, n_cls))
     objectives = ObjectiveSpace.build(codec, names, targets, in_ch, n_cls, _plain(cfg.constraints))
-    norms = {t.name: Normalisation.build(names, objectives.bounds(t.name), reference) for t in targets}
+    # hypervolumes are normalised with the bounds of the whole space, so a masked search is comparable
+    unmasked = objectives if mask is None else ObjectiveSpace.build(GenomeCodec(space), names, targets, in_ch, n_cls)
+    norms = {t.name: Normalisation.build(names, unmasked.bounds(t.name), reference) for t in targets}
     supernet = load_supernet(ckpt, space, in_ch, n_cls, source=str(cfg.supernet))
-    return {"space": space, "codec": codec, "algorithm": algorithm, "objectives": objectives, "norms": norms,
+    return {"space": space, "codec": codec, "algorithm": algorithm, "tactic": tactic, "objectives": objectives,
+            "norms": norms,
             "warm": warm, "datamodule": datamodule, "supernet": supernet, "supernet_digest": file_digest(cfg.supernet)}
 
 
@@ -126,7 +142,9 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
         writer.add_scalar(f"front_size/{device}", rec.front_size, rec.validations)
         writer.add_scalar(f"validations/{device}", rec.validations, rec.generation)
 
+    tactic = parts["tactic"]
     results = []
+    rounds: dict[str, list[dict[str, Any]]] = {}
     timed = _TimedValidator(validator)
     previous_front = None
     try:
@@ -134,18 +152,26 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
             initial = parts["warm"]
             if initial is None and cfg.get("chain_warm_start") and previous_front is not None:
                 initial = previous_front
-            search = BudgetedSearch(objectives, target.name, timed, store, algorithm, int(cfg.budget),
-                                    int(cfg.seed), norms[target.name], initial=initial, progress=bool(cfg.progress),
-                                    on_generation=on_generation)
+            common = dict(initial=initial, progress=bool(cfg.progress), on_generation=on_generation)
+            args = (objectives, target.name, timed, store, algorithm, int(cfg.budget), int(cfg.seed),
+                    norms[target.name])
+            if tactic.uses_predictors:
+                search = PredictorSearch(*args, tactic=tactic, predictor_config=_plain(cfg.predictor), **common)
+            else:
+                search = BudgetedSearch(*args, **common)
             result = search.run()
             results.append(result)
+            rounds[target.name] = getattr(search, "rounds", [])
             previous_front = [result.genes[i] for i in result.front()]
     finally:
         writer.flush()
 
     header = {"space": space.name, "space_digest": space.digest,
               "supernet": {"path": str(cfg.supernet), "digest": parts["supernet_digest"]},
-              **objectives.describe(), "algorithm": dataclasses.asdict(algorithm), "budget": int(cfg.budget),
+              **objectives.describe(), "algorithm": dataclasses.asdict(algorithm),
+              "tactic": dataclasses.asdict(tactic),
+              "predictor": _plain(cfg.predictor).get("name") if tactic.uses_predictors else None,
+              "search_mask": str(cfg.search_mask) if cfg.get("search_mask") else None, "budget": int(cfg.budget),
               "seed": int(cfg.seed), "eval": _plain(cfg.eval),
               "warm_start": str(cfg.warm_start) if cfg.warm_start else None}
     doc = write_pareto(out, header, results, codec, objectives.names, norms, fingerprints)
@@ -155,8 +181,11 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
     plot_hv(out / "hv_vs_validations.png",
             {r.target: [(h.validations, h.hypervolume) for h in r.history] for r in results},
             title=f"{algorithm.name}, seed {cfg.seed}")
+    predictor_files = save_predictors(out, results, objectives, codec, _plain(cfg.predictor), int(cfg.seed)) \
+        if tactic.uses_predictors else {}
     wall = time.perf_counter() - start
-    summary = {"output_dir": str(out), "space": space.name, "algorithm": algorithm.name, "budget": int(cfg.budget),
+    summary = {"output_dir": str(out), "space": space.name, "algorithm": algorithm.name, "tactic": tactic.name,
+               "predictor_rounds": rounds, "predictors": predictor_files, "budget": int(cfg.budget),
                "seed": int(cfg.seed), "devices": {r.target: {"validations": r.consumed, "fresh_validations": r.fresh,
                                                              "hypervolume": doc["devices"][r.target]["hypervolume"],
                                                              "front_size": len(doc["devices"][r.target]["members"]),
@@ -175,6 +204,28 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
     print(f"\n{timed.count} supernet evaluations this run ({store.loaded} resumed from validations.jsonl), "
           f"{summary['validations_per_second']} validations/s; outputs in {out}")
     return {"summary": summary, "pareto": doc, "results": results}
+
+
+def save_predictors(out: Path, results: list[Any], objectives: ObjectiveSpace, codec: GenomeCodec,
+                    config: dict[str, Any], seed: int) -> dict[str, str]:
+    """Fit the validated objective's predictor on every sub-network the searches validated (all devices) and
+    write ``predictors/<objective>.joblib``; reload it with :meth:`ObjectivePredictor.load`."""
+    objective = objectives.validated
+    column = objectives.names.index(objective)
+    data: dict[str, tuple[Any, float]] = {}
+    for result in results:
+        for key, genes, F in zip(result.keys, result.genes, result.F):
+            data.setdefault(key, (genes, float(F[column])))
+    if not data:
+        return {}
+    genes = [g for g, _ in data.values()]
+    y = [v for _, v in data.values()]
+    predictor = ObjectivePredictor(objective, codec, config, seed).fit(genes, y)
+    path = predictor.save(out / "predictors" / f"{objective}.joblib")
+    cv = predictor.meta.get("cv", {})
+    log.info("predictor of %s (%s, %d records, cross-validated MAPE %s %%, tau %.3f) written to %s", objective,
+             predictor.name, len(y), cv.get("mape_pct"), cv.get("kendall_tau", float("nan")), path)
+    return {objective: str(path.relative_to(out))}
 
 
 class _TimedValidator:

@@ -1,0 +1,258 @@
+"""Objective predictors on one-hot encodings of sub-networks (source 002 §4.3, §5.4; PFP-NAS's MLP predictors).
+
+A predictor maps an architecture to one objective (``error``, ``ce``, ``latency``, ...). Features are the one-hot
+encoding of the genome: one block per searchable layer, one column per candidate (skip included), so a linear
+model on them is a per-layer additive table, which is exactly the form of a LUT, and ridge regression can learn
+the latency of an additive cost model exactly. The estimators are scikit-learn's (``conf/predictor/*.yaml``):
+
+* ``ridge`` and ``svr``: the predictors of source 002 (§4.3: "converge more quickly, require fewer training
+  examples and much less hyper-parameter optimisation than MLPs");
+* ``mlp``: PFP-NAS's three-layer perceptron (``MLPRegressor`` with three hidden layers);
+* ``auto``: ``GridSearchCV`` over ridge and SVR settings, scored by the objective's MAPE.
+
+Targets are standardised (``TransformedTargetRegressor`` + ``StandardScaler``): SVR's ``epsilon`` and the MLP's
+initialisation assume unit-scale targets, and latencies are fractions of a millisecond.
+
+**MAPE of an error rate.** A sub-network with top-1 error 0 has no percentage error, so for ``error`` the MAPE is
+computed on the top-1 accuracy ``1 - error``, as source 002 §5.4 reports it (MAPE of top-1 accuracy); for every
+other objective on the objective itself. Kendall τ is the rank agreement of predictions and truths.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+
+from nas.errors import ConfigError
+from nas.io import atomic_write_bytes
+from nas.space.search_space import SearchSpace
+from nas.subnet_search.encoding import GenomeCodec
+
+PREDICTOR_FORMAT = "spnas-predictor"
+PREDICTOR_VERSION = 1
+
+
+def one_hot(codec: GenomeCodec, genes: np.ndarray) -> np.ndarray:
+    """One-hot features of genomes ``(n, n_var)``: a block of ``len(choices)`` columns per searchable layer."""
+    genes = np.atleast_2d(np.asarray(genes)).astype(int)
+    widths = codec.xu + 1
+    offsets = np.concatenate([[0], np.cumsum(widths)[:-1]])
+    out = np.zeros((len(genes), int(widths.sum())), dtype=np.float64)
+    rows = np.repeat(np.arange(len(genes)), codec.n_var)
+    out[rows, (genes + offsets).ravel()] = 1.0
+    return out
+
+
+def percentage_base(objective: str, y: np.ndarray) -> np.ndarray:
+    """The quantity a MAPE is taken of: top-1 accuracy for ``error`` (see the module docstring), else ``y``."""
+    y = np.asarray(y, dtype=np.float64)
+    return 1.0 - y if objective == "error" else y
+
+
+def mape_pct(objective: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean absolute percentage error (%) of ``y_pred`` for ``objective``."""
+    t, p = percentage_base(objective, y_true), percentage_base(objective, y_pred)
+    if np.any(np.abs(t) <= 0):
+        raise ConfigError(f"a true {objective} value makes a percentage error undefined (its base is 0); use "
+                          "objective=ce or a validation split where no sub-network is entirely wrong")
+    return float(100.0 * np.mean(np.abs(p - t) / np.abs(t)))
+
+
+def kendall_tau(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Kendall τ-b of predictions against truths (NaN-free: 0 when either side is constant)."""
+    from scipy.stats import kendalltau
+
+    if np.ptp(y_true) == 0 or np.ptp(y_pred) == 0:
+        return 0.0
+    return float(kendalltau(y_true, y_pred).statistic)
+
+
+def grid_search(objective: str, cv_folds: int, seed: int, ridge: Mapping[str, Sequence[Any]],
+                svr: Mapping[str, Sequence[Any]]) -> Any:
+    """``predictor=auto``: scikit-learn ``GridSearchCV`` over ridge and SVR (each on standardised targets),
+    scored by the objective's MAPE (:func:`mape_pct`), refitted on all records with the best setting."""
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import make_scorer
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVR
+
+    grid = [{"regressor": [Ridge()], **{f"regressor__{k}": list(v) for k, v in ridge.items()}},
+            {"regressor": [SVR()], **{f"regressor__{k}": list(v) for k, v in svr.items()}}]
+    scorer = make_scorer(functools.partial(mape_pct, objective), greater_is_better=False)
+    base = TransformedTargetRegressor(regressor=Ridge(), transformer=StandardScaler())
+    return GridSearchCV(base, grid, scoring=scorer, cv=KFold(cv_folds, shuffle=True, random_state=seed),
+                        error_score="raise")
+
+
+class ObjectivePredictor:
+    """One objective's predictor: a scikit-learn regressor on one-hot genomes, with the checks and metadata to
+    reuse it (``save`` / ``load``: ``predictors/<objective>.joblib``).
+
+    Args:
+        objective: what it predicts (``error``, ``ce``, ``latency``, ``macs``, ``params``).
+        codec: the genome codec of the search (the features' layout).
+        config: a ``conf/predictor/*.yaml`` mapping: ``name``, ``estimator`` (instantiated by Hydra),
+            ``standardize_target``, ``cv_folds``.
+        seed: seeds the cross-validation split and stochastic estimators (``random_state``).
+    """
+
+    def __init__(self, objective: str, codec: GenomeCodec, config: Mapping[str, Any], seed: int = 0) -> None:
+        self.objective = objective
+        self.codec = codec
+        self.config = dict(config)
+        self.name = str(self.config.get("name", "?"))
+        self.seed = int(seed)
+        folds = self.config.get("cv_folds", 5)
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+            raise ConfigError(f"predictor.cv_folds must be an integer >= 2, got {folds!r}")
+        self.cv_folds = folds
+        self.model: Any = None
+        self.meta: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ fitting
+    def _estimator(self) -> Any:
+        from sklearn.compose import TransformedTargetRegressor
+        from sklearn.preprocessing import StandardScaler
+
+        spec = dict(self.config.get("estimator") or {})
+        if "_target_" not in spec:
+            raise ConfigError(f"predictor={self.name}: 'estimator' needs a _target_ (a scikit-learn regressor)")
+        if spec["_target_"].endswith("grid_search"):
+            spec.update(objective=self.objective, cv_folds=self.cv_folds, seed=self.seed)
+        elif "random_state" in spec and spec["random_state"] is None:
+            spec["random_state"] = self.seed
+        estimator = instantiate(spec, _convert_="all")
+        if self.config.get("standardize_target", True):
+            estimator = TransformedTargetRegressor(regressor=estimator, transformer=StandardScaler())
+        return estimator
+
+    def check_data(self, genes: np.ndarray, y: np.ndarray) -> None:
+        """Refuse what no predictor can learn from, naming the fix (checked before fitting)."""
+        n = len(y)
+        if len(genes) != n:
+            raise ConfigError(f"{len(genes)} genomes but {n} {self.objective} values")
+        if n < self.cv_folds:
+            raise ConfigError(f"predictor={self.name} for {self.objective}: {n} record(s) are fewer than its "
+                              f"{self.cv_folds} cross-validation folds; validate more sub-networks first (raise "
+                              "tactic.population / tactic.sample) or lower predictor.cv_folds")
+        y = np.asarray(y, dtype=np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ConfigError(f"the {self.objective} values contain NaN/inf; the records are broken")
+        if np.ptp(y) == 0:
+            raise ConfigError(f"all {n} records have {self.objective} = {y[0]:g}: a predictor cannot learn from "
+                              "constant labels (the supernet is untrained or the validation split too small); "
+                              "train the supernet longer or validate on more images")
+
+    def fit(self, genes: np.ndarray, y: np.ndarray, cross_validate: bool = True) -> ObjectivePredictor:
+        """Fit on ``genes`` -> ``y``; with ``cross_validate``, record the ``cv_folds``-fold cross-validated MAPE
+        and Kendall τ in ``meta`` (predictions of each record by a model that did not see it)."""
+        genes = np.atleast_2d(np.asarray(genes)).astype(int)
+        y = np.asarray(y, dtype=np.float64)
+        self.check_data(genes, y)
+        X = one_hot(self.codec, genes)
+        self.meta = {"objective": self.objective, "predictor": self.name, "n_train": int(len(y)),
+                     "features": int(X.shape[1]), "space": self.codec.space.name,
+                     "space_digest": self.codec.space.digest}
+        if cross_validate:
+            from sklearn.model_selection import KFold, cross_val_predict
+
+            pred = cross_val_predict(self._estimator(), X, y,
+                                     cv=KFold(self.cv_folds, shuffle=True, random_state=self.seed))
+            self.meta["cv"] = {"folds": self.cv_folds, "mape_pct": _finite_or_none(self._mape(y, pred)),
+                               "kendall_tau": kendall_tau(y, pred)}
+        self.model = self._estimator().fit(X, y)
+        if hasattr(self.model, "best_params_"):
+            self.meta["selected"] = {k: repr(v) for k, v in self.model.best_params_.items()}
+        return self
+
+    def _mape(self, y: np.ndarray, pred: np.ndarray) -> float:
+        try:
+            return mape_pct(self.objective, y, pred)
+        except ConfigError:
+            return math.nan
+
+    def predict(self, genes: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("predict() before fit()")
+        return np.asarray(self.model.predict(one_hot(self.codec, genes)), dtype=np.float64)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path, **extra: Any) -> Path:
+        """Write ``{format, version, meta, config, model}`` with joblib, atomically."""
+        import joblib
+
+        if self.model is None:
+            raise RuntimeError("save() before fit()")
+        buffer = io.BytesIO()
+        joblib.dump({"format": PREDICTOR_FORMAT, "version": PREDICTOR_VERSION, "meta": {**self.meta, **extra},
+                     "config": self.config, "seed": self.seed, "model": self.model}, buffer)
+        return atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path, codec: GenomeCodec) -> ObjectivePredictor:
+        """Read a predictor written by :meth:`save` for ``codec``'s space (a file of another space is refused).
+
+        joblib files are pickles: load only predictors you wrote or trust.
+        """
+        import joblib
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"predictor file {path} does not exist")
+        try:
+            doc = joblib.load(path)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+            raise ConfigError(f"predictor file {path} cannot be read ({type(err).__name__}: {err})") from None
+        if not isinstance(doc, dict) or doc.get("format") != PREDICTOR_FORMAT:
+            raise ConfigError(f"{path} is not a predictor file of this framework ({PREDICTOR_FORMAT})")
+        if doc.get("version") != PREDICTOR_VERSION:
+            raise ConfigError(f"{path}: predictor version {doc.get('version')!r} is not supported "
+                              f"({PREDICTOR_VERSION})")
+        meta = doc["meta"]
+        if meta.get("space_digest") != codec.space.digest or meta.get("features") != int((codec.xu + 1).sum()):
+            raise ConfigError(f"{path} predicts sub-networks of space '{meta.get('space')}' (digest "
+                              f"{meta.get('space_digest')}, {meta.get('features')} features), not of space "
+                              f"'{codec.space.name}' (digest {codec.space.digest}, {int((codec.xu + 1).sum())} "
+                              "features with this search's mask)")
+        out = cls(meta["objective"], codec, doc["config"], doc.get("seed", 0))
+        out.model, out.meta = doc["model"], meta
+        return out
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def check_predictor_config(config: Mapping[str, Any]) -> None:
+    """Cheap checks of a ``predictor=`` mapping before any work (the estimator's import included)."""
+    from hydra.utils import get_class, get_method
+
+    spec = config.get("estimator") if isinstance(config, Mapping) else None
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise ConfigError("predictor: 'estimator' with a _target_ is required (see conf/predictor/*.yaml)")
+    target = str(spec["_target_"])
+    try:
+        get_method(target) if target.endswith("grid_search") else get_class(target)
+    except Exception as err:  # noqa: BLE001 - Hydra raises ImportError or ValueError
+        raise ConfigError(f"predictor.estimator._target_={target} cannot be imported ({err})") from None
+    folds = config.get("cv_folds", 5)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"predictor.cv_folds must be an integer >= 2, got {folds!r}")
+
+
+def space_of_records(records: Sequence[Mapping[str, Any]], space: SearchSpace, source: str) -> None:
+    """Refuse records of another space than ``space``."""
+    for i, r in enumerate(records):
+        digest = r.get("space_digest")
+        if digest is not None and digest != space.digest:
+            raise ConfigError(f"{source}: record {i} belongs to space digest {digest}, but space '{space.name}' "
+                              f"(digest {space.digest}) is selected; pass the space=... it was searched in")
