@@ -1,6 +1,7 @@
 """Refit a validation run's calibration with other models and score each on the run's held-out networks.
 
     python scripts/calibration_ablation.py outputs/validate/<date>/<time> [more run folders]
+    python scripts/calibration_ablation.py docs/measurements/validation_*.json    # with lut_<same>.json beside
 
 Reads the run's ``lut.json`` (the calibration networks' LUT sums per stage, layer counts and measurements, in
 ``meta.calibration``) and ``validation.json`` (the held-out random networks' per-stage sums and measurements),
@@ -41,10 +42,18 @@ def models(cal: dict, count: int) -> dict[str, dict]:
     }
 
 
+def run_files(path: Path) -> tuple[Path, Path]:
+    """``(lut.json, validation.json)`` of a run folder, or of ``validation_X.json`` with ``lut_X.json`` beside it."""
+    if path.is_dir():
+        return path / "lut.json", path / "validation.json"
+    return path.with_name(path.name.replace("validation", "lut", 1)), path
+
+
 def main(folders: list[str]) -> None:
     for folder in folders:
-        lut = json.loads((Path(folder) / "lut.json").read_text())
-        val = json.loads((Path(folder) / "validation.json").read_text())
+        lut_path, val_path = run_files(Path(folder))
+        lut = json.loads(lut_path.read_text())
+        val = json.loads(val_path.read_text())
         cal = lut["meta"]["calibration"]
         rows = val["rows"]
         measured = np.array([r["measured_ms"] for r in rows])
