@@ -104,8 +104,8 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
               f"{os.getloadavg()[0]:.2f})")
         if ops:
             print(f"{'predicted from ops measured alongside:':<40}{result['remeasured_prediction_ms']:10.4f} ms  "
-                  f"({result['remeasured_error_pct']:+.2f} %: the LUT's calibration on its {len(ops)} ops measured "
-                  "now, free of drift since the LUT)")
+                  f"({result['remeasured_error_pct']:+.2f} %: the LUT's calibration on its {len(ops)} distinct ops "
+                  "measured now, free of drift since the LUT)")
     out = Path(cfg.paths.output_dir)
     atomic_write_json(out / "latency.json", result)
     return result
