@@ -10,11 +10,15 @@ and ``num_classes=`` set the shape, so no data set is needed). The measurement (
 times the network with the LUT's procedure (warm-up, interleaved timed runs after a cache flush, the backend's
 statistic) and reports its spread (inter-quartile range) and the device's repeatability on it: the statistic of
 the even-numbered runs against that of the odd-numbered ones, the floor below which no prediction can be
-checked. Writes ``latency.json`` to the run folder.
+checked. With ``remeasure=true`` (default) the network's own ops are measured again in the same interleaved
+rounds as the network and priced with the LUT's calibration: a prediction free of the machine's drift since the
+LUT was profiled (on a shared machine that drift can exceed the model's error). Writes ``latency.json`` to the
+run folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -27,7 +31,7 @@ from nas.cli import main_guard
 from nas.cost.backends import build_backend, summarize
 from nas.cost.profiler import obtain_lut, profile_ops
 from nas.cost.runtime_model import RuntimeModel
-from nas.cost.signatures import OpSpec
+from nas.cost.signatures import OpSpec, network_op_keys, required_ops
 from nas.errors import ConfigError
 from nas.io import atomic_write_json
 from nas.space.networks import build_child
@@ -67,8 +71,12 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
         load_before = os.getloadavg()
         start = time.perf_counter()
         op = OpSpec("network", (in_channels, space.resolution, space.resolution), lambda: net.eval(), "network")
-        entry = profile_ops({"network": op}, backend, progress=False, rounds=backend.repeats,
-                            samples_out=samples)["network"]
+        keys = set(network_op_keys(space, arch, in_channels, num_classes))
+        ops = ({k: o for k, o in required_ops(space, in_channels, num_classes).items() if k in keys}
+               if cfg.get("remeasure", True) else {})
+        measured = profile_ops({**ops, "network": op}, backend, progress=False, rounds=backend.repeats,
+                               samples_out=samples)
+        entry = measured["network"]
         runs = samples["network"]
         statistic = getattr(backend, "statistic", "median")
         halves = [summarize(runs[0::2], statistic).ms, summarize(runs[1::2], statistic).ms] if len(runs) > 1 \
@@ -83,12 +91,21 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
             "load_average": {"before": [round(v, 2) for v in load_before],
                              "after": [round(v, 2) for v in os.getloadavg()]},
         })
+        if ops:  # the same calibration on the network's ops measured now, alongside it
+            fresh = dataclasses.replace(lut, entries={**lut.entries, **{k: measured[k] for k in ops}})
+            remeasured = RuntimeModel(space, fresh, in_channels, num_classes).predict(arch)
+            result.update({"remeasured_prediction_ms": remeasured,
+                           "remeasured_error_pct": 100 * (remeasured - entry.ms) / entry.ms})
         label = f"measured ({statistic} of {len(runs)} runs):"
         print(f"{label:<40}{entry.ms:10.4f} ms  (spread: IQR {entry.iqr_ms:.4f} ms; calibrated prediction "
               f"{result['error_pct']:+.2f} %, plain sum {result['plain_error_pct']:+.2f} %)")
         print(f"{'device repeatability (split halves):':<40}{result['repeatability_ms']:10.4f} ms  "
               f"({result['repeatability_pct']:.2f} % of the measurement; load average {load_before[0]:.2f} -> "
               f"{os.getloadavg()[0]:.2f})")
+        if ops:
+            print(f"{'predicted from ops measured alongside:':<40}{result['remeasured_prediction_ms']:10.4f} ms  "
+                  f"({result['remeasured_error_pct']:+.2f} %: the LUT's calibration on its {len(ops)} distinct ops "
+                  "measured now, free of drift since the LUT)")
     out = Path(cfg.paths.output_dir)
     atomic_write_json(out / "latency.json", result)
     return result

@@ -1,7 +1,8 @@
 """One cost model for every solver: each optimises and reports the same calibrated ``R`` (nas.cost.runtime_model).
 
-The LUT here has a calibration that is not the identity (scale != 1, per-op cost != 0, overhead != 0), so a
-solver that priced runtime from the raw LUT sum, or from its own copy of the calibration, would fail.
+The LUT here has a calibration that is not the identity (stage scales != 1 and different per stage, per-op cost
+!= 0, overhead != 0), so a solver that priced runtime from the raw LUT sum, from one global scale, or from its
+own copy of the calibration, would fail.
 """
 
 from __future__ import annotations
@@ -16,23 +17,33 @@ from nas.cost.signatures import network_op_keys
 from nas.supernets.single_path_supernet import SinglePathSupernet
 from tests.conftest import make_solver, proxy_lut
 
-SCALE, PER_OP, PER_SE, OVERHEAD = 1.3, -0.004, 0.003, 0.07
+# micro space: stem, the fixed stage 0 and stage 1 are the first cost group, stage 2 and the head the second
+STAGE_SCALES, PER_OP, PER_SE, OVERHEAD = (1.3, 0.7), -0.004, 0.003, 0.07
+SCALE = 1.1  # the LUT's summary scale: unused by predictions when it has stage scales
 
 
 @pytest.fixture
 def calibrated_lut(micro_space):
     lut = proxy_lut(micro_space)
     lut.scale, lut.per_op_ms, lut.per_se_op_ms, lut.overhead_ms = SCALE, PER_OP, PER_SE, OVERHEAD
+    lut.stage_scales = list(STAGE_SCALES)
     return lut
 
 
+def stage_of_key(space, arch) -> list[int]:
+    """The stage scale of each key of ``network_op_keys`` for the micro space, written out independently."""
+    layers = [0 if spec.stage <= 1 else 1 for spec, c in zip(space.layers, arch.layers) if not c.is_skip]
+    return [0, *layers, 1]
+
+
 def by_hand(space, lut, arch) -> float:
-    """``scale * (LUT sum) + per_op * (MBConv layers kept) + per_se * (those with SE) + overhead``, written out
-    independently."""
-    op_sum = sum(lut.entries[k].ms for k in network_op_keys(space, arch, 1, 10))
+    """``sum_s scale_s * (LUT sum of stage s) + per_op * (MBConv layers kept) + per_se * (those with SE) +
+    overhead``, written out independently."""
+    keys = network_op_keys(space, arch, 1, 10)
+    scaled = sum(STAGE_SCALES[g] * lut.entries[k].ms for k, g in zip(keys, stage_of_key(space, arch)))
     kept = sum(1 for c in arch.layers if not c.is_skip)
     se = sum(1 for c in arch.layers if not c.is_skip and c.se_ratio > 0)
-    return SCALE * op_sum + PER_OP * kept + PER_SE * se + OVERHEAD
+    return scaled + PER_OP * kept + PER_SE * se + OVERHEAD
 
 
 def architectures(space, n=6):
@@ -47,18 +58,26 @@ def test_predict_forward_and_expected_are_one_calibrated_model(micro_space, cali
     for arch in architectures(micro_space):
         want = by_hand(micro_space, calibrated_lut, arch)
         assert want != pytest.approx(model.plain_sum(arch), rel=1e-3)  # the calibration is not the identity
+        kept = sum(1 for c in arch.layers if not c.is_skip)
+        se = sum(1 for c in arch.layers if not c.is_skip and c.se_ratio > 0)
+        for scale in (SCALE, *STAGE_SCALES):  # nor one scale for all stages, whichever
+            assert abs(want - (scale * model.plain_sum(arch) + PER_OP * kept + PER_SE * se + OVERHEAD)) > 1e-3 * want
         assert model.predict(arch) == pytest.approx(want, rel=1e-9)
         assert float(model(net.fixed_decisions(arch))) == pytest.approx(want, rel=1e-5)
         one_hot = [torch.eye(len(micro_space.layers[i].choices()))[micro_space.layers[i].choices().index(
             arch.layers[i])] for i in model.searchable]
         assert float(model.expected(one_hot)) == pytest.approx(want, rel=1e-5)
-        # the thesis' form approximates the per-layer sums, but calibrates them the same way
+        # the thesis' form approximates the per-layer sums, but calibrates them the same way (stage by stage)
         plain_thesis = RuntimeModel(micro_space, proxy_lut(micro_space), 1, 10, form="thesis")
-        raw = float(plain_thesis(net.fixed_decisions(arch)))
+        decisions = net.fixed_decisions(arch)
+        raw = [float(plain_thesis.group_constant_ms[0]), float(plain_thesis.group_constant_ms[1])]
+        for i in plain_thesis.searchable:
+            raw[0 if micro_space.layers[i].stage <= 1 else 1] += float(plain_thesis.layer_runtime_thesis(
+                i, decisions[i]))
         kept = sum(1 for c in arch.layers if not c.is_skip)
         se = sum(1 for c in arch.layers if not c.is_skip and c.se_ratio > 0)
-        assert float(thesis(net.fixed_decisions(arch))) == pytest.approx(
-            SCALE * raw + PER_OP * kept + PER_SE * se + OVERHEAD, rel=1e-5)
+        assert float(thesis(decisions)) == pytest.approx(
+            STAGE_SCALES[0] * raw[0] + STAGE_SCALES[1] * raw[1] + PER_OP * kept + PER_SE * se + OVERHEAD, rel=1e-5)
 
 
 def test_expected_layer_counts_are_differentiable(micro_space, calibrated_lut):
@@ -123,3 +142,19 @@ def test_every_solver_optimises_and_reports_the_calibrated_runtime(solver, micro
     if solver == "random":  # samples are priced (and filtered) by the same model
         for record, arch in zip(module.derive_architecture().meta["samples"], module.samples):
             assert record["predicted_latency_ms"] == pytest.approx(by_hand(space, lut, arch), abs=1e-6)
+
+
+def test_subnet_search_prices_with_the_same_calibration(micro_space, calibrated_lut):
+    """The sub-network search folds the calibration, stage scales included, into an additive per-layer table."""
+    from nas.subnet_search.encoding import GenomeCodec
+    from nas.subnet_search.search_objectives import Target, latency_table, lut_fingerprint
+
+    codec = GenomeCodec(micro_space)
+    target = Target.from_lut("device", micro_space, calibrated_lut, 1, 10)
+    table = latency_table(codec, target)
+    for arch in architectures(micro_space):
+        assert float(table(codec.encode(arch))[0]) == pytest.approx(by_hand(micro_space, calibrated_lut, arch),
+                                                                   rel=1e-9)
+    before = lut_fingerprint(calibrated_lut)
+    calibrated_lut.stage_scales = [1.3, 0.71]
+    assert lut_fingerprint(calibrated_lut) != before  # a cached table is never reused across calibrations

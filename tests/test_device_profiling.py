@@ -63,8 +63,13 @@ def test_round_trip_export_runner_lut_search(export, tmp_path):
     for keys, op_sum in zip((n["ops"] for n in manifest["networks"]), cal["op_sum_ms"]):
         assert op_sum == pytest.approx(sum(data["entries"][k]["ms"] for k in keys), abs=1e-5)
     assert cal["kept_ops"] == [sum(1 for k in n["ops"] if k.startswith("mbconv_")) for n in manifest["networks"]]
-    fitted = fit_network_calibration(cal["op_sum_ms"], cal["measured_ms"], cal["kept_ops"], cal["se_ops"])
-    assert data["version"] == 2
+    # each network names its ops' stages (cost groups); the runner records the per-stage sums it fitted on
+    assert all(len(n["groups"]) == len(n["ops"]) for n in manifest["networks"])
+    assert [sum(row) for row in cal["stage_op_sum_ms"]] == pytest.approx(cal["op_sum_ms"], abs=1e-5)
+    fitted = fit_network_calibration(cal["op_sum_ms"], cal["measured_ms"], cal["kept_ops"], cal["se_ops"],
+                                     cal["stage_op_sum_ms"])
+    assert data["version"] == 3 and data["stage_scales"] == []  # 3 networks: too few for stage scales
+    assert data["stage_scales"] == pytest.approx(fitted.pop("stage_scales"), abs=1e-9)
     assert {k: data[k] for k in fitted} == pytest.approx(fitted, abs=1e-9)
     # same machine, same settings: the runner's fingerprint is the framework's, so even strict mode accepts it
     lut = obtain_lut(space, backend(), 1, 10, lut_path=device / "lut.json", strict=True)
@@ -103,6 +108,12 @@ def test_corrupt_exports_fail_clearly(export, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-7] + b"garbage")
     proc = run_runner(bad, "--no-progress", cwd=tmp_path)
     assert proc.returncode == 2 and "is corrupt (SHA-256" in proc.stderr and manifest["ops"][2]["file"] in proc.stderr
+
+    shutil.copy(folder / manifest["ops"][2]["file"], victim)
+    broken = {**manifest, "networks": [{**manifest["networks"][0], "groups": [-1]}, *manifest["networks"][1:]]}
+    (bad / "manifest.json").write_text(json.dumps(broken))
+    proc = run_runner(bad, "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2 and "networks[0].groups must list one stage index" in proc.stderr
 
     broken = {**manifest, "settings": {**manifest["settings"], "repeats": 0}}
     (bad / "manifest.json").write_text(json.dumps(broken))

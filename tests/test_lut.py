@@ -18,14 +18,26 @@ from tests.conftest import MICRO_SPACE, proxy_lut
 def test_round_trip_and_version(tmp_path, micro_space, micro_lut):
     path = micro_lut.save(tmp_path / "lut.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "spnas-lut" and data["version"] == 2 and data["unit"] == "ms"
+    assert data["format"] == "spnas-lut" and data["version"] == 3 and data["unit"] == "ms"
     assert data["space"] == {"name": "micro", "digest": micro_space.digest}
     loaded = LatencyLUT.load(path)
     assert loaded.entries == micro_lut.entries
     assert set(loaded.entries) == set(required_ops(micro_space, 1, 10))
     micro_lut.scale, micro_lut.per_op_ms, micro_lut.per_se_op_ms, micro_lut.overhead_ms = 1.2, -0.01, 0.02, 0.3
     assert LatencyLUT.load(micro_lut.save(path)).calibration == {"scale": 1.2, "per_op_ms": -0.01,
-                                                                 "per_se_op_ms": 0.02, "overhead_ms": 0.3}
+                                                                 "per_se_op_ms": 0.02, "overhead_ms": 0.3,
+                                                                 "stage_scales": []}
+    micro_lut.stage_scales = [1.3, 0.9]
+    loaded = LatencyLUT.load(micro_lut.save(path))
+    assert loaded.version == 3 and loaded.stage_scales == [1.3, 0.9]
+    assert loaded.network_ms(5.0, 4, 1, stage_op_sums=[2.0, 3.0]) == pytest.approx(1.3 * 2 + 0.9 * 3 - 0.04 + 0.02
+                                                                                    + 0.3)
+    with pytest.raises(LUTError, match="2 stage scales; pass the network's LUT sum per stage"):
+        loaded.network_ms(5.0, 4, 1)
+    with pytest.raises(LUTError, match="2 stage scales, but space 'x' has 3 cost groups"):
+        loaded.check_groups(3, "x")
+    with pytest.raises(LUTError, match="'stage_scales' must be a list of finite numbers > 0"):
+        LatencyLUT.from_dict({**loaded.to_dict(), "stage_scales": [1.0, -1.0]})
 
 
 def test_version_1_luts_read_as_scale_and_overhead(tmp_path, micro_lut):
@@ -33,12 +45,27 @@ def test_version_1_luts_read_as_scale_and_overhead(tmp_path, micro_lut):
     data.pop("per_op_ms")
     data.pop("per_se_op_ms")
     lut = LatencyLUT.from_dict(data)
-    assert lut.calibration == {"scale": 1.1, "per_op_ms": 0.0, "per_se_op_ms": 0.0, "overhead_ms": -0.2}
+    assert lut.calibration == {"scale": 1.1, "per_op_ms": 0.0, "per_se_op_ms": 0.0, "overhead_ms": -0.2,
+                               "stage_scales": []}
+    assert lut.calibration["stage_scales"] == [] and lut.stage_scale(1) == 1.1  # every stage: the one scale
     assert lut.network_ms(2.0, kept_ops=7, se_ops=3) == pytest.approx(1.1 * 2.0 - 0.2)
-    with pytest.raises(LUTError, match="version 3 is not supported"):
-        LatencyLUT.from_dict({**data, "version": 3})
+    with pytest.raises(LUTError, match="version 4 is not supported"):
+        LatencyLUT.from_dict({**data, "version": 4})
     with pytest.raises(LUTError, match="'per_op_ms' must be a finite number"):
         LatencyLUT.from_dict({**data, "version": 2, "per_op_ms": "x"})
+
+
+def test_version_2_luts_read_with_every_stage_at_the_global_scale(micro_space, micro_lut):
+    """A v2 file (one scale) predicts as before; stage scales in it are ignored (v3 introduced them)."""
+    from nas.cost.runtime_model import RuntimeModel
+
+    data = {**micro_lut.to_dict(), "version": 2, "scale": 1.25, "per_op_ms": -0.01, "overhead_ms": 0.1,
+            "stage_scales": [3.0, 3.0]}
+    lut = LatencyLUT.from_dict(data)
+    assert lut.version == 2 and lut.stage_scales == [] and lut.stage_scale(0) == lut.stage_scale(1) == 1.25
+    model = RuntimeModel(micro_space, lut, 1, 10)
+    arch = micro_space.largest()
+    assert model.predict(arch) == pytest.approx(1.25 * model.plain_sum(arch) - 0.01 * 5 + 0.1)  # 5 layers kept
 
 
 def test_malformed_lut_names_the_file(tmp_path):
@@ -112,11 +139,12 @@ def test_cache_profiles_once_per_space_and_hardware(tmp_path, micro_space):
     # another data shape needs new stem/head entries only
     obtain_lut(micro_space, backend, 3, 100, cache_dir=tmp_path, progress=False)
     assert CountingBackend.calls == 2 * n_ops
-    # a cached LUT from before the per-op calibration terms (version 1) is profiled again, not reused
+    # a cached LUT from before the current calibration (version 1: no per-op terms, 2: no stage scales) is
+    # profiled again, not reused
     path = cache_path(tmp_path, micro_space, backend, 1, 10)
     path.write_text(json.dumps({**json.loads(path.read_text()), "version": 1}))
     obtain_lut(micro_space, backend, 1, 10, cache_dir=tmp_path, progress=False)
-    assert CountingBackend.calls == 3 * n_ops and LatencyLUT.load(path).version == 2
+    assert CountingBackend.calls == 3 * n_ops and LatencyLUT.load(path).version == 3
 
 
 def test_onnxruntime_profiles_real_ops(micro_space):

@@ -192,11 +192,13 @@ def test_latency_script_predicts_and_measures(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     for start in ("predicted, plain per-op sum", "predicted, calibrated:", "measured (median of 1 runs):",
-                  "device repeatability (split halves):"):
+                  "device repeatability (split halves):", "predicted from ops measured alongside:"):
         assert sum(line.startswith(start) for line in lines) == 1, proc.stdout
     result = json.loads((tmp_path / "run" / "latency.json").read_text())
     assert result["architecture"] == arch.keys and result["measured_ms"] > 0
     assert result["predicted_ms"] == pytest.approx(result["predicted_plain_ms"])  # MacsProxy: no calibration
+    # the network's ops measured alongside it, priced by the same model (MacsProxy: deterministic, no drift)
+    assert result["remeasured_prediction_ms"] == pytest.approx(result["predicted_ms"])
     # predict only; and a network that does not fit the space is one error line, exit 2
     proc = run("arch=smallest", "measure=false")
     assert proc.returncode == 0 and "measured" not in proc.stdout

@@ -61,6 +61,47 @@ def test_network_calibration_fit():
     assert fit_network_calibration([1.0, 2.0, 3.0], [9.0, 1.0, 0.5])["scale"] == 1.0
 
 
+def synthetic_networks(n: int, stage_scales: list[float], seed: int = 0):
+    """``n`` networks: per-stage LUT sums, layer counts and an exact per-stage-model measurement."""
+    rng = np.random.default_rng(seed)
+    stages = rng.uniform(0.2, 2.0, size=(n, len(stage_scales)))
+    kept = rng.integers(4, 22, size=n).astype(float)
+    se = np.floor(kept * rng.uniform(0, 1, size=n))
+    measured = stages @ np.asarray(stage_scales) - 0.01 * kept + 0.02 * se + 0.1
+    return stages.sum(1).tolist(), measured.tolist(), kept.tolist(), se.tolist(), stages.tolist()
+
+
+def test_per_stage_calibration_fit_recovers_known_coefficients():
+    scales = [1.25, 1.05, 0.9]
+    sums, measured, kept, se, stages = synthetic_networks(48, scales)
+    fit = fit_network_calibration(sums, measured, kept, se, stages)
+    assert fit["stage_scales"] == pytest.approx(scales, rel=1e-6)
+    assert (fit["per_op_ms"], fit["per_se_op_ms"], fit["overhead_ms"]) == pytest.approx((-0.01, 0.02, 0.1), abs=1e-6)
+    # the summary scale is the op-sum-weighted mean of the stage scales
+    assert fit["scale"] == pytest.approx(float(np.sum(np.asarray(stages) * scales) / np.sum(stages)))
+
+
+def test_per_stage_fit_falls_back_to_one_scale():
+    scales = [1.25, 1.05, 0.9]
+    # too few networks for 3 stage scales + 3 terms (4 per coefficient: 24): one scale for all stages
+    sums, measured, kept, se, stages = synthetic_networks(23, scales)
+    fit = fit_network_calibration(sums, measured, kept, se, stages)
+    assert fit["stage_scales"] == [] and 0.9 < fit["scale"] < 1.25
+    assert fit_network_calibration(*synthetic_networks(24, scales))["stage_scales"] == pytest.approx(scales)
+    # one stage only, or no stage sums: the one-scale model
+    one = synthetic_networks(48, [1.1])
+    assert fit_network_calibration(*one)["stage_scales"] == [] and fit_network_calibration(*one)["scale"] == \
+        pytest.approx(1.1)
+    assert fit_network_calibration(*synthetic_networks(48, scales)[:4])["stage_scales"] == []
+    # an implausible stage scale (outside [0.5, 2]) is rejected in favour of the one-scale model
+    implausible = synthetic_networks(48, [2.6, 1.0, 1.0])
+    assert fit_network_calibration(*implausible)["stage_scales"] == []
+    # a stage whose sum never varies cannot be told from the overhead: rank-deficient, one scale
+    sums, measured, kept, se, stages = synthetic_networks(48, scales)
+    constant = [[0.5, *row[1:]] for row in stages]
+    assert fit_network_calibration(sums, measured, kept, se, constant)["stage_scales"] == []
+
+
 def test_calibration_networks_span_the_space(tiny_space):
     """Smallest and largest SE-free network, SE-free / SE-only / skip-heavy mixes, then uniformly random ones."""
     from nas.cost.signatures import arch_kept_ops, calibration_architectures

@@ -15,10 +15,12 @@ Manifest (``format: spnas-op-export``, ``version: 1``)::
       "ops": [{"key": "mbconv_r16_...", "file": "ops/0003.onnx", "input_shape": [1, 16, 16, 16],
                "sha256": "...", "origin": "layer 1 (s1b0) k3_e3_se0"}, ...],
       "networks": [{"name": "network_0", "file": "networks/network_0.onnx", "input_shape": [...],
-                    "sha256": "...", "ops": ["stem_...", "mbconv_...", ..., "head_..."]}, ...]
+                    "sha256": "...", "ops": ["stem_...", "mbconv_...", ..., "head_..."],
+                    "groups": [0, 0, ..., 5]}, ...]                 # each op's stage (cost group)
     }
 
-``networks`` are the calibration networks of the LUT's network calibration (see ``nas.cost.lut``).
+``networks`` are the calibration networks of the LUT's network calibration (see ``nas.cost.lut``); ``groups``
+(optional for the runner) names each op's cost group, for the per-stage scales.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from nas.cost.backends import LatencyBackend, export_onnx
-from nas.cost.signatures import calibration_networks, required_ops
+from nas.cost.signatures import calibration_network_groups, calibration_networks, required_ops
 from nas.errors import ConfigError
 from nas.io import atomic_write_json
 from nas.space.search_space import SearchSpace
@@ -61,6 +63,7 @@ def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: i
             shutil.rmtree(out / sub, ignore_errors=True)
     ops = required_ops(space, in_channels, num_classes)
     networks, network_keys = calibration_networks(space, in_channels, num_classes, backend.calibration_networks)
+    network_groups = calibration_network_groups(space, backend.calibration_networks)
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
@@ -83,5 +86,6 @@ def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: i
         if group == "ops":
             manifest["ops"].append({"key": op.key, **record, "origin": op.origin})
         else:
-            manifest["networks"].append({"name": op.key, **record, "ops": network_keys[op.key]})
+            manifest["networks"].append({"name": op.key, **record, "ops": network_keys[op.key],
+                                         "groups": network_groups[op.key]})
     return atomic_write_json(out / MANIFEST_NAME, manifest)

@@ -13,9 +13,10 @@ graph optimisations; per op ``warmup`` untimed runs, then ``repeats`` timed runs
 passes through all ops (one untimed re-warm run first in each pass), each timed run after streaming through a
 ``cache_flush_mb`` buffer; the ``statistic`` (median, p25, p10 or min) and inter-quartile range are kept.
 The calibration networks of the export set the LUT's network calibration (``measured ~
-scale * sum of entries + per_op_ms * MBConv layers kept + per_se_op_ms * SE layers kept + overhead``, with the
-same ``fit_network_calibration`` the framework imports from this file; a network's MBConv layers are its
-``mbconv_*`` keys). The hardware
+sum over stages of stage_scale * (that stage's entries) + per_op_ms * MBConv layers kept + per_se_op_ms * SE
+layers kept + overhead``, or one ``scale`` for all stages when the networks are too few, with the same
+``fit_network_calibration`` the framework imports from this file; a network's MBConv layers are its ``mbconv_*``
+keys, and the manifest's ``groups`` give each op's stage). The hardware
 fingerprint is computed as ``nas.cost.backends.OnnxRuntimeCPU`` does, so a LUT measured here on the
 search machine matches it exactly.
 
@@ -41,7 +42,7 @@ import numpy as np
 MANIFEST_FORMAT = "spnas-op-export"
 MANIFEST_VERSION = 1
 LUT_FORMAT = "spnas-lut"
-LUT_VERSION = 2
+LUT_VERSION = 3
 BACKEND = "onnxruntime-cpu"
 STATISTICS = {"median": 50.0, "p25": 25.0, "p10": 10.0, "min": 0.0}
 
@@ -112,6 +113,10 @@ def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
         _require(isinstance(net.get("ops"), list) and net["ops"] and not missing,
                  f"{path}: networks[{i}] must list the op keys it is made of, all present in 'ops' "
                  f"(missing: {missing[:3]}); {fix}")
+        groups = net.get("groups")
+        _require(groups is None or (isinstance(groups, list) and len(groups) == len(net["ops"])
+                                    and all(_is_int(g, 0) for g in groups)),
+                 f"{path}: networks[{i}].groups must list one stage index (integer >= 0) per op; {fix}")
     return manifest
 
 
@@ -237,6 +242,10 @@ def _robust_relative_fit(design: np.ndarray, measured: np.ndarray, iterations: i
 
 
 CALIBRATION_TERMS = ("scale", "per_op_ms", "per_se_op_ms", "overhead_ms")
+# the per-stage model needs at least this many calibration networks per coefficient (stage scales, per-op,
+# per-SE-op, overhead): with fewer its stage scales are not reliably separated from each other, and the fit falls
+# back to one scale for all stages
+NETWORKS_PER_STAGE_COEFFICIENT = 4
 
 
 def network_counts(keys: list[str]) -> tuple[int, int]:
@@ -245,34 +254,62 @@ def network_counts(keys: list[str]) -> tuple[int, int]:
     return len(layers), sum(1 for k in layers if "_se0_" not in k)
 
 
+def stage_sums(ms: list[float], groups: list[int], count: int) -> list[float]:
+    """Per-stage sums of a network's op runtimes ``ms``, ``groups[j]`` the stage (cost group) of op ``j``."""
+    out = [0.0] * count
+    for value, group in zip(ms, groups):
+        out[group] += value
+    return out
+
+
 def fit_network_calibration(op_sums: list[float], measured: list[float], kept_ops: list[float] | None = None,
-                            se_ops: list[float] | None = None) -> dict[str, float]:
-    """``{scale, per_op_ms, per_se_op_ms, overhead_ms}`` with
-    ``measured ~ scale * op_sum + per_op_ms * kept_ops + per_se_op_ms * se_ops + overhead``.
+                            se_ops: list[float] | None = None,
+                            stage_op_sums: list[list[float]] | None = None) -> dict[str, Any]:
+    """``{scale, per_op_ms, per_se_op_ms, overhead_ms, stage_scales}`` with
+    ``measured ~ sum_s stage_scales[s] * stage_op_sums[s] + per_op_ms * kept_ops + per_se_op_ms * se_ops +
+    overhead`` (per-stage model) or ``measured ~ scale * op_sum + ...`` (one scale, ``stage_scales`` empty).
 
-    ``op_sums`` are the calibration networks' LUT sums, ``kept_ops`` their numbers of MBConv layers kept and
-    ``se_ops`` the number of those with SE. A robust fit of the relative error (:func:`_robust_relative_fit`).
-    Falls back, in order, when the data cannot
-    support a model or its fit is implausible (``scale`` outside [0.5, 2], or a calibration network predicted
-    at <= 0 ms):
+    ``op_sums`` are the calibration networks' LUT sums, ``kept_ops`` their numbers of MBConv layers kept,
+    ``se_ops`` the number of those with SE and ``stage_op_sums`` (optional) each network's LUT sum split by
+    stage (cost group, see ``nas.cost.signatures.cost_groups``). A robust fit of the relative error
+    (:func:`_robust_relative_fit`). Falls back, in order, when the data cannot support a model or its fit is
+    implausible (a scale outside [0.5, 2], or a calibration network predicted at <= 0 ms):
 
-    1. the full model: >= 6 networks, op sums spanning >= 20 %, kept and SE layers each spanning >= 2;
+    0. one scale per stage plus the per-op, per-SE-op and overhead terms: >= 2 stages, at least
+       :data:`NETWORKS_PER_STAGE_COEFFICIENT` networks per coefficient, and the conditions of 1;
+    1. one scale, per-op, per-SE-op and overhead: >= 6 networks, op sums spanning >= 20 %, kept and SE layers
+       each spanning >= 2;
     2. without the SE term: >= 5 networks, kept layers spanning >= 2;
     3. scale and overhead: >= 3 networks spanning >= 20 %;
     4. ``scale = 1`` and the median residual as overhead; no networks: the identity.
 
-    The framework's profiler uses this same function (the runner stays standalone: numpy only).
+    With the per-stage model, ``scale`` is the op-sum-weighted mean of the stage scales (a summary; predictions
+    use ``stage_scales``). The framework's profiler uses this same function (the runner stays standalone: numpy
+    only).
     """
     p = np.asarray(op_sums, dtype=np.float64)
     m = np.asarray(measured, dtype=np.float64)
     k = np.zeros_like(p) if kept_ops is None else np.asarray(kept_ops, dtype=np.float64)
     se = np.zeros_like(p) if se_ops is None else np.asarray(se_ops, dtype=np.float64)
-    identity = dict.fromkeys(CALIBRATION_TERMS, 0.0) | {"scale": 1.0}
+    identity: dict[str, Any] = dict.fromkeys(CALIBRATION_TERMS, 0.0) | {"scale": 1.0, "stage_scales": []}
     if len(p) == 0:
         return identity
     spans = len(p) >= 3 and p.max() >= 1.2 * p.min()
+    full = spans and len(p) >= 6 and np.ptp(k) >= 2 and np.ptp(se) >= 2
+    if stage_op_sums is not None and len(stage_op_sums) == len(p) and full:
+        stages = np.asarray(stage_op_sums, dtype=np.float64)
+        n_coef = stages.shape[1] + 3
+        if stages.shape[1] >= 2 and len(p) >= NETWORKS_PER_STAGE_COEFFICIENT * n_coef:
+            design = np.concatenate([stages, np.stack([k, se, np.ones_like(p)], 1)], 1)
+            if np.linalg.matrix_rank(design) == n_coef:
+                coef = _robust_relative_fit(design, m)
+                scales = coef[:-3]
+                if ((scales >= 0.5) & (scales <= 2.0)).all() and (design @ coef > 0).all():
+                    summary_scale = float((stages.sum(0) @ scales) / stages.sum())
+                    return {"scale": summary_scale, "per_op_ms": float(coef[-3]), "per_se_op_ms": float(coef[-2]),
+                            "overhead_ms": float(coef[-1]), "stage_scales": [float(s) for s in scales]}
     candidates = []
-    if spans and len(p) >= 6 and np.ptp(k) >= 2 and np.ptp(se) >= 2:
+    if full:
         candidates.append([0, 1, 2, 3])
     if spans and len(p) >= 5 and np.ptp(k) >= 2:
         candidates.append([0, 1, 3])
@@ -285,7 +322,7 @@ def fit_network_calibration(op_sums: list[float], measured: list[float], kept_op
         coef = np.zeros(4)
         coef[used] = _robust_relative_fit(design[:, used], m)
         if 0.5 <= coef[0] <= 2.0 and (design @ coef > 0).all():
-            return {name: float(c) for name, c in zip(CALIBRATION_TERMS, coef)}
+            return {name: float(c) for name, c in zip(CALIBRATION_TERMS, coef)} | {"stage_scales": []}
     return identity | {"overhead_ms": float(np.median(m - p))}
 
 
@@ -317,7 +354,13 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
     sums = [round(sum(entries[k]["ms"] for k in n["ops"]), 6) for n in networks]
     kept, se_ops = (list(c) for c in zip(*(network_counts(n["ops"]) for n in networks))) if networks else ([], [])
     measured = [round(summary(samples[n["name"]], statistic)["ms"], 6) for n in networks]
-    calibration = fit_network_calibration(sums, measured, kept, se_ops)
+    # per-stage sums where the export names each op's stage (cost group); older exports: one scale
+    by_stage = None
+    if networks and all(isinstance(n.get("groups"), list) and len(n["groups"]) == len(n["ops"]) for n in networks):
+        count = 1 + max(max(n["groups"]) for n in networks)
+        by_stage = [[round(v, 6) for v in stage_sums([entries[k]["ms"] for k in n["ops"]], n["groups"], count)]
+                    for n in networks]
+    calibration = fit_network_calibration(sums, measured, kept, se_ops, by_stage)
     batch = int(manifest["settings"]["batch_size"])
     return {
         "format": LUT_FORMAT,
@@ -329,7 +372,7 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
         "meta": {"in_channels": manifest["in_channels"], "num_classes": manifest["num_classes"],
                  "profiled_ops": len(entries), "profile_seconds": round(time.perf_counter() - start, 2),
                  "calibration": {"networks": len(networks), "op_sum_ms": sums, "kept_ops": kept,
-                                 "se_ops": se_ops, "measured_ms": measured}},
+                                 "se_ops": se_ops, "measured_ms": measured, "stage_op_sum_ms": by_stage}},
         **calibration,
         "entries": dict(sorted(entries.items())),
     }
@@ -386,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"measured {len(lut['entries'])} ops and {lut['meta']['calibration']['networks']} calibration networks "
           f"in {lut['meta']['profile_seconds']} s (threads={chosen['threads']}, calibration "
           f"{lut['scale']:.3f}*sum{lut['per_op_ms']:+.4f}*ops{lut['per_se_op_ms']:+.4f}*se_ops"
-          f"{lut['overhead_ms']:+.4f} ms, fingerprint "
+          f"{lut['overhead_ms']:+.4f} ms"
+          + (f", stage scales {', '.join(f'{v:.3f}' for v in lut['stage_scales'])}" if lut["stage_scales"] else "")
+          + ", fingerprint "
           f"{lut['hardware']['fingerprint_id']}); "
           f"wrote {args.out}")
     return 0

@@ -1,26 +1,30 @@
 """Versioned latency lookup tables (LUTs): JSON keyed by layer signature, plus a hardware fingerprint.
 
-File format (``format: spnas-lut``, ``version: 2``)::
+File format (``format: spnas-lut``, ``version: 3``)::
 
     {
-      "format": "spnas-lut", "version": 2, "unit": "ms",
+      "format": "spnas-lut", "version": 3, "unit": "ms",
       "space": {"name": "tiny", "digest": "8b36d3bd041af250"},        # what the LUT was profiled for
       "hardware": {"backend": "onnxruntime-cpu", "threads": 1, "batch_size": 1,
                    "fingerprint": {...}, "fingerprint_id": "3f2a..."},
       "created": "2026-11-23T10:00:00+00:00",
       "scale": 1.08, "per_op_ms": -0.011, "per_se_op_ms": 0.02, "overhead_ms": -0.05,  # network calibration
+      "stage_scales": [1.21, 1.12, 1.05, 1.02, 1.07, 1.10],          # one per cost group (stage); [] = none
       "entries": {"mbconv_r16_i16_o24_s2_k5_e6_se0.25_relu": {"ms": 0.41, "iqr_ms": 0.01, "runs": 30}, ...}
     }
 
-A network's runtime is ``R = scale * (sum of its entries) + per_op_ms * (MBConv layers kept) + per_se_op_ms *
-(those with SE) + overhead_ms``. The coefficients are fitted on whole networks measured together with the ops
-(``nas.cost.signatures.calibration_networks``, fitted by ``nas.cost.device_runner.fit_network_calibration``) and
-absorb what a per-op sum cannot see: ops inside a network run slower or faster than alone in proportion to
-their work (cache and memory state: ``scale``); each op timed alone pays a per-call cost that a network pays
-differently (``per_op_ms``, usually negative); an SE block costs more inside a network than alone
-(``per_se_op_ms``); and a per-network constant (``overhead_ms``). Without calibration they are 1, 0, 0 and 0: the
-plain sum of Eq 5.8. Version-1 files (scale and overhead only) are read with both per-op terms 0. See
-docs/latency.md.
+A network's runtime is ``R = sum_s stage_scales[s] * (sum of its entries in stage s) + per_op_ms * (MBConv layers
+kept) + per_se_op_ms * (those with SE) + overhead_ms``; without stage scales (too few calibration networks, or a
+version-1/2 file) every stage's scale is ``scale``. Stages are the cost groups of
+``nas.cost.signatures.cost_groups`` (stem with the first stage, head with the last). The coefficients are fitted on
+whole networks measured together with the ops (``nas.cost.signatures.calibration_networks``, fitted by
+``nas.cost.device_runner.fit_network_calibration``) and absorb what a per-op sum cannot see: ops inside a network
+run slower or faster than alone in proportion to their work (cache and memory state, which differ between the early
+high-resolution stages and the late weight-heavy ones: ``stage_scales``); each op timed alone pays a per-call cost
+that a network pays differently (``per_op_ms``, usually negative); an SE block costs more inside a network than
+alone (``per_se_op_ms``); and a per-network constant (``overhead_ms``). Without calibration they are 1, 0, 0 and 0:
+the plain sum of Eq 5.8. Version-1 files (scale and overhead only) are read with both per-op terms 0, version-1 and
+-2 files with every stage scale equal to ``scale``. See docs/latency.md.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ from nas.errors import LUTError
 from nas.io import atomic_write_json
 
 LUT_FORMAT = "spnas-lut"
-LUT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+LUT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -69,23 +73,46 @@ class LatencyLUT:
     scale: float = 1.0
     per_op_ms: float = 0.0
     per_se_op_ms: float = 0.0
-    version: int = LUT_VERSION  # of the file it was read from (1: calibrated with scale and overhead only)
+    stage_scales: list[float] = field(default_factory=list)  # per cost group; empty: ``scale`` for every stage
+    version: int = LUT_VERSION  # of the file it was read from (1: scale and overhead only; 2: no stage scales)
 
-    def network_ms(self, op_sum_ms: float, kept_ops: float = 0.0, se_ops: float = 0.0) -> float:
-        """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms`` and that keeps ``kept_ops``
-        MBConv layers (searchable and fixed, not stem and head), ``se_ops`` of them with SE."""
-        return self.scale * op_sum_ms + self.per_op_ms * kept_ops + self.per_se_op_ms * se_ops + self.overhead_ms
+    def stage_scale(self, group: int) -> float:
+        """The multiplier of the LUT entries of cost group (stage) ``group``: its stage scale, else ``scale``."""
+        return self.stage_scales[group] if self.stage_scales else self.scale
+
+    def check_groups(self, count: int, space_name: str = "") -> None:
+        """Error unless the stage scales (if any) are one per cost group of the space (``count`` groups)."""
+        if self.stage_scales and len(self.stage_scales) != count:
+            raise LUTError(f"{self.source}: {len(self.stage_scales)} stage scales, but space '{space_name}' has "
+                           f"{count} cost groups (stages); this LUT was calibrated for another space. Re-profile "
+                           "for this space.")
+
+    def network_ms(self, op_sum_ms: float, kept_ops: float = 0.0, se_ops: float = 0.0,
+                   stage_op_sums: list[float] | None = None) -> float:
+        """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms`` (``stage_op_sums``: split by
+        cost group, needed when the LUT has stage scales) and that keeps ``kept_ops`` MBConv layers (searchable
+        and fixed, not stem and head), ``se_ops`` of them with SE."""
+        if self.stage_scales:
+            if stage_op_sums is None or len(stage_op_sums) != len(self.stage_scales):
+                raise LUTError(f"{self.source}: this LUT has {len(self.stage_scales)} stage scales; pass the "
+                               "network's LUT sum per stage (nas.cost.signatures.network_op_groups)")
+            scaled = sum(s * v for s, v in zip(self.stage_scales, stage_op_sums))
+        else:
+            scaled = self.scale * op_sum_ms
+        return scaled + self.per_op_ms * kept_ops + self.per_se_op_ms * se_ops + self.overhead_ms
 
     @property
-    def calibration(self) -> dict[str, float]:
+    def calibration(self) -> dict[str, Any]:
         """The network calibration's coefficients."""
         return {"scale": self.scale, "per_op_ms": self.per_op_ms, "per_se_op_ms": self.per_se_op_ms,
-                "overhead_ms": self.overhead_ms}
+                "overhead_ms": self.overhead_ms, "stage_scales": list(self.stage_scales)}
 
     def describe_calibration(self) -> str:
-        """``1.031*sum-0.0110*ops+0.0150*se_ops+0.021 ms``: the calibration as a formula, for logs and reports."""
-        return (f"{self.scale:.3f}*sum{self.per_op_ms:+.4f}*ops{self.per_se_op_ms:+.4f}*se_ops"
-                f"{self.overhead_ms:+.4f} ms")
+        """``1.031*sum-0.0110*ops+0.0150*se_ops+0.021 ms`` (with stage scales: ``[1.21,1.12,...]*stage_sums...``):
+        the calibration as a formula, for logs and reports."""
+        factor = (f"[{','.join(f'{v:.3f}' for v in self.stage_scales)}]*stage_sums" if self.stage_scales
+                  else f"{self.scale:.3f}*sum")
+        return f"{factor}{self.per_op_ms:+.4f}*ops{self.per_se_op_ms:+.4f}*se_ops{self.overhead_ms:+.4f} ms"
 
     @property
     def source(self) -> str:
@@ -154,6 +181,7 @@ class LatencyLUT:
             "per_op_ms": self.per_op_ms,
             "per_se_op_ms": self.per_se_op_ms,
             "overhead_ms": self.overhead_ms,
+            "stage_scales": list(self.stage_scales),
             "entries": {k: e.to_dict() for k, e in sorted(self.entries.items())},
         }
 
@@ -211,9 +239,15 @@ class LatencyLUT:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise LUTError(f"{source}: '{name}' must be a finite number ({what}), got {value!r}")
             per_op[name] = float(value)
+        stage_scales = (data.get("stage_scales") or []) if data.get("version", 0) >= 3 else []
+        if not isinstance(stage_scales, list) or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                for v in stage_scales):
+            raise LUTError(f"{source}: 'stage_scales' must be a list of finite numbers > 0 (one multiplier per "
+                           f"stage), got {stage_scales!r}")
         return cls(entries=entries, hardware=hardware, space=space, created=str(data.get("created", "")),
                    meta=dict(data.get("meta") or {}), path=source, overhead_ms=float(overhead), scale=float(scale),
-                   version=int(data["version"]), **per_op)
+                   version=int(data["version"]), stage_scales=[float(v) for v in stage_scales], **per_op)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyLUT:

@@ -7,14 +7,21 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from nas.cost.backends import LatencyBackend, summarize
-from nas.cost.device_runner import fit_network_calibration, network_counts, round_counts
+from nas.cost.device_runner import fit_network_calibration, network_counts, round_counts, stage_sums
 from nas.cost.lut import LUT_VERSION, LatencyEntry, LatencyLUT
-from nas.cost.signatures import OpSpec, calibration_networks, required_ops
+from nas.cost.signatures import (
+    OpSpec,
+    calibration_network_groups,
+    calibration_networks,
+    cost_groups,
+    required_ops,
+)
 from nas.errors import ConfigError, LUTError
 from nas.space.search_space import SearchSpace
 
@@ -52,10 +59,12 @@ def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool 
 
 
 def calibrate_networks(network_ms: dict[str, float], network_keys: dict[str, list[str]],
-                       entries: dict[str, LatencyEntry]) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Fit the LUT's network calibration (``scale``, ``per_op_ms``, ``per_se_op_ms``, ``overhead_ms``) on whole
-    networks measured with the ops; returns the coefficients and a record of the fit's data (for the LUT's
-    ``meta``)."""
+                       entries: dict[str, LatencyEntry], network_groups: dict[str, list[int]] | None = None,
+                       groups: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the LUT's network calibration (stage scales or ``scale``, ``per_op_ms``, ``per_se_op_ms``,
+    ``overhead_ms``) on whole networks measured with the ops; ``network_groups`` gives each key's cost group
+    (stage; :func:`~nas.cost.signatures.calibration_network_groups`), ``groups`` their number. Returns the
+    coefficients and a record of the fit's data (for the LUT's ``meta``)."""
     # rounded as recorded in the LUT's meta, so that the fit can be reproduced from the file exactly
     sums = [round(sum(entries[k].ms for k in network_keys[name]), 6) for name in network_keys]
     kept, se_ops = [], []
@@ -64,8 +73,13 @@ def calibrate_networks(network_ms: dict[str, float], network_keys: dict[str, lis
         kept.append(layers)
         se_ops.append(with_se)
     measured = [round(network_ms[name], 6) for name in network_keys]
-    calibration = fit_network_calibration(sums, measured, kept, se_ops)
-    return calibration, {"op_sum_ms": sums, "kept_ops": kept, "se_ops": se_ops, "measured_ms": measured}
+    by_stage = None
+    if network_groups is not None and groups >= 2:
+        by_stage = [[round(v, 6) for v in stage_sums([entries[k].ms for k in network_keys[name]],
+                                                     network_groups[name], groups)] for name in network_keys]
+    calibration = fit_network_calibration(sums, measured, kept, se_ops, by_stage)
+    return calibration, {"op_sum_ms": sums, "kept_ops": kept, "se_ops": se_ops, "measured_ms": measured,
+                         "stage_op_sum_ms": by_stage}
 
 
 def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,
@@ -82,6 +96,7 @@ def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int,
     n_cal = getattr(backend, "calibration_networks", 0)
     networks, network_keys = calibration_networks(space, in_channels, num_classes, n_cal) if n_cal and todo else (
         {}, {})
+    network_groups = calibration_network_groups(space, n_cal) if networks else {}
     start = time.perf_counter()
     measured = profile_ops({**todo, **networks}, backend, progress, rounds=rounds)
     seconds = time.perf_counter() - start
@@ -90,7 +105,8 @@ def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int,
             "profile_seconds": round(seconds, 2)}
     calibration = base.calibration if base is not None else {}
     if networks:
-        calibration, record = calibrate_networks({k: measured[k].ms for k in networks}, network_keys, known)
+        calibration, record = calibrate_networks({k: measured[k].ms for k in networks}, network_keys, known,
+                                                 network_groups, cost_groups(space)[3])
         meta["calibration"] = {"networks": len(networks), **record}
     return LatencyLUT(entries=known, hardware=backend.hardware_record(),
                       space={"name": space.name, "digest": space.digest}, meta=meta, **calibration)

@@ -19,10 +19,14 @@
 
 Both are then calibrated to whole networks by the LUT (``nas.cost.lut``)::
 
-    R = scale * (R_const + sum_i R_i) + per_op_ms * (fixed layers + sum_i P_i(kept))
+    R = sum_s scale_s * (R_const,s + sum_{i in s} R_i) + per_op_ms * (fixed layers + sum_i P_i(kept))
         + per_se_op_ms * sum_i P_i(kept) P_i(SE > 0) + overhead_ms
 
-where ``P_i(kept) = 1 - P_i(skip)`` is the probability that layer ``i`` is not the skip-op (its indicator
+where ``scale_s`` is the LUT's scale of cost group (stage) ``s`` (``nas.cost.signatures.cost_groups``: the stem
+counts with the first stage, the head with the last; one ``scale`` for all stages where the LUT has no stage
+scales), so ``R`` stays linear in every layer's cost and the form of each ``R_i`` (exact or thesis) is untouched;
+
+``P_i(kept) = 1 - P_i(skip)`` is the probability that layer ``i`` is not the skip-op (its indicator
 ``d_e3`` of Eq 5.9 for two expansions) and ``P_i(SE > 0) = d_se`` (Eq 6.8) the probability that it has SE, so
 the counts are differentiable too.
 
@@ -41,7 +45,7 @@ import torch
 from torch import nn
 
 from nas.cost.lut import LatencyLUT
-from nas.cost.signatures import head_key, layer_key, stem_key
+from nas.cost.signatures import cost_groups, head_key, layer_key, stem_key
 from nas.errors import ConfigError
 from nas.space.architecture import Architecture, LayerChoice
 from nas.space.search_space import SearchSpace
@@ -71,7 +75,14 @@ class RuntimeModel(nn.Module):
         self.lut = lut
         self.in_channels = in_channels
         self.num_classes = num_classes
-        const = lut.ms(stem_key(space, in_channels), "stem") + lut.ms(head_key(space, num_classes), "head")
+        stem_group, self.layer_groups, head_group, self.num_groups = cost_groups(space)
+        lut.check_groups(self.num_groups, space.name)
+        stem_ms = lut.ms(stem_key(space, in_channels), "stem")
+        head_ms = lut.ms(head_key(space, num_classes), "head")
+        const = stem_ms + head_ms
+        group_const = [0.0] * self.num_groups  # the constant ops' raw ms per cost group
+        group_const[stem_group] += stem_ms
+        group_const[head_group] += head_ms
         self.searchable: list[int] = []
         self.fixed_kept = 0
         self.fixed_se = 0
@@ -81,13 +92,18 @@ class RuntimeModel(nn.Module):
                 choice = spec.choices()[0]
                 key = layer_key(spec, choice, space.act)
                 if key is not None:
-                    const += lut.ms(key, f"layer {spec.index} ({spec.name})")
+                    ms = lut.ms(key, f"layer {spec.index} ({spec.name})")
+                    const += ms
+                    group_const[self.layer_groups[spec.index]] += ms
                     self.fixed_kept += 1
                     self.fixed_se += int(choice.se_ratio > 0)
                 continue
             self.searchable.append(spec.index)
             tables.append(self._layer_table(spec))
         self.register_buffer("constant_ms", torch.tensor(const, dtype=torch.float64).float())
+        # derived from the LUT like the categorical buffers below: not saved in checkpoints
+        self.register_buffer("group_constant_ms", torch.tensor(group_const, dtype=torch.float64).float(),
+                             persistent=False)
         for i, table in zip(self.searchable, tables):
             self.register_buffer(f"table_{i}", table)
         # categorical form (one entry per candidate of spec.choices(), skip first): raw ms, kept and SE kept (0 / 1).
@@ -134,30 +150,37 @@ class RuntimeModel(nn.Module):
                                   "Use solver.runtime_form=exact.")
 
     # ------------------------------------------------------------------ the calibration (one place)
-    def calibrate(self, op_sum_ms: torch.Tensor | float, kept: torch.Tensor | float,
+    def calibrate(self, group_sums: Sequence[torch.Tensor | float], kept: torch.Tensor | float,
                   se_kept: torch.Tensor | float) -> torch.Tensor | float:
-        """``scale * op_sum + per_op_ms * kept + per_se_op_ms * se_kept + overhead_ms``: the LUT's network
-        calibration, applied by every entry point of this model to the (expected) LUT sum, the (expected) number
-        of MBConv layers kept and the (expected) number of those with SE."""
+        """``sum_s scale_s * group_sums[s] + per_op_ms * kept + per_se_op_ms * se_kept + overhead_ms``: the LUT's
+        network calibration, applied by every entry point of this model to the (expected) LUT sum of each cost
+        group (stage), the (expected) number of MBConv layers kept and the (expected) number of those with SE."""
         lut = self.lut
-        return op_sum_ms * lut.scale + kept * lut.per_op_ms + se_kept * lut.per_se_op_ms + lut.overhead_ms
+        total = 0.0
+        for g, value in enumerate(group_sums):
+            total = total + value * lut.stage_scale(g)
+        return total + kept * lut.per_op_ms + se_kept * lut.per_se_op_ms + lut.overhead_ms
+
+    def _group_accumulator(self) -> list[torch.Tensor]:
+        return [self.group_constant_ms[g] for g in range(self.num_groups)]
 
     # ------------------------------------------------------------------ differentiable R
     def forward(self, decisions: Sequence[LayerDecision | None]) -> torch.Tensor:
         """Calibrated ``R`` in ms for the single-path indicators (Eq 5.8 with Eq 5.9-5.10 / 6.5-6.8 per layer)."""
-        total = self.constant_ms
-        kept = total.new_tensor(float(self.fixed_kept))
-        se_kept = total.new_tensor(float(self.fixed_se))
+        groups = self._group_accumulator()
+        kept = self.constant_ms.new_tensor(float(self.fixed_kept))
+        se_kept = self.constant_ms.new_tensor(float(self.fixed_se))
         for i in self.searchable:
             dec = decisions[i]
             if dec is None:
                 raise ConfigError(f"no decision for searchable layer {i}; pass supernet.decisions()")
             layer = self.layer_runtime_exact(i, dec) if self.form == "exact" else self.layer_runtime_thesis(i, dec)
-            total = total + layer
+            g = self.layer_groups[i]
+            groups[g] = groups[g] + layer
             p_kept = self.layer_kept(i, dec)
             kept = kept + p_kept
             se_kept = se_kept + p_kept * (level_probabilities(dec.se) * getattr(self, f"se_levels_{i}")).sum()
-        return self.calibrate(total, kept, se_kept)
+        return self.calibrate(groups, kept, se_kept)
 
     def layer_kept(self, i: int, dec: LayerDecision) -> torch.Tensor:
         """``P(layer i is not the skip-op)``: ``1 - P(skip level)``, i.e. the first expansion indicator when the
@@ -170,19 +193,20 @@ class RuntimeModel(nn.Module):
         """Calibrated ``E[R]`` in ms under per-layer categorical distributions over the candidates.
 
         ``probabilities[j]`` is the distribution of the ``j``-th searchable layer over ``spec.choices()`` (skip
-        first where allowed), as the multi-path supernet orders its paths. ``R`` is linear in the LUT sum and in
-        the count of kept layers, so ``E[R]`` is the calibration of their expectations.
+        first where allowed), as the multi-path supernet orders its paths. ``R`` is linear in the per-stage LUT
+        sums and in the counts of kept layers, so ``E[R]`` is the calibration of their expectations.
         """
         if len(probabilities) != len(self.searchable):
             raise ConfigError(f"expected {len(self.searchable)} per-layer distributions, got {len(probabilities)}")
-        total = self.constant_ms
-        kept = total.new_tensor(float(self.fixed_kept))
-        se_kept = total.new_tensor(float(self.fixed_se))
+        groups = self._group_accumulator()
+        kept = self.constant_ms.new_tensor(float(self.fixed_kept))
+        se_kept = self.constant_ms.new_tensor(float(self.fixed_se))
         for i, p in zip(self.searchable, probabilities):
-            total = total + (p * getattr(self, f"choice_ms_{i}").to(p.dtype)).sum()
+            g = self.layer_groups[i]
+            groups[g] = groups[g] + (p * getattr(self, f"choice_ms_{i}").to(p.dtype)).sum()
             kept = kept + (p * getattr(self, f"choice_kept_{i}").to(p.dtype)).sum()
             se_kept = se_kept + (p * getattr(self, f"choice_se_{i}").to(p.dtype)).sum()
-        return self.calibrate(total, kept, se_kept)
+        return self.calibrate(groups, kept, se_kept)
 
     def layer_runtime_exact(self, i: int, dec: LayerDecision) -> torch.Tensor:
         pk = level_probabilities(dec.kernel)
@@ -226,10 +250,23 @@ class RuntimeModel(nn.Module):
                 total += self.lut.ms(key, f"layer {spec.index} ({spec.name})")
         return total
 
+    def group_sums(self, arch: Architecture) -> list[float]:
+        """The plain LUT sum of a discrete architecture split by cost group (stage); sums to :meth:`plain_sum`."""
+        arch.validate(self.space)
+        stem_group, _, head_group, _ = cost_groups(self.space)
+        sums = [0.0] * self.num_groups
+        sums[stem_group] += self.lut.ms(stem_key(self.space, self.in_channels), "stem")
+        sums[head_group] += self.lut.ms(head_key(self.space, self.num_classes), "head")
+        for spec, choice in zip(self.space.layers, arch.layers):
+            key = layer_key(spec, choice, self.space.act)
+            if key is not None:
+                sums[self.layer_groups[spec.index]] += self.lut.ms(key, f"layer {spec.index} ({spec.name})")
+        return sums
+
     def predict(self, arch: Architecture) -> float:
         """Calibrated runtime (ms) of a discrete architecture: the one discrete entry point, which every solver
         reports and which :meth:`forward` and :meth:`expected` equal at that architecture."""
         kept = sum(1 for choice in arch.layers if not choice.is_skip)
         se_kept = sum(1 for choice in arch.layers if not choice.is_skip and choice.se_ratio > 0)
-        return float(self.calibrate(self.plain_sum(arch), kept, se_kept))
+        return float(self.calibrate(self.group_sums(arch), kept, se_kept))
 

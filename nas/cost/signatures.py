@@ -78,6 +78,34 @@ def required_ops(space: SearchSpace, in_channels: int, num_classes: int) -> dict
     return ops
 
 
+def cost_groups(space: SearchSpace) -> tuple[int, list[int], int, int]:
+    """``(stem group, [group of each layer], head group, number of groups)``: the stages of the network
+    calibration, each with its own scale (``LatencyLUT.stage_scales``).
+
+    A group is a stage of the space with at least one searchable layer; a stage without one (e.g. the fixed
+    first layer) joins the next such stage (the last one at the end), the stem joins the first layer's group and
+    the head the last layer's. So every group's LUT sum varies across networks and its scale can be fitted
+    (the constant ops would otherwise be indistinguishable from the overhead).
+    """
+    searchable_stages = sorted({spec.stage for spec in space.layers if spec.searchable})
+    if not searchable_stages:
+        return 0, [0] * len(space.layers), 0, 1
+    index = {stage: g for g, stage in enumerate(searchable_stages)}
+
+    def group(stage: int) -> int:
+        later = [s for s in searchable_stages if s >= stage]
+        return index[later[0] if later else searchable_stages[-1]]
+
+    layers = [group(spec.stage) for spec in space.layers]
+    return layers[0] if layers else 0, layers, layers[-1] if layers else 0, len(searchable_stages)
+
+
+def network_op_groups(space: SearchSpace, arch: Architecture) -> list[int]:
+    """The cost group (:func:`cost_groups`) of each key of :func:`network_op_keys`, in the same order."""
+    stem, layers, head, _ = cost_groups(space)
+    return [stem, *(g for g, choice in zip(layers, arch.layers) if not choice.is_skip), head]
+
+
 def arch_kept_ops(space: SearchSpace, arch: Architecture) -> int:
     """MBConv layers of ``arch`` that are not the skip-op (fixed layers included): the calibration's ``per_op_ms``
     multiplies this count."""
@@ -145,9 +173,10 @@ def calibration_architectures(space: SearchSpace, count: int, seed: int = 1234) 
 def calibration_networks(space: SearchSpace, in_channels: int, num_classes: int, count: int,
                          seed: int = 1234) -> tuple[dict[str, OpSpec], dict[str, list[str]]]:
     """``count`` whole networks of ``space`` (:func:`calibration_architectures`) to fit a LUT's network
-    calibration (``scale``, ``per_op_ms``, ``overhead_ms``).
+    calibration (stage scales, ``per_op_ms``, ``per_se_op_ms``, ``overhead_ms``).
 
-    Returns the networks as ops (key ``network_<i>``) and, per network, the LUT keys its prediction sums.
+    Returns the networks as ops (key ``network_<i>``) and, per network, the LUT keys its prediction sums (the
+    groups of those keys: :func:`calibration_network_groups`).
     """
     from nas.space.networks import build_child
 
@@ -159,3 +188,10 @@ def calibration_networks(space: SearchSpace, in_channels: int, num_classes: int,
                            lambda a=arch: build_child(space, a, in_channels, num_classes), f"calibration network {i}")
         keys[name] = network_op_keys(space, arch, in_channels, num_classes)
     return ops, keys
+
+
+def calibration_network_groups(space: SearchSpace, count: int, seed: int = 1234) -> dict[str, list[int]]:
+    """Per calibration network (``network_<i>`` of :func:`calibration_networks`), the cost group of each of its
+    LUT keys (:func:`network_op_groups`)."""
+    return {f"network_{i}": network_op_groups(space, arch)
+            for i, arch in enumerate(calibration_architectures(space, count, seed) if count > 0 else [])}

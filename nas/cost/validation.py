@@ -32,7 +32,10 @@ from nas.cost.signatures import (
     arch_kept_ops,
     arch_se_ops,
     calibration_architectures,
+    calibration_network_groups,
     calibration_networks,
+    cost_groups,
+    network_op_groups,
     network_op_keys,
     required_ops,
 )
@@ -131,10 +134,10 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
     Every measurement (ops and networks) uses the backend's procedure: warm-up, then ``repeats`` timed runs
     spread over interleaved rounds (one timed run per op per round here), each after the backend's cache flush;
     the backend's statistic is kept. Returns metrics for the plain per-op sum (Eq 5.8) and for the LUT's
-    calibrated model (``scale * sum + per_op_ms * kept + per_se_op_ms * SE + overhead``, fitted on calibration
-    networks that are *not* the validation networks), one row per network, and one row per ``named`` network (e.g. the
-    published ones, SE-free or skip-heavy designs) measured in the same rounds. The LUT used is returned under
-    ``"lut"``.
+    calibrated model (``sum_s scale_s * stage sum_s + per_op_ms * kept + per_se_op_ms * SE + overhead``, fitted
+    on calibration networks that are *not* the validation networks), one row per network, and one row per
+    ``named`` network (e.g. the published ones, SE-free or skip-heavy designs) measured in the same rounds. The
+    LUT used is returned under ``"lut"``.
     """
     cal_archs = calibration_architectures(space, backend.calibration_networks) \
         if lut is None and backend.calibration_networks > 0 else []
@@ -156,7 +159,9 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
         measured = profile_ops({**ops, **cal_ops, **nets, **extra}, backend, progress, rounds=rounds,
                                samples_out=samples)
         entries = {k: measured[k] for k in ops}
-        calibration, record = calibrate_networks({k: measured[k].ms for k in cal_ops}, cal_keys, entries)
+        calibration, record = calibrate_networks({k: measured[k].ms for k in cal_ops}, cal_keys, entries,
+                                                 calibration_network_groups(space, backend.calibration_networks),
+                                                 cost_groups(space)[3])
         lut = LatencyLUT(entries=entries, hardware=backend.hardware_record(),
                          space={"name": space.name, "digest": space.digest},
                          meta={"in_channels": in_channels, "num_classes": num_classes,
@@ -164,15 +169,20 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
     else:
         mode = "lut"
         lut.check_space(space.name, space.digest)
+        lut.check_groups(cost_groups(space)[3], space.name)
         measured = profile_ops({**nets, **extra}, backend, progress, rounds=rounds, samples_out=samples)
 
     def row(arch: Architecture, name: str, where: str) -> dict[str, Any]:
         keys = network_op_keys(space, arch, in_channels, num_classes)
         plain = sum(lut.ms(k, where) for k in keys)
+        by_stage = [0.0] * cost_groups(space)[3]
+        for key, group in zip(keys, network_op_groups(space, arch)):
+            by_stage[group] += lut.ms(key, where)
         kept, se_ops = arch_kept_ops(space, arch), arch_se_ops(space, arch)
         entry = measured[name]
         return {"architecture": arch.keys, "ops": len(keys), "kept_ops": kept, "se_ops": se_ops,
-                "predicted_plain_ms": plain, "predicted_ms": lut.network_ms(plain, kept, se_ops),
+                "predicted_plain_ms": plain, "stage_op_sum_ms": by_stage,
+                "predicted_ms": lut.network_ms(plain, kept, se_ops, by_stage),
                 "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms}
 
     rows = [row(a, f"validation_{i}", f"network {i}") for i, a in enumerate(archs)]

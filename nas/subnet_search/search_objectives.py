@@ -2,13 +2,15 @@
 
 * ``error`` (top-1 error) or ``ce`` (cross-entropy) on the validation split: *validated* with the supernet's
   shared weights; the costly unit, done once per sub-network and shared by every target device;
-* ``latency``: the calibrated cost model of a target device (``RuntimeModel.predict``: LUT sum, scale, overhead);
+* ``latency``: the calibrated cost model of a target device (``RuntimeModel.predict``: LUT sums per stage, their
+  scales, per-op terms, overhead);
 * ``macs``, ``params``: counted from the child network's layers.
 
 Latency, MACs and parameters are additive over layers (a constant for stem, head and fixed layers plus one
-table entry per searchable layer; latency then passes through the LUT's affine calibration), so their exact
-minimum and maximum over the space, used to normalise the hypervolume and to check constraints, are sums of
-per-layer minima and maxima, and whole spaces can be priced at once (vectorised) for tests.
+table entry per searchable layer; the LUT's calibration, linear in each layer's entry, is folded into the
+table), so their exact minimum and maximum over the space, used to normalise the hypervolume and to check
+constraints, are sums of per-layer minima and maxima, and whole spaces can be priced at once (vectorised) for
+tests.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from nas.cost.backends import count_macs
 from nas.cost.lut import LatencyLUT
 from nas.cost.runtime_model import RuntimeModel
-from nas.cost.signatures import head_key, layer_key, stem_key
+from nas.cost.signatures import cost_groups, head_key, layer_key, stem_key
 from nas.errors import ConfigError
 from nas.space.networks import build_head, build_layer, build_stem
 from nas.space.search_space import SearchSpace
@@ -41,8 +43,7 @@ CONSTRAINTS = {"latency_ms": "latency", "macs": "macs", "params": "params"}
 
 def lut_fingerprint(lut: LatencyLUT) -> str:
     """Digest of what a LUT predicts with: its hardware fingerprint, entries and network calibration."""
-    blob = json.dumps({"hardware": lut.hardware.get("fingerprint_id"), "scale": lut.scale,
-                       "overhead_ms": lut.overhead_ms,
+    blob = json.dumps({"hardware": lut.hardware.get("fingerprint_id"), "calibration": lut.calibration,
                        "entries": {k: v.ms for k, v in sorted(lut.entries.items())}}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -88,22 +89,25 @@ class AdditiveTable:
 def latency_table(codec: GenomeCodec, target: Target) -> AdditiveTable:
     """The runtime model of ``target`` as an additive table (equals ``RuntimeModel.predict``).
 
-    The LUT's network calibration is additive over layers too (``scale`` times each entry, ``per_op_ms`` for each
-    kept layer, ``per_se_op_ms`` for each kept SE layer), so it is folded into the entries.
+    The LUT's network calibration is additive over layers too (each entry times its stage's scale, ``per_op_ms``
+    for each kept layer, ``per_se_op_ms`` for each kept SE layer), so it is folded into the entries.
     """
     runtime = target.runtime
     lut, space = runtime.lut, codec.space
+    stem_group, layer_groups, head_group, count = cost_groups(space)
+    lut.check_groups(count, space.name)
 
     def cost(spec: Any, choice: Any) -> float:
         key = layer_key(spec, choice, space.act)
         if key is None:
             return 0.0
         se = lut.per_se_op_ms if choice.se_ratio > 0 else 0.0
-        return lut.scale * lut.ms(key, f"layer {spec.index} ({spec.name})") + lut.per_op_ms + se
+        scale = lut.stage_scale(layer_groups[spec.index])
+        return scale * lut.ms(key, f"layer {spec.index} ({spec.name})") + lut.per_op_ms + se
 
     searchable = {spec.index for spec in codec.layers}
-    const = lut.scale * (lut.ms(stem_key(space, runtime.in_channels), "stem")
-                         + lut.ms(head_key(space, runtime.num_classes), "head")) + lut.overhead_ms
+    const = (lut.stage_scale(stem_group) * lut.ms(stem_key(space, runtime.in_channels), "stem")
+             + lut.stage_scale(head_group) * lut.ms(head_key(space, runtime.num_classes), "head") + lut.overhead_ms)
     const += sum(cost(spec, spec.choices()[0]) for spec in space.layers if spec.index not in searchable)
     tables = [np.array([cost(spec, choice) for choice in options], dtype=np.float64)
               for spec, options in zip(codec.layers, codec.choices)]

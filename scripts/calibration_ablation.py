@@ -1,0 +1,71 @@
+"""Refit a validation run's calibration with other models and score each on the run's held-out networks.
+
+    python scripts/calibration_ablation.py outputs/validate/<date>/<time> [more run folders]
+    python scripts/calibration_ablation.py docs/measurements/validation_*.json    # with lut_<same>.json beside
+
+Reads the run's ``lut.json`` (the calibration networks' LUT sums per stage, layer counts and measurements, in
+``meta.calibration``) and ``validation.json`` (the held-out random networks' per-stage sums and measurements),
+fits each model with :func:`nas.cost.device_runner.fit_network_calibration` on all calibration networks or on the
+first 24 (the previous default), and prints MAPE / max APE / mean signed error (%) on the held-out networks. No
+measurement is made: every model sees the same measured numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nas.cost.device_runner import fit_network_calibration
+
+
+def predict(fit: dict, rows: list[dict]) -> np.ndarray:
+    out = []
+    for r in rows:
+        scaled = (float(np.dot(fit["stage_scales"], r["stage_op_sum_ms"])) if fit["stage_scales"]
+                  else fit["scale"] * r["predicted_plain_ms"])
+        out.append(scaled + fit["per_op_ms"] * r["kept_ops"] + fit["per_se_op_ms"] * r["se_ops"] + fit["overhead_ms"])
+    return np.asarray(out)
+
+
+def models(cal: dict, count: int) -> dict[str, dict]:
+    n = min(count, cal["networks"])
+    sums, measured = cal["op_sum_ms"][:n], cal["measured_ms"][:n]
+    kept, se, stages = cal["kept_ops"][:n], cal["se_ops"][:n], (cal.get("stage_op_sum_ms") or [None] * n)[:n]
+    return {
+        f"scale + overhead ({n} nets)": fit_network_calibration(sums, measured),
+        f"one scale, per-op, per-SE, overhead ({n} nets)": fit_network_calibration(sums, measured, kept, se),
+        f"stage scales, per-op, per-SE, overhead ({n} nets)": fit_network_calibration(sums, measured, kept, se,
+                                                                                      stages),
+    }
+
+
+def run_files(path: Path) -> tuple[Path, Path]:
+    """``(lut.json, validation.json)`` of a run folder, or of ``validation_X.json`` with ``lut_X.json`` beside it."""
+    if path.is_dir():
+        return path / "lut.json", path / "validation.json"
+    return path.with_name(path.name.replace("validation", "lut", 1)), path
+
+
+def main(folders: list[str]) -> None:
+    for folder in folders:
+        lut_path, val_path = run_files(Path(folder))
+        lut = json.loads(lut_path.read_text())
+        val = json.loads(val_path.read_text())
+        cal = lut["meta"]["calibration"]
+        rows = val["rows"]
+        measured = np.array([r["measured_ms"] for r in rows])
+        print(f"{folder}: space {val['space']['name']}, seed {val['seed']}, N={len(rows)}, "
+              f"floor {val['repeatability']['mape_pct']:.2f} %")
+        for count in (24, cal["networks"]):
+            for name, fit in models(cal, count).items():
+                err = (predict(fit, rows) - measured) / measured * 100
+                used = "stage scales" if fit["stage_scales"] else f"scale {fit['scale']:.3f}"
+                print(f"  {name:<52} MAPE {np.abs(err).mean():5.2f} %  max {np.abs(err).max():5.2f} %  "
+                      f"signed {err.mean():+5.2f} %  ({used})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
