@@ -50,7 +50,7 @@ def test_ridge_learns_an_additive_latency_table(tiny_space):
     assert mape_pct("latency", table(test), pred) <= 1.0
 
 
-@pytest.mark.parametrize("name", ["ridge", "svr", "auto", "mlp"])
+@pytest.mark.parametrize("name", ["ridge", "svr", "auto", "mlp", "ridge_structure"])
 def test_every_predictor_fits_saves_and_reloads(micro_space, tmp_path, name):
     space = objective_space(micro_space)
     truth = AdditiveError(space.codec, space.latency["proxy"].tables)
@@ -64,6 +64,17 @@ def test_every_predictor_fits_saves_and_reloads(micro_space, tmp_path, name):
     probe = space.codec.random(np.random.default_rng(2), 20)
     assert np.array_equal(again.predict(probe), model.predict(probe))
     assert again.meta == model.meta
+
+
+def test_structure_features_learn_a_macs_proxy_latency_from_few_networks(tiny_space):
+    """Four numbers per layer (MACs, parameters, kept, SE): a MACs-proportional latency is linear in them."""
+    space = objective_space(tiny_space)
+    table = space.latency["proxy"]
+    rng = np.random.default_rng(0)
+    train, test = space.codec.random(rng, 40), space.codec.random(rng, 300)
+    model = ObjectivePredictor("latency", space.codec, conf("predictor", "ridge_structure")).fit(train, table(train))
+    assert model.meta["features"] == 4 * space.codec.n_var
+    assert kendall_tau(table(test), model.predict(test)) >= 0.98
 
 
 def test_a_predictor_of_another_space_or_mask_is_refused(micro_space, tiny_space, tmp_path):
