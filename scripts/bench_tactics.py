@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--compare-at", type=int, default=800, help="validation-tactic budget to compare with")
     ap.add_argument("--concurrent-iterations", type=int, default=20)
     ap.add_argument("--popdb", action="store_true")
+    ap.add_argument("--hv-reference", type=float, nargs=2, default=None,
+                    help="reference point in normalised (error, latency); default (1, 1)")
     ap.add_argument("--bn-batches", type=int, default=1)
     ap.add_argument("--cache-dir", default=".cache/spnas")
     ap.add_argument("--out", default="outputs/bench_tactics")
@@ -109,7 +111,7 @@ def main() -> None:
         return ObjectiveSpace.build(c, names, [target], datamodule.in_channels, datamodule.num_classes)
 
     objectives = objective_space(codec)
-    norm = Normalisation.build(names, objectives.bounds(args.device))
+    norm = Normalisation.build(names, objectives.bounds(args.device), args.hv_reference)
     digest = file_digest(args.supernet)
     store = ValidationStore(out / "validations.jsonl", digest, space.digest, {args.device: target.fingerprint})
     algorithm = AlgorithmConfig.from_config(conf("algorithm", "nsga2"))

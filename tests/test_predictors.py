@@ -237,7 +237,7 @@ def test_a_mask_of_another_space_is_refused(micro_space, tiny_space, micro_ckpt,
     assert masked["pareto"]["devices"]["macs_proxy"][norm] == plain["pareto"]["devices"]["macs_proxy"][norm]
 
 
-def test_popdb_and_evaluate_predictor_scripts(micro_space, tmp_path):
+def test_popdb_script_prints_the_report_and_fails_in_one_line(micro_space, tmp_path):
     path, _ = _history(micro_space, tmp_path)
     env_cmd = [sys.executable, str(ROOT / "scripts" / "popdb.py"), f"history={path}", "min_cluster_size=20",
                "min_samples=5", "threshold=0.05", f"out={tmp_path / 'mask.json'}", f"hydra.run.dir={tmp_path / 'p'}"]
