@@ -80,3 +80,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
         raise ValueError(f"refusing to write {path}: {err} (NaN / Infinity are not JSON; write null for a value "
                          "that does not exist)") from None
     return atomic_write_text(path, text + "\n")
+
+
+def read_json_document(path: str | os.PathLike, setting: str, fmt: str, version: int, what: str,
+                       hint: str) -> dict[str, Any]:
+    """Read a versioned JSON file the framework wrote (``{"format": fmt, "version": version, ...}``).
+
+    ``setting`` names the input in messages (``search_mask``), ``what`` the kind of file expected and ``hint``
+    how to make one. A missing, unparsable, foreign or other-version file is a ``ConfigError`` naming the fix.
+    """
+    from nas.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{setting} file {path} does not exist; {hint}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{setting} {path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise ConfigError(f"{setting} {path} is not {what} (format {fmt}); {hint}")
+    if doc.get("version") != version:
+        raise ConfigError(f"{setting} {path}: version {doc.get('version')!r} is not supported (this version reads "
+                          f"{version})")
+    return doc

@@ -275,11 +275,13 @@ def test_evaluate_predictor_reports_mape_and_tau_per_training_size(micro_space, 
     assert [r["n"] for r in result["table"]] == [10, 40] and result["trials"] == 3
     assert all(np.isfinite(r["mape_pct_mean"]) and -1 <= r["kendall_tau_mean"] <= 1 for r in result["table"])
     assert (tmp_path / "ev" / "mape_vs_n.png").is_file() and (tmp_path / "ev" / "pred_vs_true.png").is_file()
-    too_big = subprocess.run([*cmd[:3], "sizes=[100]", *cmd[4:]], capture_output=True, text=True, cwd=ROOT)
-    assert too_big.returncode == 2 and too_big.stderr.startswith("error: db has 60 records")
-    latency = subprocess.run([*cmd, "objective=latency", "device=nope"], capture_output=True, text=True, cwd=ROOT)
-    assert latency.returncode == 2 and "pass device=" in latency.stderr
-    from scripts.evaluate_predictor import compose
+    from scripts.evaluate_predictor import compose, evaluate
+
+    args = cmd[2:]  # the same settings in-process (bad inputs are ConfigErrors; main_guard makes them one line)
+    with pytest.raises(ConfigError, match="db has 60 records"):
+        evaluate(compose([args[0], "sizes=[100]", *args[2:]]))
+    with pytest.raises(ConfigError, match="pass device="):
+        evaluate(compose([*args, "objective=latency", "device=nope"]))
 
     cfg = compose([f"db={db}", "objective=latency", "predictor=svr", "predictor.estimator.C=3.0", "sizes=[200]"])
     assert cfg.objective == "latency" and cfg.predictor.name == "svr" and cfg.predictor.estimator.C == 3.0

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from nas.errors import ConfigError
+from nas.io import read_json_document
 from nas.space.architecture import LayerChoice
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
@@ -100,17 +101,8 @@ def build_mask(space: SearchSpace, genes: np.ndarray, threshold: float, min_clus
 
 def load_mask(path: str | Path, space: SearchSpace) -> list[list[int]]:
     """The allowed candidate indices per searchable layer of a mask file (a mask of another space is refused)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search_mask {path} does not exist; write one with scripts/popdb.py")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"search_mask {path}: not valid JSON ({err})") from None
-    if not isinstance(doc, Mapping) or doc.get("format") != MASK_FORMAT:
-        raise ConfigError(f"search_mask {path} is not a search mask ({MASK_FORMAT}); write one with scripts/popdb.py")
-    if doc.get("version") != MASK_VERSION:
-        raise ConfigError(f"search_mask {path}: version {doc.get('version')!r} is not supported ({MASK_VERSION})")
+    doc = read_json_document(path, "search_mask", MASK_FORMAT, MASK_VERSION, "a search mask",
+                             "write one with scripts/popdb.py")
     if doc.get("space_digest") != space.digest:
         raise ConfigError(f"search_mask {path} masks space '{doc.get('space')}' (digest {doc.get('space_digest')}), "
                           f"but this search uses space '{space.name}' (digest {space.digest}); make the mask from "

@@ -10,7 +10,6 @@ the same seed gives an identical file. It is also the warm-start input of anothe
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from nas.errors import ArchitectureError, ConfigError
-from nas.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nas.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_document
 from nas.space.architecture import Architecture
 from nas.space.search_space import SearchSpace
 from nas.space.timm_interop import timm_record
@@ -173,16 +172,8 @@ def load_warm_start(path: str | os.PathLike, space: SearchSpace, codec: GenomeCo
     file of another space is an error naming both digests.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"warm_start file {path} does not exist; pass <other run>/pareto.json")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"warm_start {path}: not valid JSON ({err})") from None
-    if not isinstance(doc, dict) or doc.get("format") != PARETO_FORMAT:
-        raise ConfigError(f"warm_start {path} is not a pareto.json of subnet_search.py (format {PARETO_FORMAT})")
-    if doc.get("version") != PARETO_VERSION:
-        raise ConfigError(f"warm_start {path}: version {doc.get('version')!r} is not supported ({PARETO_VERSION})")
+    doc = read_json_document(path, "warm_start", PARETO_FORMAT, PARETO_VERSION, "a pareto.json of subnet_search.py",
+                             "pass <other run>/pareto.json")
     if doc.get("space_digest") != space.digest:
         raise ConfigError(f"warm_start {path} was searched in space '{doc.get('space')}' (digest "
                           f"{doc.get('space_digest')}), but this search uses space '{space.name}' (digest "
