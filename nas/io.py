@@ -98,9 +98,17 @@ def read_json_document(path: str | os.PathLike, setting: str, fmt: str, version:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{setting} {path}: not valid JSON ({err})") from None
+    return check_document(doc, f"{setting} {path}", fmt, version, what, hint)
+
+
+def check_document(doc: Any, source: str, fmt: str, version: int, what: str, hint: str) -> dict[str, Any]:
+    """Check that a loaded file (``source`` names it in messages) is a ``{"format": fmt, "version": version}``
+    document; otherwise a ``ConfigError`` naming the fix."""
+    from nas.errors import ConfigError
+
     if not isinstance(doc, dict) or doc.get("format") != fmt:
-        raise ConfigError(f"{setting} {path} is not {what} (format {fmt}); {hint}")
+        raise ConfigError(f"{source} is not {what} (format {fmt}); {hint}")
     if doc.get("version") != version:
-        raise ConfigError(f"{setting} {path}: version {doc.get('version')!r} is not supported (this version reads "
+        raise ConfigError(f"{source}: version {doc.get('version')!r} is not supported (this version reads "
                           f"{version})")
     return doc

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from nas.cli import main_guard
 from nas.errors import ConfigError
 from nas.io import atomic_write_json
-from nas.space.architecture import LayerChoice
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.predictors import (
@@ -36,8 +35,8 @@ from nas.subnet_search.predictors import (
     check_predictor_config,
     kendall_tau,
     mape_pct,
-    space_of_records,
 )
+from nas.subnet_search.store import read_records
 
 RECORD_FIELDS = {"error": "error", "ce": "ce", "macs": "macs_m", "params": "params_m"}
 
@@ -45,13 +44,9 @@ RECORD_FIELDS = {"error": "error", "ce": "ce", "macs": "macs_m", "params": "para
 def load_records(path: Path, space: SearchSpace, codec: GenomeCodec, objective: str,
                  device: str | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Genomes and ``objective`` values of a ``validations.jsonl`` or a runtime-model ``validation.json``."""
-    if not path.is_file():
-        raise ConfigError(f"db={path} does not exist; pass a subnet_search run's validations.jsonl or a "
-                          "validate_runtime_model.py run's validation.json")
     info: dict[str, Any] = {"db": str(path)}
     if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        space_of_records(records, space, str(path))
+        records = read_records(path, space.name, space.digest, "db")
         if objective == "latency":
             devices = sorted({d for r in records for d in (r.get("latency_ms") or {})})
             if device is None and len(devices) == 1:
@@ -66,6 +61,9 @@ def load_records(path: Path, space: SearchSpace, codec: GenomeCodec, objective: 
             raise ConfigError(f"objective={objective!r} is unknown; choose error, ce, latency, macs or params")
         archs = [r["architecture"] for r in records]
     else:
+        if not path.is_file():
+            raise ConfigError(f"db={path} does not exist; pass a subnet_search run's validations.jsonl or a "
+                              "validate_runtime_model.py run's validation.json")
         try:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError as err:
@@ -85,10 +83,7 @@ def load_records(path: Path, space: SearchSpace, codec: GenomeCodec, objective: 
         info["split_half_kendall_tau"] = doc["repeatability"]["kendall_tau"]
         info["split_half_mape_pct"] = doc["repeatability"]["mape_pct"]
         info["hardware"] = doc.get("hardware", {}).get("backend")
-    genes = []
-    for i, layers in enumerate(archs):
-        choices = [LayerChoice.from_dict(c, f"{path}: record {i}, layer {j}") for j, c in enumerate(layers)]
-        genes.append(codec.encode(space.architecture(choices)))
+    genes = [codec.encode_layers(layers, f"{path}: record {i}") for i, layers in enumerate(archs)]
     y = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
     if np.isnan(y).any():
         raise ConfigError(f"db {path}: {int(np.isnan(y).sum())} record(s) have no {objective} value")

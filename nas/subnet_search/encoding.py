@@ -82,6 +82,12 @@ class GenomeCodec:
             genes.append(gene)
         return np.array(genes, dtype=int)
 
+    def encode_layers(self, layers: Sequence[object], where: str) -> np.ndarray:
+        """The genome of an architecture given as its layers' records (``LayerChoice.to_dict`` or keys), as
+        ``validations.jsonl`` and ``validation.json`` store them."""
+        choices = [LayerChoice.from_dict(c, f"{where}, layer {i}") for i, c in enumerate(layers)]
+        return self.encode(self.space.architecture(choices))
+
     def key(self, genes: Sequence[int] | np.ndarray) -> str:
         return architecture_key(self.decode(genes))
 

@@ -217,7 +217,8 @@ class BudgetedSearch:
                  initial: np.ndarray | None = None, progress: bool = False,
                  on_generation: Callable[[str, GenerationRecord], None] | None = None,
                  first_population: int | None = None) -> None:
-        check_budget(budget, algorithm.population if first_population is None else first_population)
+        first = algorithm.population if first_population is None else first_population  # validated first
+        check_budget(budget, first)
         self.space = space
         self.codec = space.codec
         self.target = target
@@ -232,8 +233,7 @@ class BudgetedSearch:
         self._seen: dict[str, int] = {}
         self._progress = progress
         self._bar: Any = None
-        self._warm = initial
-        self.initial = initial_population(self.codec, algorithm.population, seed, initial)
+        self.initial = initial_population(self.codec, first, seed, initial)
         upper = np.array(normalisation.upper)
         self._penalty = upper + (upper - np.array(normalisation.lower))  # F of infeasible (never ranked by F)
 

@@ -13,7 +13,6 @@ kept (and the report says so).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,10 +22,10 @@ import numpy as np
 
 from nas.errors import ConfigError
 from nas.io import read_json_document
-from nas.space.architecture import LayerChoice
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.predictors import one_hot
+from nas.subnet_search.store import read_records
 
 MASK_FORMAT = "spnas-search-mask"
 MASK_VERSION = 1
@@ -34,27 +33,9 @@ MASK_VERSION = 1
 
 def read_history(path: str | Path, space: SearchSpace, codec: GenomeCodec) -> np.ndarray:
     """Genomes (of the unmasked ``codec``) of the sub-networks in a ``validations.jsonl``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"history {path} does not exist; pass <previous subnet_search run>/validations.jsonl")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of a killed run
-        if record.get("space_digest") != space.digest:
-            raise ConfigError(f"{path}: line {number} was searched in space digest {record.get('space_digest')}, "
-                              f"but space '{space.name}' (digest {space.digest}) is selected; pass the space=... "
-                              "of that search")
-        where = f"{path}: line {number}"
-        choices = [LayerChoice.from_dict(c, f"{where}, layer {i}") for i, c in enumerate(record["architecture"])]
-        rows.append(codec.encode(space.architecture(choices)))
-    if not rows:
-        raise ConfigError(f"history {path} holds no validated sub-network")
-    return np.array(rows, dtype=int)
+    records = read_records(path, space.name, space.digest, "history")
+    return np.array([codec.encode_layers(r["architecture"], f"{path}: record {i}") for i, r in enumerate(records)],
+                    dtype=int)
 
 
 def build_mask(space: SearchSpace, genes: np.ndarray, threshold: float, min_cluster_size: int,

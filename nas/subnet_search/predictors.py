@@ -34,8 +34,7 @@ import numpy as np
 from hydra.utils import instantiate
 
 from nas.errors import ConfigError
-from nas.io import atomic_write_bytes
-from nas.space.search_space import SearchSpace
+from nas.io import atomic_write_bytes, check_document
 from nas.subnet_search.encoding import GenomeCodec
 
 PREDICTOR_FORMAT = "spnas-predictor"
@@ -153,18 +152,14 @@ class ObjectivePredictor:
     """
 
     def __init__(self, objective: str, codec: GenomeCodec, config: Mapping[str, Any], seed: int = 0) -> None:
+        check_predictor_config(config)
         self.objective = objective
         self.codec = codec
         self.config = dict(config)
         self.name = str(self.config.get("name", "?"))
         self.seed = int(seed)
-        folds = self.config.get("cv_folds", 5)
-        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-            raise ConfigError(f"predictor.cv_folds must be an integer >= 2, got {folds!r}")
-        self.cv_folds = folds
+        self.cv_folds = int(self.config.get("cv_folds", 5))
         self.features = str(self.config.get("features", "onehot"))
-        if self.features not in FEATURES:
-            raise ConfigError(f"predictor.features={self.features!r} is unknown; choose one of {list(FEATURES)}")
         self.model: Any = None
         self.meta: dict[str, Any] = {}
 
@@ -173,9 +168,7 @@ class ObjectivePredictor:
         from sklearn.compose import TransformedTargetRegressor
         from sklearn.preprocessing import StandardScaler
 
-        spec = dict(self.config.get("estimator") or {})
-        if "_target_" not in spec:
-            raise ConfigError(f"predictor={self.name}: 'estimator' needs a _target_ (a scikit-learn regressor)")
+        spec = dict(self.config["estimator"])
         if spec["_target_"].endswith("grid_search"):
             spec.update(objective=self.objective, cv_folds=self.cv_folds, seed=self.seed)
         elif "random_state" in spec and spec["random_state"] is None:
@@ -266,11 +259,8 @@ class ObjectivePredictor:
             doc = joblib.load(path)
         except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
             raise ConfigError(f"predictor file {path} cannot be read ({type(err).__name__}: {err})") from None
-        if not isinstance(doc, dict) or doc.get("format") != PREDICTOR_FORMAT:
-            raise ConfigError(f"{path} is not a predictor file of this framework ({PREDICTOR_FORMAT})")
-        if doc.get("version") != PREDICTOR_VERSION:
-            raise ConfigError(f"{path}: predictor version {doc.get('version')!r} is not supported "
-                              f"({PREDICTOR_VERSION})")
+        check_document(doc, f"predictor file {path}", PREDICTOR_FORMAT, PREDICTOR_VERSION,
+                       "a predictor file of this framework", "write one with subnet_search.py tactic=concurrent")
         meta = doc["meta"]
         expected = feature_count(codec, str(meta.get("feature_kind", "onehot")))
         if meta.get("space_digest") != codec.space.digest or meta.get("features") != expected:
@@ -304,12 +294,3 @@ def check_predictor_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"predictor.cv_folds must be an integer >= 2, got {folds!r}")
     if config.get("features", "onehot") not in FEATURES:
         raise ConfigError(f"predictor.features={config.get('features')!r} is unknown; choose one of {list(FEATURES)}")
-
-
-def space_of_records(records: Sequence[Mapping[str, Any]], space: SearchSpace, source: str) -> None:
-    """Refuse records of another space than ``space``."""
-    for i, r in enumerate(records):
-        digest = r.get("space_digest")
-        if digest is not None and digest != space.digest:
-            raise ConfigError(f"{source}: record {i} belongs to space digest {digest}, but space '{space.name}' "
-                              f"(digest {space.digest}) is selected; pass the space=... it was searched in")

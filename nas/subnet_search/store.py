@@ -112,6 +112,34 @@ class ValidationStore:
         return full
 
 
+def read_records(path: str | os.PathLike, space_name: str, space_digest: str, setting: str) -> list[dict[str, Any]]:
+    """The records of a ``validations.jsonl`` for tools that read another run's file (PopDB, predictor
+    evaluation): a torn last line of a killed run is skipped, a damaged line elsewhere or a record of another
+    space is an error naming the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{setting}={path} does not exist; pass a subnet_search run's validations.jsonl")
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # the torn last line of a killed run
+            raise ConfigError(f"{path}: line {number} is not valid JSON; the file is damaged") from None
+        if record.get("space_digest") != space_digest:
+            raise ConfigError(f"{path}: line {number} was searched in space digest {record.get('space_digest')}, "
+                              f"but space '{space_name}' (digest {space_digest}) is selected; pass the space=... "
+                              "of that search")
+        records.append(record)
+    if not records:
+        raise ConfigError(f"{setting}={path} holds no validated sub-network")
+    return records
+
+
 def check_finite(value: Any, where: str) -> None:
     """Refuse NaN / inf anywhere in a record (they would poison the search and are not valid JSON)."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -72,6 +72,11 @@ class TacticConfig:
     def uses_predictors(self) -> bool:
         return self.name != "validation"
 
+    @property
+    def first_population(self) -> int | None:
+        """Sub-networks validated before the first predictor is trained (``None``: the algorithm's population)."""
+        return {"full": self.sample, "concurrent": self.population}.get(self.name)
+
     def validations(self) -> int | None:
         """Validations the tactic plans (``None``: as many as the budget allows)."""
         if self.name == "concurrent":
@@ -127,8 +132,7 @@ class PredictorSearch(BudgetedSearch):
 
     def __init__(self, *args: Any, tactic: TacticConfig, predictor_config: Mapping[str, Any],
                  **kwargs: Any) -> None:
-        super().__init__(*args, first_population=tactic.sample if tactic.name == "full" else tactic.population,
-                         **kwargs)
+        super().__init__(*args, first_population=tactic.first_population, **kwargs)
         tactic.check_budget(self.budget)
         self.tactic = tactic
         self.predictor_config = dict(predictor_config)
@@ -136,8 +140,6 @@ class PredictorSearch(BudgetedSearch):
         self.predictor: ObjectivePredictor | None = None
         self.rounds: list[dict[str, Any]] = []
         self._rng = np.random.default_rng([self.seed, 2])
-        first = tactic.sample if tactic.name == "full" else tactic.population
-        self.initial = initial_population(self.codec, first, self.seed, self._warm)
 
     # ------------------------------------------------------------------ pieces
     def _consume(self, candidates: np.ndarray, want: int) -> int:
