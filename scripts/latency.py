@@ -9,10 +9,11 @@ this space, data shape and hardware (``hardware.lut_path``, or the cache, profil
 and ``num_classes=`` set the shape, so no data set is needed). The measurement (``measure=false`` skips it)
 times the network with the LUT's procedure (warm-up, interleaved timed runs after a cache flush, the backend's
 statistic) and reports its spread (inter-quartile range) and the device's repeatability on it: the statistic of
-the even-numbered runs against that of the odd-numbered ones, the floor below which no prediction can be
-checked. With ``remeasure=true`` (default) the network's own ops are measured again in the same interleaved
-rounds as the network and priced with the LUT's calibration: a prediction free of the machine's drift since the
-LUT was profiled (on a shared machine that drift can exceed the model's error). Writes ``latency.json`` to the
+its even-numbered sessions' runs against that of its odd-numbered ones (of its even- against its odd-numbered
+runs with ``hardware.backend.sessions=1``), the floor below which no prediction can be checked. With
+``remeasure=true`` (default) the network's own ops are measured again in the same interleaved rounds as the
+network and priced with the LUT's calibration: a prediction free of the machine's drift since the LUT was
+profiled (on a shared machine that drift can exceed the model's error). Writes ``latency.json`` to the
 run folder.
 """
 
@@ -32,6 +33,7 @@ from nas.cost.backends import build_backend, summarize
 from nas.cost.profiler import obtain_lut, profile_ops
 from nas.cost.runtime_model import RuntimeModel
 from nas.cost.signatures import OpSpec, network_op_keys, required_ops
+from nas.cost.validation import split_halves
 from nas.errors import ConfigError
 from nas.io import atomic_write_json
 from nas.space.networks import build_child
@@ -67,7 +69,7 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
     print(f"{'predicted, calibrated:':<40}{result['predicted_ms']:10.4f} ms  ({lut.describe_calibration()}; "
           f"LUT {lut.source})")
     if cfg.measure:
-        samples: dict[str, list[float]] = {}
+        samples: dict[str, list[list[float]]] = {}
         load_before = os.getloadavg()
         start = time.perf_counter()
         op = OpSpec("network", (in_channels, space.resolution, space.resolution), lambda: net.eval(), "network")
@@ -77,9 +79,10 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
         measured = profile_ops({**ops, "network": op}, backend, progress=False, rounds=backend.repeats,
                                samples_out=samples)
         entry = measured["network"]
-        runs = samples["network"]
+        runs = [t for session in samples["network"] for t in session]
         statistic = getattr(backend, "statistic", "median")
-        halves = [summarize(runs[0::2], statistic).ms, summarize(runs[1::2], statistic).ms] if len(runs) > 1 \
+        first, second = split_halves(samples["network"])
+        halves = [summarize(first, statistic).ms, summarize(second, statistic).ms] if first and second \
             else [entry.ms, entry.ms]
         result.update({
             "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms, "measured_runs": len(runs),
@@ -99,7 +102,8 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
         label = f"measured ({statistic} of {len(runs)} runs):"
         print(f"{label:<40}{entry.ms:10.4f} ms  (spread: IQR {entry.iqr_ms:.4f} ms; calibrated prediction "
               f"{result['error_pct']:+.2f} %, plain sum {result['plain_error_pct']:+.2f} %)")
-        print(f"{'device repeatability (split halves):':<40}{result['repeatability_ms']:10.4f} ms  "
+        split = "two sessions" if len(samples["network"]) >= 2 else "split halves"
+        print(f"{f'device repeatability ({split}):':<40}{result['repeatability_ms']:10.4f} ms  "
               f"({result['repeatability_pct']:.2f} % of the measurement; load average {load_before[0]:.2f} -> "
               f"{os.getloadavg()[0]:.2f})")
         if ops:

@@ -76,7 +76,8 @@ def validate(cfg: DictConfig) -> dict:
     hw = result["hardware"]
     print(f"space '{space.name}', {hw['backend']}, threads={hw['threads']}, batch={hw['batch_size']}, "
           f"cache flush {hw['cache_flush_mb']} MB, statistic {hw['statistic']}, N={result['n']} "
-          f"(seed {result['seed']}), mode {result['mode']}, {hw['repeats']} timed runs per network, "
+          f"(seed {result['seed']}), mode {result['mode']}, {hw['repeats']} timed runs x "
+          f"{hw.get('sessions', 1)} session(s) per network, "
           f"{result['wall_time_s']} s, load average {result['load_average']['before'][0]:.2f} -> "
           f"{result['load_average']['after'][0]:.2f}")
     calibrated = f"calibrated ({used.describe_calibration()})"
@@ -85,7 +86,8 @@ def validate(cfg: DictConfig) -> dict:
         print(f"{label:<44} MAPE {m['mape_pct']:6.2f} %  max {m['max_ape_pct']:6.2f} %  RMSE {m['rmse_ms']:.4f} ms  "
               f"mean signed {m['mean_signed_error_pct']:+6.2f} %  Kendall tau {m['kendall_tau']:.3f}")
     rep = result["repeatability"]
-    print(f"{'repeatability (split halves)':<44} MAPE {rep['mape_pct']:6.2f} %  Kendall tau {rep['kendall_tau']:.3f}  "
+    label = f"repeatability (halves: {rep['between']})"
+    print(f"{label:<44} MAPE {rep['mape_pct']:6.2f} %  Kendall tau {rep['kendall_tau']:.3f}  "
           f"(median IQR of runs {rep['median_iqr_pct']:.1f} % of the median): the noise floor")
     for name, row in result["named"].items():
         note = " (a calibration network: in-sample)" if row["calibration_network"] else ""

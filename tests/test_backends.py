@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from nas.cost.backends import OnnxRuntimeCPU, TorchCUDA, TorchEagerCPU, build_backend, summarize
+from nas.cost.device_runner import time_interleaved
 from nas.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -61,7 +62,8 @@ def test_threads_batch_flush_and_statistic_are_part_of_the_fingerprint():
     for other in (OnnxRuntimeCPU(threads=2), OnnxRuntimeCPU(batch_size=4), OnnxRuntimeCPU(cache_flush_mb=2.0),
                   OnnxRuntimeCPU(statistic="p10")):
         assert other.fingerprint_id() != base.fingerprint_id()
-    assert OnnxRuntimeCPU(warmup=3, repeats=7).fingerprint_id() == base.fingerprint_id()
+    # how much is measured (warm-up, repeats, sessions) changes the noise, not what a number means
+    assert OnnxRuntimeCPU(warmup=3, repeats=7, sessions=3).fingerprint_id() == base.fingerprint_id()
     assert TorchEagerCPU().fingerprint_id() != base.fingerprint_id()
 
 
@@ -70,6 +72,7 @@ def test_threads_batch_flush_and_statistic_are_part_of_the_fingerprint():
     ({"cache_flush_mb": -1}, r"cache_flush_mb must be a number in \[0, 1024\]"),
     ({"calibration_networks": 1.5}, "calibration_networks must be an integer >= 0"),
     ({"threads": 0}, "threads must be an integer >= 1"),
+    ({"sessions": 0}, "sessions must be an integer >= 1"),
 ])
 def test_bad_backend_settings_name_the_field(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -95,3 +98,47 @@ def test_cache_flush_runs_before_each_timed_call():
     backend.time_calls(run, 3)
     assert seen == [1.0, 2.0, 3.0]  # the buffer was streamed (incremented) once before every call
     assert backend._scratch.nbytes == 2**18
+
+
+def test_interleaved_schedule_times_every_session_in_a_fresh_order_each_round():
+    log = []
+
+    def session(name, s):
+        return lambda: log.append(("warm", name, s))
+
+    def time_calls(run, count):
+        run()  # the fake run logs a "warm" entry; turn it into a timed one
+        log[-1] = ("timed", *log[-1][1:])
+        return [float(count)] * count
+
+    runs = {name: [session(name, s) for s in range(sessions)] for name, sessions in (("a", 2), ("b", 1), ("c", 3))}
+    samples = time_interleaved(runs, time_calls, repeats=5, rounds=5, seed=1)
+    assert {n: [len(t) for t in v] for n, v in samples.items()} == {"a": [5, 5], "b": [5], "c": [5, 5, 5]}
+    # each round: one untimed re-warm call right before each session's timed call, every session once
+    pairs = list(zip(log[0::2], log[1::2]))
+    assert all(w[0] == "warm" and t[0] == "timed" and w[1:] == t[1:] for w, t in pairs)
+    orders = [tuple(t[1:] for _, t in pairs[r * 6:(r + 1) * 6]) for r in range(5)]
+    assert all(sorted(o) == sorted(orders[0]) and len(set(o)) == 6 for o in orders)
+    assert len(set(orders)) > 1  # the order changes between rounds ...
+    log.clear()
+    time_interleaved(runs, time_calls, repeats=5, rounds=5, seed=1)
+    assert [tuple(t[1:]) for t in log[1::2]] == [o for order in orders for o in order]  # ... and is seeded
+
+
+def test_onnxruntime_loads_each_op_in_separate_sessions(micro_space):
+    from nas.cost.profiler import profile_ops
+    from nas.cost.signatures import required_ops
+
+    backend = OnnxRuntimeCPU(warmup=1, repeats=3, sessions=2)
+    ops = required_ops(micro_space, 1, 10)
+    some = dict(list(ops.items())[:2])
+    first = next(iter(some.values()))
+    runs = backend.prepare_sessions(first.build(), first.input_shape)
+    assert len(runs) == 2 and runs[0] is not runs[1]
+    outputs = [run()[0] for run in runs]
+    assert outputs[0].shape == outputs[1].shape and (outputs[0] == outputs[1]).all()  # same model, same input
+    samples = {}
+    entries = profile_ops(some, backend, progress=False, rounds=3, samples_out=samples)
+    assert all(len(samples[k]) == 2 and [len(t) for t in samples[k]] == [3, 3] for k in some)
+    assert all(entries[k].runs == 6 and entries[k].ms > 0 for k in some)
+    assert backend.hardware_record()["sessions"] == 2

@@ -26,7 +26,8 @@ BARE = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['nas'] = No
 
 
 def backend(**overrides) -> OnnxRuntimeCPU:
-    settings = {"warmup": 1, "repeats": 4, "cache_flush_mb": 0.5, "calibration_networks": 3, "statistic": "p25"}
+    settings = {"warmup": 1, "repeats": 4, "cache_flush_mb": 0.5, "calibration_networks": 3, "statistic": "p25",
+                "sessions": 2}
     return OnnxRuntimeCPU(**{**settings, **overrides})
 
 
@@ -50,13 +51,16 @@ def test_round_trip_export_runner_lut_search(export, tmp_path):
     ops = required_ops(space, 1, 10)
     assert [op["key"] for op in manifest["ops"]] == list(ops)
     assert len(manifest["networks"]) == 3 and manifest["settings"]["statistic"] == "p25"
+    assert manifest["settings"]["sessions"] == 2
     device = tmp_path / "device"
     device.mkdir()
     shutil.copytree(folder, device / "ops_micro")
     proc = run_runner(device / "ops_micro", "--out", "lut.json", "--no-progress", cwd=device)
     assert proc.returncode == 0, proc.stderr
     data = json.loads((device / "lut.json").read_text())
-    assert set(data["entries"]) == set(ops) and all(e["ms"] > 0 and e["runs"] == 4 for e in data["entries"].values())
+    # 4 timed runs in each of the manifest's 2 sessions per op
+    assert set(data["entries"]) == set(ops) and all(e["ms"] > 0 and e["runs"] == 8 for e in data["entries"].values())
+    assert data["hardware"]["sessions"] == 2
     # the calibration is the framework's fit over the calibration networks, whose sums the runner recorded
     cal = data["meta"]["calibration"]
     assert cal["networks"] == 3 and len(cal["op_sum_ms"]) == 3
@@ -115,10 +119,11 @@ def test_corrupt_exports_fail_clearly(export, tmp_path):
     proc = run_runner(bad, "--no-progress", cwd=tmp_path)
     assert proc.returncode == 2 and "networks[0].groups must list one stage index" in proc.stderr
 
-    broken = {**manifest, "settings": {**manifest["settings"], "repeats": 0}}
-    (bad / "manifest.json").write_text(json.dumps(broken))
-    proc = run_runner(bad, "--no-progress", cwd=tmp_path)
-    assert proc.returncode == 2 and "settings.repeats must be an integer >= 1" in proc.stderr
+    for field in ("repeats", "sessions"):
+        broken = {**manifest, "settings": {**manifest["settings"], field: 0}}
+        (bad / "manifest.json").write_text(json.dumps(broken))
+        proc = run_runner(bad, "--no-progress", cwd=tmp_path)
+        assert proc.returncode == 2 and f"settings.{field} must be an integer >= 1" in proc.stderr
 
     proc = run_runner(tmp_path / "nowhere", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
@@ -144,3 +149,16 @@ def test_device_lut_loads_like_any_lut(export, tmp_path):
     data["overhead_ms"] = "fast"
     with pytest.raises(LUTError, match="'overhead_ms' must be a finite number"):
         LatencyLUT.from_dict(data, source="lut.json")
+
+
+def test_manifest_without_sessions_measures_one_session(export, tmp_path):
+    """Exports written before ``sessions`` existed still run: one session per file."""
+    _, folder, manifest = export
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    settings = {k: v for k, v in manifest["settings"].items() if k != "sessions"}
+    (old / "manifest.json").write_text(json.dumps({**manifest, "settings": settings}))
+    proc = run_runner(old, "--out", str(tmp_path / "lut.json"), "--repeats", "3", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "lut.json").read_text())
+    assert data["hardware"]["sessions"] == 1 and all(e["runs"] == 3 for e in data["entries"].values())

@@ -14,7 +14,12 @@ from scipy.stats import kendalltau
 from nas.cost.backends import MacsProxy, count_macs
 from nas.cost.profiler import fit_network_calibration
 from nas.cost.signatures import calibration_networks, network_op_keys
-from nas.cost.validation import runtime_model_metrics, sample_architectures, validate_runtime_model
+from nas.cost.validation import (
+    repeatability,
+    runtime_model_metrics,
+    sample_architectures,
+    validate_runtime_model,
+)
 from nas.errors import ConfigError
 from nas.space.networks import build_child
 from tests.conftest import ROOT, proxy_lut
@@ -28,6 +33,18 @@ def test_metrics_against_hand_computed_values():
     assert m["mean_signed_error_pct"] == pytest.approx(100 * (-0.5 + 0.25) / 4)
     assert runtime_model_metrics(np.arange(1.0, 6.0), np.arange(1.0, 6.0) * 3)["kendall_tau"] == pytest.approx(1.0)
     assert runtime_model_metrics(np.arange(1.0, 6.0), np.arange(5.0, 0.0, -1))["kendall_tau"] == pytest.approx(-1.0)
+
+
+def test_repeatability_compares_sessions_when_there_are_several():
+    # session 1 of every network runs 10 % slower than session 0: only a split by session can see it
+    fast = {f"n{i}": [[1.0 + i] * 8, [1.1 * (1.0 + i)] * 8] for i in range(4)}
+    by_session = repeatability(fast, list(fast), "median")
+    assert by_session["between"] == "sessions"
+    assert by_session["mape_pct"] == pytest.approx(100 * 0.1 / 1.1)
+    # one session: even against odd runs
+    one = {name: [[t for s in sessions for t in s]] for name, sessions in fast.items()}
+    by_runs = repeatability({n: [[1.0, 1.2] * 4] for n in one}, list(one), "median")
+    assert by_runs["between"] == "runs" and by_runs["mape_pct"] == pytest.approx(100 * 0.2 / 1.2)
 
 
 def test_samples_are_distinct_and_seeded(micro_space):

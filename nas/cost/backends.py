@@ -13,6 +13,7 @@ docs/latency.md for the measured effect on the runtime model's accuracy.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import time
@@ -67,11 +68,12 @@ class LatencyBackend:
     name = "base"
 
     def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 10, repeats: int = 30,
-                 cache_flush_mb: float = 0.0, calibration_networks: int = 0, statistic: str = "median") -> None:
+                 cache_flush_mb: float = 0.0, calibration_networks: int = 0, statistic: str = "median",
+                 sessions: int = 1) -> None:
         if statistic not in STATISTICS:
             raise ConfigError(f"hardware.backend.statistic must be one of {list(STATISTICS)}, got {statistic!r}")
         for label, value, low in (("threads", threads, 1), ("batch_size", batch_size, 1),
-                                  ("warmup", warmup, 0), ("repeats", repeats, 1),
+                                  ("warmup", warmup, 0), ("repeats", repeats, 1), ("sessions", sessions, 1),
                                   ("calibration_networks", calibration_networks, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"hardware.backend.{label} must be an integer >= {low}, got {value!r}")
@@ -85,6 +87,8 @@ class LatencyBackend:
         self.repeats = repeats
         self.cache_flush_mb = float(cache_flush_mb)
         self.statistic = statistic
+        #: separate loads (sessions, module copies) of each measured model, ``repeats`` timed runs each
+        self.sessions = sessions
         #: random networks measured with the ops to calibrate the LUT's per-inference constant (nas.cost.lut)
         self.calibration_networks = calibration_networks
         self._scratch: np.ndarray | None = None
@@ -102,13 +106,21 @@ class LatencyBackend:
 
     def hardware_record(self) -> dict[str, Any]:
         return {"backend": self.name, "threads": self.threads, "batch_size": self.batch_size,
-                "warmup": self.warmup, "repeats": self.repeats, "cache_flush_mb": self.cache_flush_mb,
+                "warmup": self.warmup, "repeats": self.repeats, "sessions": self.sessions,
+                "cache_flush_mb": self.cache_flush_mb,
                 "statistic": self.statistic,
                 "fingerprint": self.fingerprint(), "fingerprint_id": self.fingerprint_id()}
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, int, int]) -> Callable[[], object]:
         """A zero-argument callable that runs ``module`` once on a batch of ``batch_size`` inputs."""
         return self._timer(module, (self.batch_size, *input_shape))
+
+    def prepare_sessions(self, module: nn.Module, input_shape: tuple[int, int, int],
+                         count: int | None = None) -> list[Callable[[], object]]:
+        """``count`` (default ``sessions``) independent :meth:`prepare` callables of ``module``, each on its own
+        copy of the weights, so that no one placement in memory decides the measurement."""
+        count = self.sessions if count is None else count
+        return [self.prepare(module if i == 0 else copy.deepcopy(module), input_shape) for i in range(count)]
 
     def flush_cache(self) -> None:
         """Evict the CPU caches by streaming through a ``cache_flush_mb`` buffer (no-op when 0)."""
@@ -162,9 +174,19 @@ class OnnxRuntimeCPU(LatencyBackend):
         return ort.InferenceSession(model_bytes, session_options(ort, self.threads), providers=["CPUExecutionProvider"])
 
     def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
-        sess = self.session(export_onnx(module, shape))
+        return self._session_timer(export_onnx(module, shape), shape)
+
+    def _session_timer(self, model_bytes: bytes, shape: tuple[int, ...]):  # noqa: ANN202
+        sess = self.session(model_bytes)
         feeds = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
         return lambda: sess.run(None, feeds)
+
+    def prepare_sessions(self, module: nn.Module, input_shape: tuple[int, int, int],
+                         count: int | None = None) -> list[Callable[[], object]]:
+        """One export, ``count`` (default ``sessions``) ONNX Runtime sessions of it."""
+        shape = (self.batch_size, *input_shape)
+        data = export_onnx(module, shape)
+        return [self._session_timer(data, shape) for _ in range(self.sessions if count is None else count)]
 
 
 class TorchEagerCPU(LatencyBackend):
@@ -205,8 +227,8 @@ class TorchCUDA(LatencyBackend):
 
     def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 20, repeats: int = 50,
                  device: int = 0, cudnn_benchmark: bool = True, calibration_networks: int = 0,
-                 statistic: str = "median") -> None:
-        super().__init__(threads, batch_size, warmup, repeats, 0.0, calibration_networks, statistic)
+                 statistic: str = "median", sessions: int = 1) -> None:
+        super().__init__(threads, batch_size, warmup, repeats, 0.0, calibration_networks, statistic, sessions)
         if not torch.cuda.is_available():
             raise ConfigError(
                 "hardware=cuda needs a CUDA GPU, but torch.cuda.is_available() is False here (torch "

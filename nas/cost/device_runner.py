@@ -9,9 +9,11 @@ and hand ``lut.json`` back to the search: ``python search.py hardware.lut_path=l
 the device, and nothing but the ONNX files reaches it (no torch, no framework, no data).
 
 The measurement is the one ``nas.cost`` uses for its own LUTs: ONNX Runtime CPU, sequential execution, all
-graph optimisations; per op ``warmup`` untimed runs, then ``repeats`` timed runs interleaved over ``rounds``
-passes through all ops (one untimed re-warm run first in each pass), each timed run after streaming through a
-``cache_flush_mb`` buffer; the ``statistic`` (median, p25, p10 or min) and inter-quartile range are kept.
+graph optimisations; each op loaded in ``sessions`` separate sessions, each session given ``warmup`` untimed
+runs, then ``repeats`` timed runs interleaved over ``rounds`` passes through all sessions in a fresh seeded
+random order each pass (one untimed re-warm run first), each timed run after streaming through a
+``cache_flush_mb`` buffer; the ``statistic`` (median, p25, p10 or min) of all sessions' runs and their
+inter-quartile range are kept (:func:`time_interleaved`).
 The calibration networks of the export set the LUT's network calibration (``measured ~
 sum over stages of stage_scale * (that stage's entries) + per_op_ms * MBConv layers kept + per_se_op_ms * SE
 layers kept + overhead``, or one ``scale`` for all stages when the networks are too few, with the same
@@ -30,9 +32,11 @@ import hashlib
 import json
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -85,6 +89,8 @@ def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
     for name, low in (("threads", 1), ("batch_size", 1), ("warmup", 0), ("repeats", 1), ("rounds", 1)):
         _require(_is_int(settings.get(name), low), f"{path}: settings.{name} must be an integer >= {low}, got "
                                                    f"{settings.get(name)!r}; {fix}")
+    _require(_is_int(settings.get("sessions", 1), 1), f"{path}: settings.sessions must be an integer >= 1, got "
+                                                      f"{settings.get('sessions')!r}; {fix}")
     ops = manifest["ops"]
     _require(isinstance(ops, list) and ops, f"{path}: 'ops' must be a non-empty list; {fix}")
     networks = manifest.get("networks") or []
@@ -165,8 +171,37 @@ def round_counts(repeats: int, rounds: int) -> list[int]:
     return [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
 
 
+def time_interleaved(runs: dict[str, list[Callable[[], object]]], time_calls: Callable[..., list[float]],
+                     repeats: int, rounds: int, seed: int = 0,
+                     on_round: Callable[[int], None] | None = None) -> dict[str, list[list[float]]]:
+    """Timed runs (ms) of every session of every item: ``runs[name]`` holds one callable per session (the same
+    model loaded separately), ``time_calls(run, count)`` times ``count`` calls of one.
+
+    ``repeats`` timed runs per session are spread over ``min(rounds, repeats)`` rounds; each round visits every
+    session once, in a fresh random order (seeded with ``seed``), with one untimed re-warm call first. Interleaving
+    spreads a burst of load on a shared machine over every item instead of the few timed while it lasts; the
+    fresh order keeps what runs just before an item (and an item's position in the round) from biasing it the
+    same way round after round; several sessions average over where each session's buffers happen to lie in
+    memory, which on a shared CPU moved a network's latency by a few percent, its small networks' by up to
+    15 % (docs/latency.md). Returns, per item, one list of timed runs per session. ``on_round(r)`` is called
+    after round ``r``. Hand-written: no timing library schedules runs across many models this way.
+    """
+    order = [(name, s) for name, sessions in runs.items() for s in range(len(sessions))]
+    samples: dict[str, list[list[float]]] = {name: [[] for _ in sessions] for name, sessions in runs.items()}
+    rng = random.Random(seed)
+    for r, count in enumerate(round_counts(repeats, rounds)):
+        rng.shuffle(order)
+        for name, s in order:
+            run = runs[name][s]
+            run()
+            samples[name][s].extend(time_calls(run, count))
+        if on_round is not None:
+            on_round(r)
+    return samples
+
+
 def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, cache_flush_mb: float,
-                    statistic: str) -> dict:
+                    statistic: str, sessions: int = 1) -> dict:
     """The LUT's ``hardware`` block; the fingerprint equals ``OnnxRuntimeCPU.fingerprint()`` on this machine."""
     import onnxruntime
 
@@ -174,7 +209,8 @@ def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, ca
                                   {"onnxruntime": onnxruntime.__version__})
     fingerprint_id_ = fingerprint_id(fingerprint)
     return {"backend": BACKEND, "threads": threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,
-            "cache_flush_mb": float(cache_flush_mb), "statistic": statistic, "fingerprint": fingerprint,
+            "sessions": sessions, "cache_flush_mb": float(cache_flush_mb), "statistic": statistic,
+            "fingerprint": fingerprint,
             "fingerprint_id": fingerprint_id_,
             "measured_by": "device_runner.py"}
 
@@ -327,25 +363,28 @@ def fit_network_calibration(op_sums: list[float], measured: list[float], kept_op
 
 
 def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, repeats: int, rounds: int,
-            cache_flush_mb: float, statistic: str = "median", progress: bool = True) -> dict[str, Any]:
-    """Time every op and calibration network of the export; return the LUT as a JSON-ready dict."""
+            cache_flush_mb: float, statistic: str = "median", progress: bool = True,
+            sessions: int = 1) -> dict[str, Any]:
+    """Time every op and calibration network of the export (:func:`time_interleaved`); return the LUT as a
+    JSON-ready dict."""
     start = time.perf_counter()
     runner = Runner(threads, cache_flush_mb)
     items = [(op["key"], op) for op in manifest["ops"]] + [(n["name"], n) for n in manifest.get("networks") or []]
     runs = {}
     for i, (name, item) in enumerate(items):
-        runs[name] = runner.prepare(folder / item["file"], item["input_shape"])
-        runner.time_calls(runs[name], warmup)
+        runs[name] = [runner.prepare(folder / item["file"], item["input_shape"]) for _ in range(sessions)]
+        for run in runs[name]:
+            runner.time_calls(run, warmup)
         if progress:
             print(f"\rpreparing {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
-    per_round = round_counts(repeats, rounds)
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for r, count in enumerate(per_round):
-        for name, run in runs.items():
-            run()  # untimed re-warm, as nas.cost.profiler does
-            samples[name].extend(runner.time_calls(run, count))
+
+    def report(r: int) -> None:
         if progress:
-            print(f"\rmeasuring: round {r + 1}/{rounds} of {len(runs)} files", end="", file=sys.stderr, flush=True)
+            print(f"\rmeasuring: round {r + 1}/{min(rounds, repeats)} of {len(runs)} files x {sessions} session(s)",
+                  end="", file=sys.stderr, flush=True)
+
+    by_session = time_interleaved(runs, runner.time_calls, repeats, rounds, on_round=report)
+    samples = {name: [t for session in times for t in session] for name, times in by_session.items()}
     if progress:
         print(file=sys.stderr)
     entries = {op["key"]: summary(samples[op["key"]], statistic) for op in manifest["ops"]}
@@ -367,7 +406,7 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
         "version": LUT_VERSION,
         "unit": "ms",
         "space": manifest["space"],
-        "hardware": hardware_record(threads, batch, warmup, repeats, cache_flush_mb, statistic),
+        "hardware": hardware_record(threads, batch, warmup, repeats, cache_flush_mb, statistic, sessions),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "meta": {"in_channels": manifest["in_channels"], "num_classes": manifest["num_classes"],
                  "profiled_ops": len(entries), "profile_seconds": round(time.perf_counter() - start, 2),
@@ -404,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="untimed runs per op (default: the manifest's)")
     parser.add_argument("--repeats", type=int, help="timed runs per op (default: the manifest's)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default: the manifest's)")
+    parser.add_argument("--sessions", type=int, help="sessions each file is loaded in (default: the manifest's)")
     parser.add_argument("--cache-flush-mb", type=float, help="buffer streamed before each timed run (0: off)")
     parser.add_argument("--statistic", choices=sorted(STATISTICS), help="per-op statistic (default: the manifest's)")
     parser.add_argument("--no-progress", action="store_true")
@@ -411,9 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = load_manifest(args.folder)
         settings = manifest["settings"]
-        chosen = {name: getattr(args, name) if getattr(args, name) is not None else settings[name]
-                  for name in ("threads", "warmup", "repeats", "rounds")}
-        for name, low in (("threads", 1), ("warmup", 0), ("repeats", 1), ("rounds", 1)):
+        chosen = {name: getattr(args, name) if getattr(args, name) is not None else settings.get(name, 1)
+                  for name in ("threads", "warmup", "repeats", "rounds", "sessions")}
+        for name, low in (("threads", 1), ("warmup", 0), ("repeats", 1), ("rounds", 1), ("sessions", 1)):
             _require(_is_int(chosen[name], low), f"--{name} must be an integer >= {low}, got {chosen[name]!r}")
         flush = args.cache_flush_mb if args.cache_flush_mb is not None else float(settings.get("cache_flush_mb", 0))
         _require(0 <= flush <= 1024, f"--cache-flush-mb must be in [0, 1024], got {flush}")

@@ -13,7 +13,13 @@ import torch
 from tqdm.auto import tqdm
 
 from nas.cost.backends import LatencyBackend, summarize
-from nas.cost.device_runner import fit_network_calibration, network_counts, round_counts, stage_sums
+from nas.cost.device_runner import (
+    fit_network_calibration,
+    network_counts,
+    round_counts,
+    stage_sums,
+    time_interleaved,
+)
 from nas.cost.lut import LUT_VERSION, LatencyEntry, LatencyLUT
 from nas.cost.signatures import (
     OpSpec,
@@ -29,33 +35,32 @@ log = logging.getLogger(__name__)
 
 
 def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool = True,
-                rounds: int = 5, samples_out: dict[str, list[float]] | None = None) -> dict[str, LatencyEntry]:
-    """Measure each op: ``backend.statistic`` (default median) of ``backend.repeats`` timed runs after
-    ``backend.warmup`` warm-up runs. ``samples_out``, when given, receives every op's timed runs in order.
+                rounds: int = 5, samples_out: dict[str, list[list[float]]] | None = None,
+                seed: int = 0) -> dict[str, LatencyEntry]:
+    """Measure each op: ``backend.statistic`` (default median) of the timed runs of all its sessions.
 
-    The timed runs are interleaved over ``rounds`` passes through all ops, so that a burst of load on a shared
-    machine spreads over every op instead of inflating the few measured while it lasted.
+    Each op is loaded in ``backend.sessions`` separate sessions (:meth:`LatencyBackend.prepare_sessions`), each
+    warmed up with ``backend.warmup`` untimed runs and then timed ``backend.repeats`` times, interleaved over
+    ``rounds`` passes through every session of every op in a fresh random order (seeded with ``seed``;
+    :func:`~nas.cost.device_runner.time_interleaved`, the schedule the device runner uses too). ``samples_out``,
+    when given, receives every op's timed runs, one list per session.
     """
-    per_round = round_counts(backend.repeats, rounds)
-    samples: dict[str, list[float]] = {k: [] for k in ops}
+    runners: dict[str, list] = {}
     with backend.threads_context():
-        runners = {}
         for op in tqdm(ops.values(), desc=f"Preparing {len(ops)} ops for {backend.name}", unit="op",
                        disable=not progress, leave=False):
-            runners[op.key] = backend.prepare(op.build(), op.input_shape)
-            backend.time_calls(runners[op.key], backend.warmup)
-        total = len(ops) * rounds
-        with tqdm(total=total, desc=f"Profiling {len(ops)} ops on {backend.name} ({backend.threads} thread(s))",
-                  unit="op", disable=not progress, leave=False) as bar:
-            for count in per_round:
-                for key, run in runners.items():
-                    run()  # one untimed call re-warms caches after the other ops ran
-                    samples[key].extend(backend.time_calls(run, count))
-                    bar.update(1)
+            runners[op.key] = backend.prepare_sessions(op.build(), op.input_shape)
+            for run in runners[op.key]:
+                backend.time_calls(run, backend.warmup)
+        with tqdm(total=len(round_counts(backend.repeats, rounds)), unit="round", disable=not progress, leave=False,
+                  desc=f"Profiling {len(ops)} ops x {backend.sessions} session(s) on {backend.name} "
+                       f"({backend.threads} thread(s))") as bar:
+            samples = time_interleaved(runners, backend.time_calls, backend.repeats, rounds, seed=seed,
+                                       on_round=lambda _: bar.update(1))
     if samples_out is not None:
         samples_out.update(samples)
     statistic = getattr(backend, "statistic", "median")
-    return {key: summarize(times, statistic) for key, times in samples.items()}
+    return {key: summarize([t for session in times for t in session], statistic) for key, times in samples.items()}
 
 
 def calibrate_networks(network_ms: dict[str, float], network_keys: dict[str, list[str]],

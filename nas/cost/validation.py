@@ -108,22 +108,40 @@ def runtime_model_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[s
     }
 
 
-def repeatability(samples: dict[str, list[float]], names: list[str], statistic: str) -> dict[str, float]:
-    """The measurement's own noise ceiling: the networks' even-numbered runs vs their odd-numbered runs.
+def split_halves(sessions: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Two halves of one item's timed runs (one list per session) for a repeatability check: the even-numbered
+    sessions' runs against the odd-numbered ones' where there are several sessions (so the check includes how
+    much a model's latency depends on the session it is loaded in), else the even-numbered runs against the
+    odd-numbered ones."""
+    if len(sessions) >= 2:
+        return [t for s in sessions[0::2] for t in s], [t for s in sessions[1::2] for t in s]
+    runs = sessions[0] if sessions else []
+    return runs[0::2], runs[1::2]
+
+
+def repeatability(samples: dict[str, list[list[float]]], names: list[str], statistic: str) -> dict[str, Any]:
+    """The measurement's own noise ceiling: each network measured twice, by :func:`split_halves` (its
+    even-numbered sessions against its odd-numbered ones, or with one session its even-numbered runs against its
+    odd-numbered runs).
 
     Both halves span the whole measurement (interleaved rounds), so this is how well the device agrees with
     itself; no runtime model can rank or predict the measurements better than this (MAPE, Kendall's τ).
     """
     from nas.cost.backends import summarize
 
-    if min(len(samples[n]) for n in names) < 2:  # one timed run (e.g. the MACs proxy): nothing to compare
-        return {"mape_pct": float("nan"), "kendall_tau": float("nan"), "median_iqr_pct": float("nan")}
-    first = np.array([summarize(samples[n][0::2], statistic).ms for n in names])
-    second = np.array([summarize(samples[n][1::2], statistic).ms for n in names])
+    halves = {n: split_halves(samples[n]) for n in names}
+    between = "sessions" if min(len(samples[n]) for n in names) >= 2 else "runs"
+    if min(min(len(a), len(b)) for a, b in halves.values()) < 1:  # one timed run (e.g. the MACs proxy)
+        return {"mape_pct": float("nan"), "kendall_tau": float("nan"), "median_iqr_pct": float("nan"),
+                "between": between}
+    first = np.array([summarize(halves[n][0], statistic).ms for n in names])
+    second = np.array([summarize(halves[n][1], statistic).ms for n in names])
     metrics = runtime_model_metrics(first, second)
+    pooled = {n: [t for s in samples[n] for t in s] for n in names}
     return {"mape_pct": metrics["mape_pct"], "kendall_tau": metrics["kendall_tau"],
-            "median_iqr_pct": float(100 * np.median([np.subtract(*np.percentile(samples[n], [75, 25]))
-                                                     / np.median(samples[n]) for n in names]))}
+            "median_iqr_pct": float(100 * np.median([np.subtract(*np.percentile(pooled[n], [75, 25]))
+                                                     / np.median(pooled[n]) for n in names])),
+            "between": between}
 
 
 def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int, *,
@@ -131,9 +149,10 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
                            named: dict[str, Architecture] | None = None) -> dict[str, Any]:
     """Measure ``n`` random networks end to end on ``backend`` and compare them with the LUT runtime model.
 
-    Every measurement (ops and networks) uses the backend's procedure: warm-up, then ``repeats`` timed runs
-    spread over interleaved rounds (one timed run per op per round here), each after the backend's cache flush;
-    the backend's statistic is kept. Returns metrics for the plain per-op sum (Eq 5.8) and for the LUT's
+    Every measurement (ops and networks) uses the backend's procedure: each loaded in ``sessions`` sessions, each
+    session warmed up, then ``repeats`` timed runs per session spread over interleaved rounds (one timed run per
+    session per round here, in a fresh order each round), each after the backend's cache flush; the backend's
+    statistic of all sessions' runs is kept. Returns metrics for the plain per-op sum (Eq 5.8) and for the LUT's
     calibrated model (``sum_s scale_s * stage sum_s + per_op_ms * kept + per_se_op_ms * SE + overhead``, fitted
     on calibration networks that are *not* the validation networks), one row per network, and one row per
     ``named`` network (e.g. the published ones, SE-free or skip-heavy designs) measured in the same rounds. The
@@ -151,7 +170,7 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
     nets = {f"validation_{i}": network(f"validation_{i}", a, f"network {i}") for i, a in enumerate(archs)}
     extra = {f"named_{name}": network(f"named_{name}", a, name) for name, a in named.items()}
     rounds = backend.repeats
-    samples: dict[str, list[float]] = {}
+    samples: dict[str, list[list[float]]] = {}
     if lut is None:
         mode = "joint"
         ops = required_ops(space, in_channels, num_classes)
