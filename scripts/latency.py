@@ -79,13 +79,12 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
         measured = profile_ops({**ops, "network": op}, backend, progress=False, rounds=backend.repeats,
                                samples_out=samples)
         entry = measured["network"]
-        runs = [t for session in samples["network"] for t in session]
         statistic = getattr(backend, "statistic", "median")
-        first, second = split_halves(samples["network"])
+        first, second, between = split_halves(samples["network"])
         halves = [summarize(first, statistic).ms, summarize(second, statistic).ms] if first and second \
             else [entry.ms, entry.ms]
         result.update({
-            "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms, "measured_runs": len(runs),
+            "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms, "measured_runs": entry.runs,
             "statistic": statistic, "repeatability_ms": abs(halves[0] - halves[1]),
             "repeatability_pct": 100 * abs(halves[0] - halves[1]) / entry.ms,
             "error_pct": 100 * (result["predicted_ms"] - entry.ms) / entry.ms,
@@ -99,10 +98,10 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
             remeasured = RuntimeModel(space, fresh, in_channels, num_classes).predict(arch)
             result.update({"remeasured_prediction_ms": remeasured,
                            "remeasured_error_pct": 100 * (remeasured - entry.ms) / entry.ms})
-        label = f"measured ({statistic} of {len(runs)} runs):"
+        label = f"measured ({statistic} of {entry.runs} runs):"
         print(f"{label:<40}{entry.ms:10.4f} ms  (spread: IQR {entry.iqr_ms:.4f} ms; calibrated prediction "
               f"{result['error_pct']:+.2f} %, plain sum {result['plain_error_pct']:+.2f} %)")
-        split = "two sessions" if len(samples["network"]) >= 2 else "split halves"
+        split = "two sessions" if between == "sessions" else "split halves"
         print(f"{f'device repeatability ({split}):':<40}{result['repeatability_ms']:10.4f} ms  "
               f"({result['repeatability_pct']:.2f} % of the measurement; load average {load_before[0]:.2f} -> "
               f"{os.getloadavg()[0]:.2f})")

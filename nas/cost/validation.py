@@ -108,15 +108,15 @@ def runtime_model_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[s
     }
 
 
-def split_halves(sessions: list[list[float]]) -> tuple[list[float], list[float]]:
-    """Two halves of one item's timed runs (one list per session) for a repeatability check: the even-numbered
-    sessions' runs against the odd-numbered ones' where there are several sessions (so the check includes how
-    much a model's latency depends on the session it is loaded in), else the even-numbered runs against the
-    odd-numbered ones."""
+def split_halves(sessions: list[list[float]]) -> tuple[list[float], list[float], str]:
+    """Two halves of one item's timed runs (one list per session) for a repeatability check, and what they split:
+    the even-numbered sessions' runs against the odd-numbered ones' where there are several sessions
+    (``"sessions"``: the check includes how much a model's latency depends on the session it is loaded in), else
+    the even-numbered runs against the odd-numbered ones (``"runs"``)."""
     if len(sessions) >= 2:
-        return [t for s in sessions[0::2] for t in s], [t for s in sessions[1::2] for t in s]
+        return [t for s in sessions[0::2] for t in s], [t for s in sessions[1::2] for t in s], "sessions"
     runs = sessions[0] if sessions else []
-    return runs[0::2], runs[1::2]
+    return runs[0::2], runs[1::2], "runs"
 
 
 def repeatability(samples: dict[str, list[list[float]]], names: list[str], statistic: str) -> dict[str, Any]:
@@ -130,8 +130,8 @@ def repeatability(samples: dict[str, list[list[float]]], names: list[str], stati
     from nas.cost.backends import summarize
 
     halves = {n: split_halves(samples[n]) for n in names}
-    between = "sessions" if min(len(samples[n]) for n in names) >= 2 else "runs"
-    if min(min(len(a), len(b)) for a, b in halves.values()) < 1:  # one timed run (e.g. the MACs proxy)
+    between = "sessions" if all(basis == "sessions" for _, _, basis in halves.values()) else "runs"
+    if min(min(len(a), len(b)) for a, b, _ in halves.values()) < 1:  # one timed run (e.g. the MACs proxy)
         return {"mape_pct": float("nan"), "kendall_tau": float("nan"), "median_iqr_pct": float("nan"),
                 "between": between}
     first = np.array([summarize(halves[n][0], statistic).ms for n in names])
