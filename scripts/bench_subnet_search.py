@@ -20,25 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from subnet_bench import device_target, digits_supernet
 
-from nas.cost.backends import build_backend
-from nas.cost.profiler import obtain_lut
 from nas.io import atomic_write_json
-from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch
-from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
+from nas.subnet_search.evaluation import file_digest
 from nas.subnet_search.hypervolume import Normalisation
-from nas.subnet_search.search_objectives import ObjectiveSpace, Target
+from nas.subnet_search.search_objectives import ObjectiveSpace
 from nas.subnet_search.store import ValidationStore
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def hardware(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "hardware" / f"{name}.yaml"), resolve=True)
 
 
 def main() -> None:
@@ -64,21 +54,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    space = SearchSpace.from_config(OmegaConf.load(ROOT / "conf" / "space" / f"{args.space}.yaml"))
+    space, datamodule, evaluator = digits_supernet(args.space, args.supernet, args.bn_batches, args.via)
     codec = GenomeCodec(space)
-    data_cfg = OmegaConf.load(ROOT / "conf" / "data" / "digits.yaml")
-    data_cfg.image_size = space.resolution
-    data_cfg.seed = 0
-    datamodule = instantiate(data_cfg)
-    ckpt = checkpoint_info(args.supernet, space)
-    supernet = load_supernet(ckpt, space, datamodule.in_channels, datamodule.num_classes, args.supernet)
-    evaluator = SupernetEvaluator.from_datamodule(supernet, datamodule, args.bn_batches, seed=0, via=args.via)
-    targets = {}
-    for name, lut_path in ((args.device_a, args.lut_a), (args.device_b, args.lut_b)):
-        hw = hardware(name)
-        lut = obtain_lut(space, build_backend(hw["backend"]), datamodule.in_channels, datamodule.num_classes,
-                         cache_dir=args.cache_dir, lut_path=lut_path, progress=True)
-        targets[name] = Target.from_lut(name, space, lut, datamodule.in_channels, datamodule.num_classes)
+    targets = {name: device_target(name, space, datamodule, args.cache_dir, lut_path)
+               for name, lut_path in ((args.device_a, args.lut_a), (args.device_b, args.lut_b))}
     objectives = ObjectiveSpace.build(codec, ["error", "latency"], list(targets.values()), datamodule.in_channels,
                                       datamodule.num_classes)
     norms = {n: Normalisation.build(objectives.names, objectives.bounds(n)) for n in targets}

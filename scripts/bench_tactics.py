@@ -31,27 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from subnet_bench import ROOT, conf, device_target, digits_supernet
 
-from nas.cost.backends import build_backend
-from nas.cost.profiler import obtain_lut
 from nas.io import atomic_write_json
-from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch
-from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
+from nas.subnet_search.evaluation import file_digest
 from nas.subnet_search.hypervolume import Normalisation
 from nas.subnet_search.popdb import build_mask, format_mask_report, load_mask, read_history
-from nas.subnet_search.search_objectives import ObjectiveSpace, Target
+from nas.subnet_search.search_objectives import ObjectiveSpace
 from nas.subnet_search.store import ValidationStore
 from nas.subnet_search.tactics import PredictorSearch, TacticConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def conf(group: str, name: str) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / group / f"{name}.yaml"), resolve=True)
 
 
 def curve(result: Any) -> list[tuple[int, float]]:
@@ -92,19 +83,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    space = SearchSpace.from_config(OmegaConf.load(ROOT / "conf" / "space" / f"{args.space}.yaml"))
+    space, datamodule, evaluator = digits_supernet(args.space, args.supernet, args.bn_batches, "child")
     codec = GenomeCodec(space)
-    data_cfg = OmegaConf.load(ROOT / "conf" / "data" / "digits.yaml")
-    data_cfg.image_size = space.resolution
-    data_cfg.seed = 0
-    datamodule = instantiate(data_cfg)
-    ckpt = checkpoint_info(args.supernet, space)
-    supernet = load_supernet(ckpt, space, datamodule.in_channels, datamodule.num_classes, args.supernet)
-    evaluator = SupernetEvaluator.from_datamodule(supernet, datamodule, args.bn_batches, seed=0, via="child")
-    hw = conf("hardware", args.device)
-    lut = obtain_lut(space, build_backend(hw["backend"]), datamodule.in_channels, datamodule.num_classes,
-                     cache_dir=args.cache_dir, progress=True)
-    target = Target.from_lut(args.device, space, lut, datamodule.in_channels, datamodule.num_classes)
+    target = device_target(args.device, space, datamodule, args.cache_dir)
     names = ["error", "latency"]
 
     def objective_space(c: GenomeCodec) -> ObjectiveSpace:
