@@ -115,12 +115,10 @@ class LatencyBackend:
         """A zero-argument callable that runs ``module`` once on a batch of ``batch_size`` inputs."""
         return self._timer(module, (self.batch_size, *input_shape))
 
-    def prepare_sessions(self, module: nn.Module, input_shape: tuple[int, int, int],
-                         count: int | None = None) -> list[Callable[[], object]]:
-        """``count`` (default ``sessions``) independent :meth:`prepare` callables of ``module``, each on its own
-        copy of the weights, so that no one placement in memory decides the measurement."""
-        count = self.sessions if count is None else count
-        return [self.prepare(module if i == 0 else copy.deepcopy(module), input_shape) for i in range(count)]
+    def prepare_sessions(self, module: nn.Module, input_shape: tuple[int, int, int]) -> list[Callable[[], object]]:
+        """``sessions`` independent :meth:`prepare` callables of ``module``, each on its own copy of the weights, so
+        that no one placement in memory decides the measurement."""
+        return [self.prepare(module if i == 0 else copy.deepcopy(module), input_shape) for i in range(self.sessions)]
 
     def flush_cache(self) -> None:
         """Evict the CPU caches by streaming through a ``cache_flush_mb`` buffer (no-op when 0)."""
@@ -181,12 +179,11 @@ class OnnxRuntimeCPU(LatencyBackend):
         feeds = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
         return lambda: sess.run(None, feeds)
 
-    def prepare_sessions(self, module: nn.Module, input_shape: tuple[int, int, int],
-                         count: int | None = None) -> list[Callable[[], object]]:
-        """One export, ``count`` (default ``sessions``) ONNX Runtime sessions of it."""
+    def prepare_sessions(self, module: nn.Module, input_shape: tuple[int, int, int]) -> list[Callable[[], object]]:
+        """One export, ``sessions`` ONNX Runtime sessions of it."""
         shape = (self.batch_size, *input_shape)
         data = export_onnx(module, shape)
-        return [self._session_timer(data, shape) for _ in range(self.sessions if count is None else count)]
+        return [self._session_timer(data, shape) for _ in range(self.sessions)]
 
 
 class TorchEagerCPU(LatencyBackend):

@@ -418,6 +418,8 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
 
 
 def write_json_atomically(path: Path, obj: Any) -> None:
+    """``nas.io.atomic_write_json``'s write (temporary file, fsync, ``os.replace``, the umask's permissions), kept
+    here because this file must run on a device without the framework (it may import nothing from ``nas``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
