@@ -22,14 +22,19 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from nas.errors import ConfigError, Interrupted, NASError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 T = TypeVar("T")
 log = logging.getLogger("nas")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: the folder of the entry scripts (search.py, train.py, subnet_search.py, hyperpower.py)
+ENTRY_DIR = CONFIG_DIR.parent
 # errors of the environment, not of the program: reported in one line like an input error
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
                        errno.EEXIST, errno.ENOENT}
@@ -165,3 +170,26 @@ def check_writable_dir(path: str, option: str) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".spnas-probe-", dir=ancestor))
     except OSError as err:
         raise ConfigError(f"{option}={path}: cannot create files in {ancestor} ({err.strerror}); {fix}") from None
+
+
+def entry_command(name: str) -> list[str]:
+    """The command that runs entry point ``name`` (``search``, ``train``, ...) in a new process of this Python."""
+    return [sys.executable, str(ENTRY_DIR / f"{name}.py")]
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with ``overrides`` as the command line would (no run folder, no
+    ``hydra:`` node); a bad override is a :class:`ConfigError` with one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(describe_config_error(err)) from None
+    finally:
+        GlobalHydra.instance().clear()

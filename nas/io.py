@@ -112,3 +112,43 @@ def check_document(doc: Any, source: str, fmt: str, version: int, what: str, hin
         raise ConfigError(f"{source}: version {doc.get('version')!r} is not supported (this version reads "
                           f"{version})")
     return doc
+
+
+def append_jsonl(path: str | os.PathLike, record: Any) -> None:
+    """Append ``record`` as one strict-JSON line to ``path``, flushed and fsynced: a killed writer loses at most
+    the line being written (:func:`read_jsonl` drops such a torn last line)."""
+    line = json.dumps(null_non_finite(record), allow_nan=False, separators=(",", ":")) + "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "record") -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, one per line (none if the file does not exist).
+
+    A torn last line (a writer killed mid-line) is ignored; a damaged line elsewhere, or a line that is not an
+    object, is a ``ConfigError`` naming the file and line.
+    """
+    from nas.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: the last write was cut short
+                break
+            raise ConfigError(f"{path}: line {number} is not valid JSON; remove that line (the {what} it held is "
+                              "then made again)") from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}: line {number} is not a JSON object ({what})")
+        records.append(record)
+    return records

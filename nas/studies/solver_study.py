@@ -1,0 +1,405 @@
+"""Study A: solvers against a cloud of random networks, on one space, data set, LUT and runtime target.
+
+The thesis' claim (Sec 6.2, Fig 6.1) is that a Single-Path NAS search under ``CE + λ·log(R)`` finds networks
+that are more accurate at equal latency than the baselines and than random networks. The study measures it:
+
+1. R_T: ``smallest + target_fraction · (largest − smallest)`` of the space's calibrated LUT prediction.
+2. λ for R_T per λ-solver: the Eq 6.2 sweep (``search.py -m hparams_search=lambda_for_target``), once.
+3. For each seed and solver, one search (``search.py``, a separate process) and the derived network retrained
+   from scratch with one recipe (``train.py recipe=...``: test accuracy, ONNX export, latency measured with the
+   LUT's protocol).
+4. A cloud of random networks, one per equal-width bin of predicted latency from the smallest to the largest
+   network, retrained the same way.
+
+Every finished network appends one record to the JSONL file (:func:`nas.io.append_jsonl`); re-running skips
+recorded networks, resumes a killed search or retraining from its last checkpoint, and reuses a finished λ sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nas.cli import entry_command
+from nas.errors import ConfigError, NASError
+from nas.io import append_jsonl, read_jsonl
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMAT = "spnas-study-network"
+RECORD_VERSION = 1
+
+
+class StudyStepFailed(NASError):
+    """A search or retraining of the study exited with an error (its log is named)."""
+
+
+@dataclass
+class Job:
+    """One network of the study: a solver's search (then retraining) or a cloud network (retraining only)."""
+
+    key: str
+    kind: str  # "search" | "cloud"
+    solver: str | None = None
+    seed: int | None = None
+    arch: Any = None  # the cloud network's Architecture
+    bin_ms: tuple[float, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cloud_architectures(space: Any, predict: Any, size: int, seed: int, pool: int = 4000) -> list[tuple[Any, tuple]]:
+    """``size`` distinct random architectures spread over the whole latency range.
+
+    The range from the smallest to the largest network's predicted latency is cut into ``size`` equal-width bins;
+    each bin gets one architecture drawn uniformly from a seeded pool of random samples that fall into it (the
+    smallest and largest networks themselves join the pool, so the end bins are never empty). Bins no sample
+    falls into are filled from the nearest non-empty bin's left-overs, so the cloud always has ``size``
+    networks when the pool holds that many distinct ones.
+    """
+    rng = random.Random(seed)
+    lo, hi = predict(space.smallest()), predict(space.largest())
+    width = (hi - lo) / size
+    by_key: dict[tuple[str, ...], tuple[Any, float]] = {}
+    for arch in [space.smallest(), space.largest(), *(space.sample(rng) for _ in range(pool))]:
+        by_key.setdefault(tuple(arch.keys), (arch, predict(arch)))
+    bins: list[list[tuple[Any, float]]] = [[] for _ in range(size)]
+    for arch, ms in by_key.values():
+        bins[min(size - 1, max(0, int((ms - lo) / width)))].append((arch, ms))
+    chosen: list[tuple[Any, tuple]] = []
+    for i, members in enumerate(bins):
+        if members:
+            pick = members.pop(rng.randrange(len(members)))
+            chosen.append((pick[0], (lo + i * width, lo + (i + 1) * width)))
+    # empty bins: take left-overs nearest to the empty bin's centre
+    leftovers = sorted((ms, arch.keys, arch) for members in bins for arch, ms in members)
+    for i in range(size):
+        if len(chosen) >= size or not leftovers:
+            break
+        if any(b == (lo + i * width, lo + (i + 1) * width) for _, b in chosen):
+            continue
+        centre = lo + (i + 0.5) * width
+        j = min(range(len(leftovers)), key=lambda k: abs(leftovers[k][0] - centre))
+        _, _, arch = leftovers.pop(j)
+        chosen.append((arch, (lo + i * width, lo + (i + 1) * width)))
+    return chosen
+
+
+class SolverStudy:
+    """Runs (or continues) Study A from its config (``conf/study_solvers.yaml``)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.records_path = Path(cfg.records)
+        self.work = Path(cfg.work_dir).absolute()
+        self.check_config()
+
+    # ------------------------------------------------------------------ settings
+    def check_config(self) -> None:
+        cfg = self.cfg
+        known = {"single_path", "single_path_ste", "single_path_softmax", "multi_path", "proxyless", "random"}
+        unknown = [s for s in cfg.solvers if s not in known]
+        if unknown:
+            raise ConfigError(f"solvers: unknown solver(s) {unknown}; choose from {sorted(known)}")
+        if not cfg.seeds or not all(isinstance(s, int) for s in cfg.seeds):
+            raise ConfigError(f"seeds must be a non-empty list of integers, got {list(cfg.seeds)}; e.g. seeds=[0,1,2]")
+        if not 0.0 < float(cfg.target_fraction) < 1.0:
+            raise ConfigError(f"target_fraction must lie in (0, 1), got {cfg.target_fraction}; e.g. "
+                              "target_fraction=0.5")
+        if not cfg.lambda_sweep.solvers and cfg.lambda_sweep.apply_to:
+            raise ConfigError("lambda_sweep.apply_to needs at least one solver in lambda_sweep.solvers to sweep")
+        if not isinstance(cfg.cloud.size, int) or cfg.cloud.size < 0:
+            raise ConfigError(f"cloud.size must be an integer >= 0, got {cfg.cloud.size}")
+
+    def base_overrides(self) -> list[str]:
+        cfg = self.cfg
+        return [f"space={cfg.space}", f"data={cfg.data}", f"hardware={cfg.hardware}", *cfg.common]
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        """Space, data check, LUT (the search's cache), runtime model, R_T and the cloud."""
+        from hydra.utils import instantiate
+
+        from nas.cli import compose_config
+        from nas.cost.backends import build_backend
+        from nas.cost.profiler import obtain_lut
+        from nas.cost.runtime_model import RuntimeModel
+        from nas.space.search_space import SearchSpace
+
+        base = compose_config("search", self.base_overrides())
+        self.space = SearchSpace.from_config(base.space)
+        self.datamodule = instantiate(base.data)
+        self.datamodule.check_available()
+        backend = build_backend(base.hardware.backend)
+        self.in_channels, self.num_classes = self.datamodule.in_channels, self.datamodule.num_classes
+        self.lut = obtain_lut(self.space, backend, self.in_channels, self.num_classes,
+                              cache_dir=base.paths.cache_dir, progress=True)
+        self.model = RuntimeModel(self.space, self.lut, self.in_channels, self.num_classes)
+        lo, hi = self.model.predict(self.space.smallest()), self.model.predict(self.space.largest())
+        self.range_ms = (lo, hi)
+        self.target_ms = round(lo + float(self.cfg.target_fraction) * (hi - lo), 5)
+        self.cloud = cloud_architectures(self.space, self.model.predict, int(self.cfg.cloud.size),
+                                         int(self.cfg.cloud.seed))
+
+    def plan(self) -> list[Job]:
+        """Seed-major rounds, each followed by its share of the cloud, so an interrupted study is balanced."""
+        seeds, solvers = list(self.cfg.seeds), list(self.cfg.solvers)
+        share = -(-len(self.cloud) // len(seeds)) if self.cloud else 0
+        jobs: list[Job] = []
+        for round_, seed in enumerate(seeds):
+            jobs += [Job(f"search/{solver}/seed{seed}", "search", solver=solver, seed=seed) for solver in solvers]
+            for i in range(round_ * share, min(len(self.cloud), (round_ + 1) * share)):
+                arch, bin_ms = self.cloud[i]
+                jobs.append(Job(f"cloud/{i:03d}", "cloud", arch=arch, bin_ms=bin_ms))
+        return jobs
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> list[dict[str, Any]]:
+        from tqdm import tqdm
+
+        self.setup()
+        done = {r.get("key"): r for r in read_jsonl(self.records_path, "study network")}
+        jobs = self.plan()
+        todo = [job for job in jobs if job.key not in done]
+        lo, hi = self.range_ms
+        print(f"Study: space {self.cfg.space}, data {self.cfg.data}, hardware {self.cfg.hardware}; latency range "
+              f"{lo:.4f}-{hi:.4f} ms, R_T {self.target_ms} ms; {len(jobs)} networks, {len(jobs) - len(todo)} "
+              f"recorded in {self.records_path}", flush=True)
+        with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="study networks") as bar:
+            for job in todo:
+                bar.set_postfix_str(job.key)
+                record = self.run_job(job)
+                append_jsonl(self.records_path, record)
+                done[job.key] = record
+                bar.update()
+                tqdm.write(f"{job.key}: test acc {record['test_acc']:.4f}, measured {record['measured_latency_ms']:.4f}"
+                           f" ms (predicted {record['predicted_latency_ms']:.4f})")
+        return list(done.values())
+
+    def run_job(self, job: Job) -> dict[str, Any]:
+        from nas.space.architecture import Architecture
+
+        found: dict[str, Any] = {}
+        if job.kind == "search":
+            found = self.search(job)
+            arch_path = Path(found.pop("run_dir")) / "arch.json"
+            arch = Architecture.load(arch_path, self.space)
+        else:
+            arch = job.arch
+            arch_path = self.work / "cloud" / f"{job.key.split('/')[1]}.json"
+            if not arch_path.is_file():
+                arch.save(arch_path)
+            found = {"latency_bin_ms": list(job.bin_ms) if job.bin_ms else None}
+        trained = self.retrain(job.key, arch_path)
+        return {"format": RECORD_FORMAT, "version": RECORD_VERSION, "key": job.key, "kind": job.kind,
+                "solver": job.solver, "seed": job.seed, "target_ms": self.target_ms,
+                "architecture": arch.keys, "timm": self.timm_string(arch),
+                "predicted_latency_ms": self.model.predict(arch), **found, **trained,
+                "macs": self.macs(arch), "space": self.cfg.space, "data": self.cfg.data,
+                "hardware": self.cfg.hardware, "lut_fingerprint": self.lut.hardware.get("fingerprint_id"),
+                "recipe": self.cfg.recipe, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def timm_string(self, arch: Any) -> str:
+        from nas.space.timm_interop import timm_string
+
+        return timm_string(arch, self.space)
+
+    def macs(self, arch: Any) -> int:
+        from nas.cost.backends import count_macs
+        from nas.space.networks import build_child
+
+        net = build_child(self.space, arch, self.in_channels, self.num_classes)
+        return int(count_macs(net, (1, self.in_channels, self.space.resolution, self.space.resolution)))
+
+    def lambda_for(self, solver: str) -> float | None:
+        """λ of the Eq 6.2 sweep for ``solver`` at R_T (run once; ``None`` for solvers without λ)."""
+        sweep = self.cfg.lambda_sweep
+        if solver not in sweep.apply_to:
+            return None
+        swept = solver if solver in sweep.solvers else sweep.solvers[0]  # the λ of the first swept solver
+        if swept != solver:
+            return self.lambda_for(swept)
+        sweep_dir = self.work / "lambda" / solver
+        report = sweep_dir / "lambda_sweep.json"
+        if not report.is_file():
+            overrides = ["-m", *self.base_overrides(), "hparams_search=lambda_for_target", f"solver={solver}",
+                         f"hardware.target_ms={self.target_ms}", f"hydra.sweeper.n_trials={int(sweep.n_trials)}",
+                         f"hydra.sweep.dir={sweep_dir}", "seed=0", *sweep.overrides]
+            self._run("search", overrides, sweep_dir.with_suffix(".log"), f"λ sweep of {solver}")
+        best = json.loads(report.read_text())["best"]
+        return float(best["lambda_"])
+
+    def search(self, job: Job) -> dict[str, Any]:
+        assert job.solver is not None and job.seed is not None
+        run_dir = self.work / "search" / job.solver / f"seed{job.seed}"
+        lam = self.lambda_for(job.solver)
+        summary_path = run_dir / "summary.json"
+        if not summary_path.is_file():
+            overrides = [*self.base_overrides(), *self.cfg.search.overrides,
+                         *self.cfg.search.per_solver.get(job.solver, []), f"solver={job.solver}",
+                         f"seed={job.seed}", f"hardware.target_ms={self.target_ms}", f"hydra.run.dir={run_dir}"]
+            if lam is not None:
+                overrides.append(f"solver.lambda_={lam}")
+            last = run_dir / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                overrides.append(f"ckpt_path={last}")
+            self._run("search", overrides, run_dir.with_suffix(".log"), job.key)
+        summary = json.loads(summary_path.read_text())
+        return {"run_dir": str(run_dir), "lambda": lam, "search_val_acc": summary.get("val_acc"),
+                "search_wall_s": summary.get("wall_time_s"),
+                "search_predicted_latency_ms": summary.get("predicted_latency_ms")}
+
+    def retrain(self, key: str, arch_path: Path) -> dict[str, Any]:
+        run_dir = self.work / "train" / key.replace("/", "_")
+        summary_path = run_dir / "train_summary.json"
+        if not summary_path.is_file():
+            overrides = [*self.base_overrides(), f"recipe={self.cfg.recipe}", *self.cfg.retrain.overrides,
+                         f"seed={int(self.cfg.retrain.seed)}", f"arch={arch_path}", f"hydra.run.dir={run_dir}"]
+            last = run_dir / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                overrides.append(f"ckpt_path={last}")
+            self._run("train", overrides, run_dir.with_suffix(".log"), f"retraining of {key}")
+        s = json.loads(summary_path.read_text())
+        return {"val_acc": s.get("val_acc"), "test_acc": s.get("test_acc"), "params": s.get("parameters"),
+                "retrain_epochs": s.get("epochs"), "retrain_wall_s": s.get("wall_time_s"),
+                "measured_latency_ms": s.get("measured_latency_ms"),
+                "measured_latency_iqr_ms": s.get("measured_latency_iqr_ms"),
+                "train_predicted_latency_ms": s.get("predicted_latency_ms")}
+
+    def _run(self, entry: str, overrides: list[str], log_path: Path, what: str) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+        with open(log_path, "w") as handle:
+            status = subprocess.run([*entry_command(entry), *overrides], stdout=handle, stderr=subprocess.STDOUT,
+                                    env=env, check=False).returncode
+        if status != 0:
+            raise StudyStepFailed(f"{what} failed (exit {status}); see {log_path}")
+
+
+def study_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with every path absolute (the study's subprocesses run from the project folder)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("records", "figure", "table", "work_dir"):
+        plain[key] = str(Path(plain[key]).absolute())  # type: ignore[index]
+    return OmegaConf.create(plain)
+
+
+# ---------------------------------------------------------------------- report
+def _mean_std(values: list[float]) -> tuple[float, float, int]:
+    import statistics
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan"), 0
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def dominating_cloud(record: dict[str, Any], cloud: list[dict[str, Any]]) -> tuple[int, float | None]:
+    """How many cloud networks with equal or lower measured latency have a higher test accuracy than
+    ``record``, and ``record``'s margin over the cloud's upper envelope at its latency (its test accuracy minus
+    the best test accuracy of the cloud networks at equal or lower measured latency; ``None`` if there is none)."""
+    faster = [c for c in cloud if c["measured_latency_ms"] <= record["measured_latency_ms"]]
+    better = sum(c["test_acc"] > record["test_acc"] for c in faster)
+    envelope = max((c["test_acc"] for c in faster), default=None)
+    return better, None if envelope is None else record["test_acc"] - envelope
+
+
+def report_table(records: list[dict[str, Any]]) -> str:
+    """Markdown: per solver (and the cloud) test accuracy, latency and search time, mean ± std over seeds; then
+    every searched network against the cloud."""
+    searched = [r for r in records if r["kind"] == "search"]
+    cloud = [r for r in records if r["kind"] == "cloud"]
+    lines = ["| networks | n | test acc (mean ± std) | val acc | measured ms | predicted ms | search wall s | λ |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cell(values: list[Any], digits: int = 4) -> str:
+        mean, std, n = _mean_std(values)
+        return "n/a" if n == 0 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    groups = [(s, [r for r in searched if r["solver"] == s]) for s in dict.fromkeys(r["solver"] for r in searched)]
+    if cloud:
+        groups.append(("random cloud", cloud))
+    for name, rs in groups:
+        lambdas = sorted({r.get("lambda") for r in rs if r.get("lambda") is not None})
+        lines.append(f"| {name} | {len(rs)} | {cell([r['test_acc'] for r in rs])} | "
+                     f"{cell([r['val_acc'] for r in rs])} | {cell([r['measured_latency_ms'] for r in rs])} | "
+                     f"{cell([r['predicted_latency_ms'] for r in rs])} | "
+                     f"{cell([r.get('search_wall_s') for r in rs], 1)} | "
+                     f"{', '.join(f'{v:.3g}' for v in lambdas) or '-'} |")
+    if searched and cloud:
+        lines += ["", "Each searched network against the cloud: cloud networks with equal or lower measured latency "
+                  "and higher test accuracy (goal: 0), and the margin over the cloud's upper envelope at its latency "
+                  "(test accuracy minus the best cloud network at equal or lower latency).", "",
+                  "| network | test acc | measured ms | cloud nets faster and better | margin over envelope |",
+                  "|---|---|---|---|---|"]
+        for r in sorted(searched, key=lambda r: (r["solver"], r["seed"])):
+            better, margin = dominating_cloud(r, cloud)
+            lines.append(f"| {r['key']} | {r['test_acc']:.4f} | {r['measured_latency_ms']:.4f} | {better} | "
+                         f"{'n/a (none faster)' if margin is None else f'{100 * margin:+.2f} pp'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_records(records: list[dict[str, Any]], anchors: dict[str, float], target_ms: float | None,
+                 path: str | os.PathLike) -> None:
+    """Test accuracy against measured latency: the cloud, each solver's networks, the published anchors."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from nas.io import atomic_write_bytes
+
+    fig = Figure(figsize=(7.0, 4.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cloud = [r for r in records if r["kind"] == "cloud"]
+    ax.scatter([r["measured_latency_ms"] for r in cloud], [100 * r["test_acc"] for r in cloud], s=18,
+               color="0.6", label=f"random cloud (n={len(cloud)})")
+    markers = {"single_path": "*", "single_path_ste": "^", "proxyless": "s", "random": "D"}
+    searched = [r for r in records if r["kind"] == "search"]
+    for solver in dict.fromkeys(r["solver"] for r in searched):
+        rs = [r for r in searched if r["solver"] == solver]
+        ax.scatter([r["measured_latency_ms"] for r in rs], [100 * r["test_acc"] for r in rs],
+                   marker=markers.get(solver, "o"), s=70 if markers.get(solver) == "*" else 40,
+                   label=f"{solver} (n={len(rs)})", zorder=3)
+    if target_ms:
+        ax.axvline(target_ms, color="k", linestyle=":", linewidth=1, label=f"R_T = {target_ms:.4g} ms")
+    accs = [100 * r["test_acc"] for r in records if r.get("test_acc") is not None]
+    for name, value in anchors.items():
+        if accs and min(accs) - 1 <= 100 * value <= max(accs) + 1:
+            ax.axhline(100 * value, linestyle="--", linewidth=0.8, color="tab:red")
+            ax.annotate(f"{name} {100 * value:.1f} %", (0.01, 100 * value), xycoords=("axes fraction", "data"),
+                        fontsize=7, color="tab:red", va="bottom")
+    hidden = [f"{n} {100 * v:.1f} %" for n, v in anchors.items() if not accs or 100 * v > max(accs) + 1]
+    title = "Fashion-MNIST, space tiny, one retraining recipe"
+    if hidden:
+        title += "\nabove the plot: " + "; ".join(hidden)
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("measured latency (ms, ONNX Runtime CPU, batch 1)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=130)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_report(records: list[dict[str, Any]], cfg: DictConfig) -> str:
+    """Write the table (markdown) and the figure of the study; returns the table."""
+    from nas.io import atomic_write_text
+
+    records = [r for r in records if r.get("test_acc") is not None and r.get("measured_latency_ms") is not None]
+    target = next((r["target_ms"] for r in records if r.get("target_ms")), None)
+    text = report_table(records)
+    atomic_write_text(cfg.table, text)
+    if records:
+        plot_records(records, dict(cfg.anchors), target, cfg.figure)
+    return text
