@@ -82,7 +82,8 @@ def missing_value_message(key: str) -> str:
     """What to tell a user who left a mandatory (``???``) value unset."""
     hints = {
         "data.root": "data.root=<folder holding the dataset> (CIFAR: the folder containing cifar-10-batches-py/ or "
-                     "cifar-100-python/; add data.download=true to fetch it there)",
+                     "cifar-100-python/, or add data.download=true to fetch it there; MNIST: the folder with its four "
+                     "IDX files)",
         "arch": "arch=<run folder>/arch.json (written by search.py) or a quoted timm string",
         "out": "out=<output path>",
         "hardware.target_ms": "hardware.target_ms=<runtime target in ms>",

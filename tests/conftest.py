@@ -84,3 +84,35 @@ def make_solver(name: str, space: SearchSpace, lut: LatencyLUT, in_channels: int
     from nas.search.pipeline import instantiate_solver
 
     return instantiate_solver(solver_settings(name, **settings), space, in_channels, num_classes, lut)
+
+
+def write_idx(path, array, compress: bool) -> None:
+    """Write ``array`` (uint8) as an IDX file, gzipped when ``compress``."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    data = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    if compress:
+        with gzip.open(f"{path}.gz", "wb") as stream:
+            stream.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_idx_set(folder, n_train: int = 120, n_test: int = 30, compress: bool = True, size: int = 28):
+    """A small IDX set in ``folder``: class-dependent images (a bright square whose row is the label)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 * label: 2 * label + 3, 4:20] = 250
+        write_idx(folder / f"{split}-images-idx3-ubyte", images, compress)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels, compress)
+    return folder

@@ -23,7 +23,7 @@ from hydra.core.global_hydra import GlobalHydra
 from nas.cost.backends import MacsProxy
 from nas.cost.lut import LatencyEntry, LatencyLUT
 from nas.cost.signatures import required_ops
-from tests.conftest import ROOT, load_space
+from tests.conftest import ROOT, load_space, make_idx_set
 from tests.test_entry import run
 
 RESULT_FILES = ("arch.json", "summary.json", "lut.json", "arch_timm.txt", "train_summary.json", "model.onnx")
@@ -78,6 +78,10 @@ def files(tmp_path_factory) -> dict[str, str]:
     (tmp / "bad_arch.json").write_text("{ not json")
     (tmp / "binary.json").write_bytes(bytes(range(256)))
     (tmp / "a_file").write_text("x")
+    # Fashion-MNIST-format folders: one without its test labels, one with a truncated training image file
+    (make_idx_set(tmp / "idx_incomplete") / "t10k-labels-idx1-ubyte.gz").unlink()
+    truncated = make_idx_set(tmp / "idx_truncated") / "train-images-idx3-ubyte.gz"
+    truncated.write_bytes(truncated.read_bytes()[:200])
     return {p.name: str(p) for p in tmp.iterdir()}
 
 
@@ -94,6 +98,17 @@ CASES: dict[str, Case] = {
     "cifar100 root missing": Case("search.py", ["data=cifar100", "data.root=/nonexistent"], "CIFAR-100 not found"),
     "imagefolder root missing": Case("search.py", ["data=imagefolder", "data.root=/nonexistent"],
                                      "ImageFolder training data not found"),
+    "fashion_mnist root missing": Case("search.py", ["data=fashion_mnist", "data.root=/nonexistent"],
+                                       "Fashion-MNIST not found: /nonexistent does not exist; install it (apt-get "
+                                       "install dataset-fashion-mnist); set data.root=<folder with the four files"),
+    "fashion_mnist file missing": Case("search.py", ["data=fashion_mnist", f"data.root={f('idx_incomplete')}"],
+                                       "has no t10k-labels-idx1-ubyte (nor t10k-labels-idx1-ubyte.gz); install it"),
+    "fashion_mnist file truncated": Case("search.py", ["data=fashion_mnist", f"data.root={f('idx_truncated')}"],
+                                         "train-images-idx3-ubyte.gz is corrupt: it is incomplete"),
+    "mnist without data.root": Case("search.py", ["data=mnist"], "data.root is required but not set; add the "
+                                                               "override data.root=<folder holding the dataset>"),
+    "train fashion_mnist root missing": Case("train.py", ["arch=largest", "data=fashion_mnist",
+                                                          "data.root=/nonexistent"], "Fashion-MNIST not found"),
     "batch size 0": Case("search.py", ["data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0"),
     "batch size text": Case("search.py", ["data.batch_size=abc"], "data.batch_size must be an integer >= 1"),
     # solver and search budget

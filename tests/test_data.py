@@ -7,6 +7,7 @@ import torch
 
 from nas.errors import DataError
 from nas.search.data import CIFARDataModule, DigitsDataModule, ImageFolderDataModule
+from tests.conftest import make_idx_set, write_idx
 
 
 def test_digits_split_is_seeded_disjoint_and_resized():
@@ -35,38 +36,6 @@ def test_missing_dataset_folders_are_clear_errors(tmp_path):
 
 
 # --- IDX files (Fashion-MNIST / MNIST format), written by the tests themselves -------------------------------
-
-def write_idx(path, array, compress: bool) -> None:
-    """Write ``array`` (uint8) as an IDX file, gzipped when ``compress``."""
-    import gzip
-    import struct
-
-    import numpy as np
-
-    array = np.asarray(array, dtype=np.uint8)
-    data = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    if compress:
-        with gzip.open(f"{path}.gz", "wb") as stream:
-            stream.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def make_idx_set(folder, n_train: int = 120, n_test: int = 30, compress: bool = True, size: int = 28):
-    """A small IDX set in ``folder``: class-dependent images (a bright square whose row is the label)."""
-    import numpy as np
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            images[i, 2 * label: 2 * label + 3, 4:20] = 250
-        write_idx(folder / f"{split}-images-idx3-ubyte", images, compress)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels, compress)
-    return folder
-
 
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_module_reads_splits_pads_and_standardises(tmp_path, compress):
@@ -180,3 +149,22 @@ def test_real_fashion_mnist_files_have_the_published_sizes():
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (50000, 10000, 10000)
     counts = torch.bincount(dm.test_set.tensors[1], minlength=10)
     assert counts.tolist() == [1000] * 10  # the official test split is balanced
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir(REAL_FASHION_MNIST),
+                    reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+def test_search_and_train_run_on_the_real_fashion_mnist_files(tmp_path):
+    """End to end on the real files: a (very short) search, then its network retrained with the study recipe."""
+    import json
+
+    from tests.test_entry import FAST, run
+
+    quick = [*FAST, "data.limit=600", "data=fashion_mnist", f"paths.cache_dir={tmp_path}/cache"]
+    proc = run("search.py", *quick, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}/search")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run("train.py", *quick, "recipe=fashion_mnist", "trainer.max_epochs=1", "train.export.latency=false",
+               f"arch={tmp_path}/search/arch.json", f"hydra.run.dir={tmp_path}/train")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "train" / "train_summary.json").read_text())
+    assert 0.0 <= summary["test_acc"] <= 1.0 and summary["epochs"] == 1
+    assert "onnx_max_abs_diff" in summary

@@ -4,7 +4,7 @@ The thesis' claim (Sec 6.2, Fig 6.1) is that a Single-Path NAS search under ``CE
 that are more accurate at equal latency than the baselines and than random networks. The study measures it:
 
 1. R_T: ``smallest + target_fraction · (largest − smallest)`` of the space's calibrated LUT prediction.
-2. λ for R_T per λ-solver: the Eq 6.2 sweep (``search.py -m hparams_search=lambda_for_target``), once.
+2. λ for R_T: a bisection on log λ with whole searches (:meth:`SolverStudy.calibrate_lambda`), once.
 3. For each seed and solver, one search (``search.py``, a separate process) and the derived network retrained
    from scratch with one recipe (``train.py recipe=...``: test accuracy, ONNX export, latency measured with the
    LUT's protocol).
@@ -12,7 +12,7 @@ that are more accurate at equal latency than the baselines and than random netwo
    network, retrained the same way.
 
 Every finished network appends one record to the JSONL file (:func:`nas.io.append_jsonl`); re-running skips
-recorded networks, resumes a killed search or retraining from its last checkpoint, and reuses a finished λ sweep.
+recorded networks, resumes a killed search or retraining from its last checkpoint, and reuses finished λ probes.
 """
 
 from __future__ import annotations
@@ -114,14 +114,22 @@ class SolverStudy:
         if not 0.0 < float(cfg.target_fraction) < 1.0:
             raise ConfigError(f"target_fraction must lie in (0, 1), got {cfg.target_fraction}; e.g. "
                               "target_fraction=0.5")
-        if not cfg.lambda_sweep.solvers and cfg.lambda_sweep.apply_to:
-            raise ConfigError("lambda_sweep.apply_to needs at least one solver in lambda_sweep.solvers to sweep")
+        if not cfg.lambda_search.solvers and cfg.lambda_search.apply_to:
+            raise ConfigError("lambda_search.apply_to needs a solver in lambda_search.solvers to calibrate")
+        low, high = (float(v) for v in cfg.lambda_search.range)
+        if not 0 < low < high:
+            raise ConfigError(f"lambda_search.range must be [low, high] with 0 < low < high, got "
+                              f"{list(cfg.lambda_search.range)}; e.g. lambda_search.range=[0.001,1.0]")
         if not isinstance(cfg.cloud.size, int) or cfg.cloud.size < 0:
             raise ConfigError(f"cloud.size must be an integer >= 0, got {cfg.cloud.size}")
 
     def base_overrides(self) -> list[str]:
         cfg = self.cfg
         return [f"space={cfg.space}", f"data={cfg.data}", f"hardware={cfg.hardware}", *cfg.common]
+
+    def solver_overrides(self, solver: str) -> list[str]:
+        """A search's settings: the study's (``search.overrides``), then the solver's own (``search.per_solver``)."""
+        return [*self.cfg.search.overrides, *self.cfg.search.per_solver.get(solver, []), f"solver={solver}"]
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -220,22 +228,63 @@ class SolverStudy:
         return int(count_macs(net, (1, self.in_channels, self.space.resolution, self.space.resolution)))
 
     def lambda_for(self, solver: str) -> float | None:
-        """λ of the Eq 6.2 sweep for ``solver`` at R_T (run once; ``None`` for solvers without λ)."""
-        sweep = self.cfg.lambda_sweep
+        """λ for R_T (``None`` for solvers without λ): see :meth:`calibrate_lambda`; solvers in
+        ``lambda_search.apply_to`` but not swept take the first swept solver's λ."""
+        sweep = self.cfg.lambda_search
         if solver not in sweep.apply_to:
             return None
-        swept = solver if solver in sweep.solvers else sweep.solvers[0]  # the λ of the first swept solver
-        if swept != solver:
-            return self.lambda_for(swept)
-        sweep_dir = self.work / "lambda" / solver
-        report = sweep_dir / "lambda_sweep.json"
-        if not report.is_file():
-            overrides = ["-m", *self.base_overrides(), "hparams_search=lambda_for_target", f"solver={solver}",
-                         f"hardware.target_ms={self.target_ms}", f"hydra.sweeper.n_trials={int(sweep.n_trials)}",
-                         f"hydra.sweep.dir={sweep_dir}", "seed=0", *sweep.overrides]
-            self._run("search", overrides, sweep_dir.with_suffix(".log"), f"λ sweep of {solver}")
-        best = json.loads(report.read_text())["best"]
-        return float(best["lambda_"])
+        swept = solver if solver in sweep.solvers else sweep.solvers[0]
+        return self.calibrate_lambda(swept)
+
+    def lambda_probes(self, solver: str) -> list[dict[str, float]]:
+        """Finished λ probes of ``solver``: every ``work_dir/lambda/<solver>/*/summary.json``."""
+        probes = []
+        for path in sorted((self.work / "lambda" / solver).glob("*/summary.json")):
+            summary = json.loads(path.read_text())
+            probes.append({"lambda": float(summary["config"]["solver"]["lambda_"]),
+                           "predicted_latency_ms": float(summary["predicted_latency_ms"]),
+                           "val_acc": summary.get("val_acc"), "wall_time_s": summary.get("wall_time_s"),
+                           "run_dir": str(path.parent)})
+        return sorted(probes, key=lambda p: p["lambda"])
+
+    def calibrate_lambda(self, solver: str) -> float:
+        """λ whose search lands at R_T: bisection on log λ over ``lambda_search.range`` (``λ ≥ 0`` of Eq 5.7).
+
+        The derived network's predicted latency falls as λ grows (the ``λ·log R`` term of the loss weighs more), so
+        each probe, a search with the study's own settings and seed 0, halves the log-interval that brackets R_T:
+        ``lo`` is the largest λ whose network is slower than R_T, ``hi`` the smallest λ whose network meets it.
+        After ``lambda_search.probes`` probes the λ whose network is the slowest that meets R_T is chosen (the
+        fastest network's λ if none meets it). Finished probes are reused, so a killed calibration continues.
+        """
+        import math
+
+        sweep = self.cfg.lambda_search
+        lo, hi = (float(v) for v in sweep.range)
+        folder = self.work / "lambda" / solver
+        while True:
+            probes = self.lambda_probes(solver)
+            above = [p["lambda"] for p in probes if p["predicted_latency_ms"] > self.target_ms]
+            below = [p["lambda"] for p in probes if p["predicted_latency_ms"] <= self.target_ms]
+            low = max([lo, *(v for v in above if v < min(below, default=hi))])
+            high = min([hi, *below])
+            if len(probes) >= int(sweep.probes):
+                break
+            lam = float(f"{math.sqrt(low * high):.4g}")
+            run_dir = folder / f"lambda_{lam:g}"
+            overrides = [*self.base_overrides(), *self.solver_overrides(solver), "seed=0",
+                         f"hardware.target_ms={self.target_ms}", f"solver.lambda_={lam}", f"hydra.run.dir={run_dir}"]
+            last = run_dir / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                overrides.append(f"ckpt_path={last}")
+            self._run("search", overrides, run_dir.with_suffix(".log"), f"λ probe {lam:g} of {solver}")
+        meeting = [p for p in probes if p["predicted_latency_ms"] <= self.target_ms]
+        chosen = (max(meeting, key=lambda p: p["predicted_latency_ms"]) if meeting
+                  else min(probes, key=lambda p: p["predicted_latency_ms"]))
+        from nas.io import atomic_write_json
+
+        atomic_write_json(folder / "lambda.json", {"solver": solver, "target_ms": self.target_ms,
+                                                   "chosen": chosen, "probes": probes})
+        return chosen["lambda"]
 
     def search(self, job: Job) -> dict[str, Any]:
         assert job.solver is not None and job.seed is not None
@@ -243,9 +292,8 @@ class SolverStudy:
         lam = self.lambda_for(job.solver)
         summary_path = run_dir / "summary.json"
         if not summary_path.is_file():
-            overrides = [*self.base_overrides(), *self.cfg.search.overrides,
-                         *self.cfg.search.per_solver.get(job.solver, []), f"solver={job.solver}",
-                         f"seed={job.seed}", f"hardware.target_ms={self.target_ms}", f"hydra.run.dir={run_dir}"]
+            overrides = [*self.base_overrides(), *self.solver_overrides(job.solver), f"seed={job.seed}",
+                         f"hardware.target_ms={self.target_ms}", f"hydra.run.dir={run_dir}"]
             if lam is not None:
                 overrides.append(f"solver.lambda_={lam}")
             last = run_dir / "checkpoints" / "last.ckpt"

@@ -1,0 +1,137 @@
+"""Studies: the random cloud's spread, the JSONL records, λ calibration, the report, and one real resumable run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from nas.cli import compose_config
+from nas.errors import ConfigError
+from nas.io import append_jsonl, read_jsonl
+from nas.studies.solver_study import SolverStudy, cloud_architectures, dominating_cloud, report_table, study_config
+from tests.conftest import make_idx_set, proxy_lut
+
+
+def test_cloud_spreads_over_the_whole_latency_range(tiny_space):
+    from nas.cost.runtime_model import RuntimeModel
+
+    model = RuntimeModel(tiny_space, proxy_lut(tiny_space), 1, 10)
+    cloud = cloud_architectures(tiny_space, model.predict, size=12, seed=0, pool=600)
+    assert len(cloud) == 12
+    assert len({tuple(a.keys) for a, _ in cloud}) == 12
+    lo, hi = model.predict(tiny_space.smallest()), model.predict(tiny_space.largest())
+    width = (hi - lo) / 12
+    for arch, (left, right) in cloud:
+        assert left - 1e-9 <= model.predict(arch) <= right + 1e-9 or math.isclose(model.predict(arch), hi)
+    # one network per bin: the bins' left edges are all different and span the range
+    lefts = sorted(b[0] for _, b in cloud)
+    assert math.isclose(lefts[0], lo) and math.isclose(lefts[-1], lo + 11 * width)
+    again = cloud_architectures(tiny_space, model.predict, size=12, seed=0, pool=600)
+    assert [a.keys for a, _ in again] == [a.keys for a, _ in cloud]
+
+
+def test_jsonl_drops_a_torn_last_line_and_refuses_damage_inside(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_jsonl(path, {"key": "a", "x": float("nan")})
+    append_jsonl(path, {"key": "b"})
+    with open(path, "a") as handle:
+        handle.write('{"key": "c", "x"')  # a writer killed mid-line
+    assert [r["key"] for r in read_jsonl(path)] == ["a", "b"]
+    assert read_jsonl(path)[0]["x"] is None  # NaN is stored as null
+    path.write_text('{"key": "a"}\n{broken\n{"key": "b"}\n')
+    with pytest.raises(ConfigError, match="line 2 is not valid JSON"):
+        read_jsonl(path)
+    assert read_jsonl(tmp_path / "absent.jsonl") == []
+
+
+def test_dominating_cloud_counts_faster_and_better_networks():
+    cloud = [{"measured_latency_ms": ms, "test_acc": acc} for ms, acc in
+             [(0.05, 0.80), (0.07, 0.86), (0.09, 0.84), (0.12, 0.90)]]
+    assert dominating_cloud({"measured_latency_ms": 0.09, "test_acc": 0.85}, cloud) == (1, pytest.approx(-0.01))
+    assert dominating_cloud({"measured_latency_ms": 0.10, "test_acc": 0.87}, cloud) == (0, pytest.approx(0.01))
+    assert dominating_cloud({"measured_latency_ms": 0.01, "test_acc": 0.5}, cloud) == (0, None)
+    records = [{"kind": "search", "solver": "single_path", "seed": 0, "key": "search/single_path/seed0",
+                "test_acc": 0.87, "val_acc": 0.86, "measured_latency_ms": 0.10, "predicted_latency_ms": 0.1,
+                "search_wall_s": 10.0, "lambda": 0.02}] + [{"kind": "cloud", **c, "val_acc": c["test_acc"],
+                                                            "predicted_latency_ms": c["measured_latency_ms"]}
+                                                           for c in cloud]
+    table = report_table(records)
+    assert "| single_path | 1 | 0.8700 ± 0.0000" in table and "| random cloud | 4 |" in table
+    assert "| search/single_path/seed0 | 0.8700 | 0.1000 | 0 | +1.00 pp |" in table
+
+
+def _study(tmp_path: Path, *overrides: str) -> SolverStudy:
+    root = make_idx_set(tmp_path / "fm", n_train=160, n_test=40)
+    common = [f"data.root={root}", "data.val_size=40", f"paths.cache_dir={tmp_path}/cache", "progress=false",
+              "hardware.backend.warmup=1", "hardware.backend.repeats=3", "hardware.backend.calibration_networks=3"]
+    cfg = compose_config("study_solvers", [
+        f"records={tmp_path}/r.jsonl", f"work_dir={tmp_path}/work", f"table={tmp_path}/t.md",
+        f"figure={tmp_path}/f.png", f"common={json.dumps(common)}", *overrides])
+    return SolverStudy(study_config(cfg))
+
+
+def test_lambda_bisection_brackets_the_target(tmp_path, monkeypatch):
+    """The calibration's arithmetic, with a stand-in search whose latency falls with λ (the real search is
+    tested in test_entry.py; here only the bisection is under test)."""
+    study = _study(tmp_path, "lambda_search.probes=5", "lambda_search.range=[0.001,1.0]")
+    study.target_ms = 0.1
+
+    def fake_search(entry, overrides, log_path, what):
+        values = dict(o.split("=", 1) for o in overrides if "=" in o)
+        lam = float(values["solver.lambda_"])
+        run_dir = Path(values["hydra.run.dir"])
+        run_dir.mkdir(parents=True)
+        latency = 0.15 - 0.025 * math.log10(lam / 0.001)  # 0.15 ms at λ=0.001, 0.075 ms at λ=1
+        (run_dir / "summary.json").write_text(json.dumps({"config": {"solver": {"lambda_": lam}},
+                                                          "predicted_latency_ms": latency, "val_acc": 0.5}))
+
+    monkeypatch.setattr(study, "_run", fake_search)
+    lam = study.calibrate_lambda("single_path")
+    probes = study.lambda_probes("single_path")
+    assert len(probes) == 5
+    # R(λ) = R_T at λ = 0.001 * 10**2 = 0.1: the chosen λ meets the target and lies within the last bracket
+    assert 0.1 <= lam <= 0.1 * 10 ** (3 / 2 ** 4) + 1e-9
+    assert json.loads((tmp_path / "work" / "lambda" / "single_path" / "lambda.json").read_text())["chosen"][
+        "lambda"] == lam
+    # finished probes are reused: a second calibration runs no search
+    monkeypatch.setattr(study, "_run", lambda *a: pytest.fail("a finished probe was searched again"))
+    assert study.calibrate_lambda("single_path") == lam
+
+
+@pytest.mark.parametrize("override, message", [
+    ("solvers=[single_pat]", "unknown solver"),
+    ("target_fraction=1.5", "target_fraction must lie in (0, 1)"),
+    ("lambda_search.range=[1.0,0.1]", "lambda_search.range must be [low, high]"),
+])
+def test_bad_study_settings_are_config_errors(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        _study(tmp_path, override)
+
+
+@pytest.mark.slow
+def test_study_runs_searches_and_cloud_then_resumes_without_work(tmp_path, monkeypatch):
+    """Real searches and retrainings (small IDX files, 1 search + 1 cloud network); a second run skips both."""
+    study = _study(tmp_path, "seeds=[0]", "solvers=[random]", "cloud.size=1",
+                   'search.overrides=["trainer.max_epochs=2"]',
+                   'search.per_solver.random=["solver.num_samples=2","solver.epochs_per_sample=1"]',
+                   'retrain.overrides=["trainer.max_epochs=1"]')
+    records = study.run()
+    assert sorted(r["key"] for r in records) == ["cloud/000", "search/random/seed0"]
+    for r in records:
+        assert 0.0 <= r["test_acc"] <= 1.0 and r["measured_latency_ms"] > 0 and r["predicted_latency_ms"] > 0
+        assert r["params"] > 0 and r["macs"] > 0 and r["format"] == "spnas-study-network"
+    searched = next(r for r in records if r["kind"] == "search")
+    assert searched["search_wall_s"] > 0 and searched["lambda"] is None
+    assert len(read_jsonl(tmp_path / "r.jsonl")) == 2
+    monkeypatch.setattr(SolverStudy, "_run", lambda *a: pytest.fail("recorded work was run again"))
+    again = _study(tmp_path, "seeds=[0]", "solvers=[random]", "cloud.size=1").run()
+    assert len(again) == 2 and len(read_jsonl(tmp_path / "r.jsonl")) == 2
+    from nas.studies.solver_study import write_report
+
+    write_report(again, OmegaConf.create({"table": str(tmp_path / "t.md"), "figure": str(tmp_path / "f.png"),
+                                          "anchors": {"MobileNet": 0.95}}))
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and "random cloud" in (tmp_path / "t.md").read_text()
