@@ -59,18 +59,20 @@ class Job:
 def cloud_architectures(space: Any, predict: Any, size: int, seed: int, pool: int = 4000) -> list[tuple[Any, tuple]]:
     """``size`` distinct random architectures spread over the whole latency range.
 
-    The range from the smallest to the largest network's predicted latency is cut into ``size`` equal-width bins;
+    The range of predicted latency (from the fastest to the slowest network of the pool) is cut into ``size``
+    equal-width bins;
     each bin gets one architecture drawn uniformly from a seeded pool of random samples that fall into it (the
     smallest and largest networks themselves join the pool, so the end bins are never empty). Bins no sample
     falls into are filled from the nearest non-empty bin's left-overs, so the cloud always has ``size``
     networks when the pool holds that many distinct ones.
     """
     rng = random.Random(seed)
-    lo, hi = predict(space.smallest()), predict(space.largest())
-    width = (hi - lo) / size
     by_key: dict[tuple[str, ...], tuple[Any, float]] = {}
     for arch in [space.smallest(), space.largest(), *(space.sample(rng) for _ in range(pool))]:
         by_key.setdefault(tuple(arch.keys), (arch, predict(arch)))
+    # the range of the pool (the calibrated model may price a network below the space's "smallest")
+    lo, hi = min(ms for _, ms in by_key.values()), max(ms for _, ms in by_key.values())
+    width = (hi - lo) / size
     bins: list[list[tuple[Any, float]]] = [[] for _ in range(size)]
     for arch, ms in by_key.values():
         bins[min(size - 1, max(0, int((ms - lo) / width)))].append((arch, ms))
@@ -154,8 +156,28 @@ class SolverStudy:
         lo, hi = self.model.predict(self.space.smallest()), self.model.predict(self.space.largest())
         self.range_ms = (lo, hi)
         self.target_ms = round(lo + float(self.cfg.target_fraction) * (hi - lo), 5)
-        self.cloud = cloud_architectures(self.space, self.model.predict, int(self.cfg.cloud.size),
-                                         int(self.cfg.cloud.seed))
+        self.cloud = self.load_or_draw_cloud()
+
+    def load_or_draw_cloud(self) -> list[tuple[Any, tuple]]:
+        """The cloud drawn once and kept in ``work_dir/cloud.json``, so a continued study retrains the same
+        networks whatever changed since (the LUT's calibration, the drawing code)."""
+        from nas.io import atomic_write_json
+        from nas.space.architecture import LayerChoice
+
+        path = self.work / "cloud.json"
+        size, seed = int(self.cfg.cloud.size), int(self.cfg.cloud.seed)
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("size") == size and saved.get("seed") == seed:
+                return [(self.space.architecture([LayerChoice.from_key(k) for k in net["architecture"]]),
+                         tuple(net["bin_ms"])) for net in saved["networks"]]
+            raise ConfigError(f"{path} holds a cloud of {saved.get('size')} networks drawn with seed "
+                              f"{saved.get('seed')}, not cloud.size={size} cloud.seed={seed}; keep those settings "
+                              "or use another work_dir (and records file)")
+        cloud = cloud_architectures(self.space, self.model.predict, size, seed)
+        atomic_write_json(path, {"size": size, "seed": seed, "networks": [
+            {"architecture": arch.keys, "bin_ms": list(bin_ms)} for arch, bin_ms in cloud]})
+        return cloud
 
     def plan(self) -> list[Job]:
         """Seed-major rounds, each followed by its share of the cloud, so an interrupted study is balanced."""
