@@ -138,3 +138,22 @@ def test_study_runs_searches_and_cloud_then_resumes_without_work(tmp_path, monke
     write_report(again, OmegaConf.create({"table": str(tmp_path / "t.md"), "figure": str(tmp_path / "f.png"),
                                           "anchors": {"MobileNet": 0.95}}))
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and "random cloud" in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["solvers=[nope]"], "unknown solver(s) ['nope']"),
+    (["sedes=[0]"], "Could not override 'sedes'"),
+    (["seeds=["], "cannot parse the override"),
+])
+def test_study_command_line_errors_are_one_line(args, message, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_solvers.py"), *args,
+                           f"records={tmp_path}/r.jsonl", f"work_dir={tmp_path}/w"], capture_output=True, text=True,
+                          timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r.jsonl").exists()
