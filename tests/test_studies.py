@@ -129,6 +129,7 @@ def test_study_runs_searches_and_cloud_then_resumes_without_work(tmp_path, monke
         assert r["params"] > 0 and r["macs"] > 0 and r["format"] == "spnas-study-network"
     searched = next(r for r in records if r["kind"] == "search")
     assert searched["search_wall_s"] > 0 and searched["lambda"] is None
+    assert searched["search_cpu_s"] > 0 and searched["retrain_cpu_s"] > 0
     assert len(read_jsonl(tmp_path / "r.jsonl")) == 2
     monkeypatch.setattr(SolverStudy, "_run", lambda *a: pytest.fail("recorded work was run again"))
     again = _study(tmp_path, "seeds=[0]", "solvers=[random]", "cloud.size=1").run()
@@ -157,3 +158,20 @@ def test_study_command_line_errors_are_one_line(args, message, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "r.jsonl").exists()
+
+
+def test_study_b_selects_by_validation_accuracy_within_the_parameter_budget():
+    from nas.studies.anchor_study import anchor_table, select_networks
+
+    records = [
+        {"kind": "search", "solver": "single_path", "key": "a", "params": 90000, "val_acc": 0.88, "test_acc": 0.95},
+        {"kind": "search", "solver": "single_path", "key": "b", "params": 95000, "val_acc": 0.90, "test_acc": 0.80},
+        {"kind": "search", "solver": "single_path", "key": "c", "params": 120000, "val_acc": 0.99, "test_acc": 0.9},
+        {"kind": "search", "solver": "random", "key": "d", "params": 50000, "val_acc": 0.95, "test_acc": 0.9},
+        {"kind": "cloud", "solver": None, "key": "e", "params": 50000, "val_acc": 0.97, "test_acc": 0.9},
+    ]
+    assert [r["key"] for r in select_networks(records, ["single_path"], 100000, 2)] == ["b", "a"]
+    assert [r["key"] for r in select_networks(records, ["single_path", "random"], 100000, 1)] == ["d"]
+    table = anchor_table([{"key": "long/b", "params": 95000, "macs": 2000000, "measured_latency_ms": 0.1,
+                           "test_acc": 0.9312, "total_cpu_s": 7200.0}], {"MobileNet": 0.95})
+    assert "| long/b | 95,000 | 2,000,000 | 0.1000 | 93.12 % | 2.00 |" in table and "| MobileNet | 95.0 % |" in table

@@ -325,9 +325,12 @@ class SolverStudy:
         summary = json.loads(summary_path.read_text())
         return {"run_dir": str(run_dir), "lambda": lam, "search_val_acc": summary.get("val_acc"),
                 "search_wall_s": summary.get("wall_time_s"),
-                "search_predicted_latency_ms": summary.get("predicted_latency_ms")}
+                "search_predicted_latency_ms": summary.get("predicted_latency_ms"),
+                "search_cpu_s": cpu_seconds(run_dir.with_suffix(".log"))}
 
     def retrain(self, key: str, arch_path: Path) -> dict[str, Any]:
+        """Train the network of ``arch_path`` from scratch with the study's recipe (``train.py``), resuming a
+        killed retraining from its last checkpoint; its summary as record fields."""
         run_dir = self.work / "train" / key.replace("/", "_")
         summary_path = run_dir / "train_summary.json"
         if not summary_path.is_file():
@@ -342,23 +345,37 @@ class SolverStudy:
                 "retrain_epochs": s.get("epochs"), "retrain_wall_s": s.get("wall_time_s"),
                 "measured_latency_ms": s.get("measured_latency_ms"),
                 "measured_latency_iqr_ms": s.get("measured_latency_iqr_ms"),
-                "train_predicted_latency_ms": s.get("predicted_latency_ms")}
+                "train_predicted_latency_ms": s.get("predicted_latency_ms"),
+                "retrain_cpu_s": cpu_seconds(run_dir.with_suffix(".log"))}
 
     def _run(self, entry: str, overrides: list[str], log_path: Path, what: str) -> None:
+        """Run an entry point in a new process, its output into ``log_path``; its CPU time (user + system, in
+        seconds) goes to ``log_path`` with the suffix ``.cpu_s`` (:func:`cpu_seconds` reads it back)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
         with open(log_path, "w") as handle:
-            status = subprocess.run([*entry_command(entry), *overrides], stdout=handle, stderr=subprocess.STDOUT,
-                                    env=env, check=False).returncode
+            proc = subprocess.Popen([*entry_command(entry), *overrides], stdout=handle, stderr=subprocess.STDOUT,
+                                    env=env)
+            _, wait_status, usage = os.wait4(proc.pid, 0)
+            status = os.waitstatus_to_exitcode(wait_status)
+            proc.returncode = status
         if status != 0:
             raise StudyStepFailed(f"{what} failed (exit {status}); see {log_path}")
+        log_path.with_name(log_path.name + ".cpu_s").write_text(f"{usage.ru_utime + usage.ru_stime:.2f}\n")
+
+
+def cpu_seconds(log_path: Path) -> float | None:
+    """CPU time of the step whose log is ``log_path`` (``None`` if it was not recorded)."""
+    path = log_path.with_name(log_path.name + ".cpu_s")
+    return float(path.read_text()) if path.is_file() else None
 
 
 def study_config(cfg: DictConfig) -> DictConfig:
     """``cfg`` with every path absolute (the study's subprocesses run from the project folder)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("records", "figure", "table", "work_dir"):
-        plain[key] = str(Path(plain[key]).absolute())  # type: ignore[index]
+    for key in ("records", "figure", "table", "work_dir", "source"):
+        if key in plain:  # type: ignore[operator]
+            plain[key] = str(Path(plain[key]).absolute())  # type: ignore[index]
     return OmegaConf.create(plain)
 
 
