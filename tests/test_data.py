@@ -150,21 +150,3 @@ def test_real_fashion_mnist_files_have_the_published_sizes():
     counts = torch.bincount(dm.test_set.tensors[1], minlength=10)
     assert counts.tolist() == [1000] * 10  # the official test split is balanced
 
-
-@pytest.mark.skipif(not __import__("os").path.isdir(REAL_FASHION_MNIST),
-                    reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
-def test_search_and_train_run_on_the_real_fashion_mnist_files(tmp_path):
-    """End to end on the real files: a (very short) search, then its network retrained with the study recipe."""
-    import json
-
-    from tests.test_entry import FAST, run
-
-    quick = [*FAST, "data.limit=600", "data=fashion_mnist", f"paths.cache_dir={tmp_path}/cache"]
-    proc = run("search.py", *quick, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}/search")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run("train.py", *quick, "recipe=fashion_mnist", "trainer.max_epochs=1", "train.export.latency=false",
-               f"arch={tmp_path}/search/arch.json", f"hydra.run.dir={tmp_path}/train")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "train" / "train_summary.json").read_text())
-    assert 0.0 <= summary["test_acc"] <= 1.0 and summary["epochs"] == 1
-    assert "onnx_max_abs_diff" in summary
