@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from subnet_bench import ROOT, conf, device_target, digits_supernet
+from subnet_bench import conf, device_target, digits_supernet
 
+from nas.cli import CONFIG_DIR
 from nas.io import atomic_write_json
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch
@@ -137,7 +138,7 @@ def main() -> None:
 
     mask_doc = None
     if args.popdb:
-        popdb = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "popdb.yaml"))
+        popdb = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "popdb.yaml"))
         history = out / f"history_validation_seed{args.seeds[0]}.jsonl"
         lines = [store.get(k) for k in validation_keys[args.seeds[0]]]
         history.write_text("".join(json.dumps(r) + "\n" for r in lines))
