@@ -8,12 +8,12 @@ Per seed, on one device (``--device``, default ``macs_proxy``: deterministic pri
 * ``tactic=validation`` (NSGA-II, population 50) with ``--reference-budget`` validations (2000); its hypervolume
   after 800 validations is read from its curve (a budget-800 run is the same run cut at 800: the search is
   deterministic and 800 is a whole number of generations);
-* ``tactic=concurrent`` (``conf/tactic/concurrent.yaml``: c = 20) for ``--concurrent-iterations`` populations;
+* ``tactic=concurrent`` (``nas/conf/tactic/concurrent.yaml``: c = 20) for ``--concurrent-iterations`` populations;
   its first 5 populations are exactly a 100-validation run (the predictor of round i sees only the validations
   of rounds <= i);
-* ``tactic=full`` (``conf/tactic/full.yaml``: 80 + 20 validations);
+* ``tactic=full`` (``nas/conf/tactic/full.yaml``: 80 + 20 validations);
 * with ``--popdb``: a PopDB mask from the history of the first seed's validation run (the defaults of
-  ``conf/popdb.yaml``, as ``scripts/popdb.py`` makes it), then ``tactic=concurrent`` inside the mask.
+  ``nas/conf/popdb.yaml``, as ``scripts/popdb.py`` makes it), then ``tactic=concurrent`` inside the mask.
 
 The reference hypervolume is the best ``tactic=validation`` hypervolume at ``--reference-budget`` over the seeds.
 All runs share one validation store (same supernet, same BatchNorm batches), so a sub-network is validated once

@@ -20,7 +20,7 @@ from nas.subnet_search.search_objectives import Target
 
 
 def conf(group: str, name: str) -> dict[str, Any]:
-    """``conf/<group>/<name>.yaml`` as a plain dict (interpolations resolved)."""
+    """``nas/conf/<group>/<name>.yaml`` as a plain dict (interpolations resolved)."""
     return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml"), resolve=True)
 
 
@@ -40,7 +40,7 @@ def digits_supernet(space_name: str, supernet: str, bn_batches: int, via: str) -
 
 def device_target(name: str, space: SearchSpace, datamodule: Any, cache_dir: str,
                   lut_path: str | None = None) -> Target:
-    """Target device ``conf/hardware/<name>.yaml`` priced with ``lut_path`` or the cached (else profiled) LUT."""
+    """Target device ``nas/conf/hardware/<name>.yaml`` priced with ``lut_path`` or the cached (else profiled) LUT."""
     backend = build_backend(conf("hardware", name)["backend"])
     lut = obtain_lut(space, backend, datamodule.in_channels, datamodule.num_classes, cache_dir=cache_dir,
                      lut_path=lut_path, progress=True)

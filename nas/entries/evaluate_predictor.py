@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from nas.cli import CONFIG_DIR, main_guard
 from nas.errors import ConfigError
-from nas.io import atomic_write_json
+from nas.io import atomic_write_bytes, atomic_write_json
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.predictors import (
@@ -167,7 +167,7 @@ def plot(out: Path, table: list[dict[str, Any]], last: tuple[np.ndarray, np.ndar
     ax.set_title(f"{result['objective']} predictor, test set {result['test_size']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(out / "mape_vs_n.png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(out / "mape_vs_n.png", png_bytes(fig))
     if last is None:
         return
     truth, pred = last
@@ -181,7 +181,16 @@ def plot(out: Path, table: list[dict[str, Any]], last: tuple[np.ndarray, np.ndar
     ax.set_ylabel(f"predicted {result['objective']}")
     ax.set_title(f"n={table[-1]['n']}, Kendall tau {kendall_tau(truth, pred):.3f}")
     ax.legend(fontsize=8)
-    fig.savefig(out / "pred_vs_true.png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(out / "pred_vs_true.png", png_bytes(fig))
+
+
+def png_bytes(fig: Any) -> bytes:
+    """The figure as PNG bytes (written with an atomic writer)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 GROUPS = ("space", "predictor")
@@ -190,7 +199,7 @@ GROUPS = ("space", "predictor")
 def compose(argv: list[str]) -> DictConfig:
     """The run's config from ``nas/conf/evaluate_predictor.yaml`` and ``key=value`` arguments.
 
-    Hand-composed rather than by Hydra: ``objective=`` is this script's setting, but ``conf/objective/`` is a
+    Hand-composed rather than by Hydra: ``objective=`` is this script's setting, but ``nas/conf/objective/`` is a
     config group of the search entry points, so Hydra would read ``objective=error`` as a group choice.
     """
     from datetime import datetime
