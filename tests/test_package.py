@@ -114,3 +114,15 @@ def test_subcommand_help_is_that_commands_help(tmp_path):
     proc = spnas("search", "--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "search is powered by Hydra" in proc.stdout and "space: cifar, mnasnet, tiny" in proc.stdout
+
+
+def test_the_sweeper_plugin_loads_without_the_tune_extra(tmp_path):
+    # Hydra imports every hydra_plugins module at start-up: without Optuna (pip install spnas, no [tune]) the
+    # plugin must still import, or every command prints Hydra's "Error importing ... plugin" warning
+    code = ("import sys; sys.modules['optuna'] = None\n"
+            "import hydra_plugins.spnas_optuna_sweeper.optuna_sweeper as plugin\n"
+            "assert 'optuna' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
