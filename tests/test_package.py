@@ -126,3 +126,14 @@ def test_the_sweeper_plugin_loads_without_the_tune_extra(tmp_path):
     proc = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_hyperpower_without_the_tune_extra_is_one_error_line(tmp_path):
+    code = ("import sys; sys.modules['optuna'] = None\n"
+            "from nas.command import main\n"
+            f"main(['hyperpower', 'hyperpower.constraints.memory_mb=0.6', 'hydra.run.dir={tmp_path}/run'])\n")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert "pip install 'spnas[tune]'" in one_error_line(proc)

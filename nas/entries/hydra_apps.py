@@ -11,7 +11,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from nas.cli import CONFIG_DIR, hydra_entry, main_guard
+from nas.cli import CONFIG_DIR, fail, hydra_entry, main_guard
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="search")
@@ -44,8 +44,12 @@ def subnet_search_main(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="hyperpower")
 def hyperpower_main(cfg: DictConfig) -> float | None:
     """Returns the best validation error (for sweeps over seeds or settings)."""
-    from nas.hyperpower.study import run_hyperpower
-
+    try:
+        from nas.hyperpower.study import run_hyperpower
+    except ModuleNotFoundError as err:
+        if err.name != "optuna":
+            raise
+        fail("hyperpower needs Optuna, the optional extra spnas[tune]: pip install 'spnas[tune]' (or -e '.[tune]')")
     return main_guard(lambda: (run_hyperpower(cfg)["best"] or {}).get("val_error"))
 
 
