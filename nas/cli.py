@@ -180,7 +180,7 @@ def entry_command(name: str) -> list[str]:
     command's subcommand (``python -m nas.command <name>``).
     """
     script = ENTRY_DIR / f"{name}.py"
-    if script.is_file():
+    if script.is_file() and (ENTRY_DIR / "pyproject.toml").is_file():  # not a stray search.py in site-packages
         return [sys.executable, str(script)]
     return [sys.executable, "-m", "nas.command", name.replace("_", "-")]
 

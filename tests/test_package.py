@@ -137,3 +137,13 @@ def test_hyperpower_without_the_tune_extra_is_one_error_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert "pip install 'spnas[tune]'" in one_error_line(proc)
+
+
+def test_entry_command_is_the_checkouts_script_else_the_installed_subcommand(tmp_path, monkeypatch):
+    import nas.cli
+
+    assert nas.cli.entry_command("search") == [sys.executable, str(ROOT / "search.py")]
+    (tmp_path / "search.py").write_text("")  # a folder like site-packages: no project file beside it
+    monkeypatch.setattr(nas.cli, "ENTRY_DIR", tmp_path)
+    assert nas.cli.entry_command("subnet_search") == [sys.executable, "-m", "nas.command", "subnet-search"]
+    assert nas.cli.entry_command("search") == [sys.executable, "-m", "nas.command", "search"]
