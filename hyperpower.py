@@ -8,22 +8,14 @@ Examples:
 The study runs in this process (ask-and-tell): the cost models are fitted before the first proposal and the
 pruner needs the live trial inside the training loop, which a Hydra sweeper's jobs (other processes, other
 nodes) would not have. Use -m (and hydra/launcher=slurm) to fan whole studies out over methods and seeds.
+
+An alias of ``spnas hyperpower`` (:func:`nas.entries.hydra_apps.run_hyperpower`);
+the config is ``nas/conf/hyperpower.yaml``.
 """
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
-from nas.cli import main_guard
-from nas.hyperpower.study import run_hyperpower
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="hyperpower")
-def main(cfg: DictConfig) -> float | None:
-    """Returns the best validation error (for sweeps over seeds or settings)."""
-    return main_guard(lambda: (run_hyperpower(cfg)["best"] or {}).get("val_error"))
-
+from nas.entries.hydra_apps import run_hyperpower
 
 if __name__ == "__main__":
-    main()
+    run_hyperpower()

@@ -4,23 +4,14 @@ Examples:
     python search.py                                   # digits, tiny space, ONNX Runtime CPU LUT
     python search.py solver.lambda_=0.5 trainer.max_epochs=12
     python search.py space=cifar data=cifar10 data.root=/data hardware=cpu_torch
+
+An alias of ``spnas search`` (:func:`nas.entries.hydra_apps.run_search`);
+the config is ``nas/conf/search.yaml``.
 """
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
-from nas.cli import hydra_entry, main_guard
-from nas.search.pipeline import run_search
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="search")
-def main(cfg: DictConfig) -> float:
-    """Returns the objective (validation accuracy, or Eq 6.2 with hardware.target_ms) for Hydra sweepers."""
-    objective = main_guard(lambda: run_search(cfg)["objective"])
-    return float("nan") if objective is None else objective  # None: no validation ran (a sweeper's failed trial)
-
+from nas.entries.hydra_apps import run_search
 
 if __name__ == "__main__":
-    hydra_entry(main, "search")
+    run_search()

@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("nas")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
-#: the folder of the entry scripts (search.py, train.py, subnet_search.py, hyperpower.py)
-ENTRY_DIR = CONFIG_DIR.parent
+#: the Hydra configs, shipped inside the package (nas/conf): the one place that knows where they are
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+#: the folder of the entry scripts (search.py, train.py, ...) in a source checkout; an installed wheel has none
+ENTRY_DIR = Path(__file__).resolve().parents[1]
 # errors of the environment, not of the program: reported in one line like an input error
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
                        errno.EEXIST, errno.ENOENT}
@@ -174,12 +175,19 @@ def check_writable_dir(path: str, option: str) -> None:
 
 
 def entry_command(name: str) -> list[str]:
-    """The command that runs entry point ``name`` (``search``, ``train``, ...) in a new process of this Python."""
-    return [sys.executable, str(ENTRY_DIR / f"{name}.py")]
+    """The command that runs entry point ``name`` (``search``, ``train``, ...) in a new process of this Python.
+
+    The checkout's script when there is one (it imports this checkout's ``nas``), else the installed ``spnas``
+    command's subcommand (``python -m nas.command <name>``).
+    """
+    script = ENTRY_DIR / f"{name}.py"
+    if script.is_file() and (ENTRY_DIR / "pyproject.toml").is_file():  # not a stray search.py in site-packages
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", "nas.command", name.replace("_", "-")]
 
 
 def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """``conf/<config_name>.yaml`` composed with ``overrides`` as the command line would (no run folder, no
+    """``nas/conf/<config_name>.yaml`` composed with ``overrides`` as the command line would (no run folder, no
     ``hydra:`` node); a bad override is a :class:`ConfigError` with one line."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nas.cli import CONFIG_DIR
 from nas.hyperpower.cost_models import CostModel
 from nas.hyperpower.study import evaluations_to_reach, make_structure, profile_cost_models, run_hyperpower
 from nas.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -36,7 +37,7 @@ def compose(overrides: list[str]):  # noqa: ANN201
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose("hyperpower", overrides=overrides)
 
 

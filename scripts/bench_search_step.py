@@ -70,7 +70,7 @@ class Variant:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--space", default="tiny", help="name of a conf/space/*.yaml")
+    parser.add_argument("--space", default="tiny", help="name of a nas/conf/space/*.yaml")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the steps are spread over")

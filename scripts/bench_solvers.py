@@ -28,6 +28,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from nas.benchmarking import saved_tensor_bytes, state_bytes
+from nas.cli import CONFIG_DIR
 from nas.cost.backends import MacsProxy
 from nas.cost.profiler import profile_space
 from nas.search.optimization import build_optimizer
@@ -62,8 +63,8 @@ def build(space: SearchSpace, lut, batch: tuple[torch.Tensor, torch.Tensor], arc
     xa, ya = arch_batch
     solvers = []
 
-    def solver(name: str):  # noqa: ANN202 - each solver with the settings of its conf/solver/<name>.yaml
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    def solver(name: str):  # noqa: ANN202 - each solver with the settings of its nas/conf/solver/<name>.yaml
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("search", overrides=[f"solver={name}", f"solver.lambda_={lam}"])
         return instantiate_solver(cfg.solver, space, x.shape[1], 10, lut)
 
@@ -103,7 +104,7 @@ def build(space: SearchSpace, lut, batch: tuple[torch.Tensor, torch.Tensor], arc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--space", default="tiny", help="name of a conf/space/*.yaml")
+    parser.add_argument("--space", default="tiny", help="name of a nas/conf/space/*.yaml")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per solver")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the steps are spread over")

@@ -8,12 +8,12 @@ Per seed, on one device (``--device``, default ``macs_proxy``: deterministic pri
 * ``tactic=validation`` (NSGA-II, population 50) with ``--reference-budget`` validations (2000); its hypervolume
   after 800 validations is read from its curve (a budget-800 run is the same run cut at 800: the search is
   deterministic and 800 is a whole number of generations);
-* ``tactic=concurrent`` (``conf/tactic/concurrent.yaml``: c = 20) for ``--concurrent-iterations`` populations;
+* ``tactic=concurrent`` (``nas/conf/tactic/concurrent.yaml``: c = 20) for ``--concurrent-iterations`` populations;
   its first 5 populations are exactly a 100-validation run (the predictor of round i sees only the validations
   of rounds <= i);
-* ``tactic=full`` (``conf/tactic/full.yaml``: 80 + 20 validations);
+* ``tactic=full`` (``nas/conf/tactic/full.yaml``: 80 + 20 validations);
 * with ``--popdb``: a PopDB mask from the history of the first seed's validation run (the defaults of
-  ``conf/popdb.yaml``, as ``scripts/popdb.py`` makes it), then ``tactic=concurrent`` inside the mask.
+  ``nas/conf/popdb.yaml``, as ``scripts/popdb.py`` makes it), then ``tactic=concurrent`` inside the mask.
 
 The reference hypervolume is the best ``tactic=validation`` hypervolume at ``--reference-budget`` over the seeds.
 All runs share one validation store (same supernet, same BatchNorm batches), so a sub-network is validated once
@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from subnet_bench import ROOT, conf, device_target, digits_supernet
+from subnet_bench import conf, device_target, digits_supernet
 
+from nas.cli import CONFIG_DIR
 from nas.io import atomic_write_json
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch
@@ -137,7 +138,7 @@ def main() -> None:
 
     mask_doc = None
     if args.popdb:
-        popdb = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "popdb.yaml"))
+        popdb = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "popdb.yaml"))
         history = out / f"history_validation_seed{args.seeds[0]}.jsonl"
         lines = [store.get(k) for k in validation_keys[args.seeds[0]]]
         history.write_text("".join(json.dumps(r) + "\n" for r in lines))

@@ -31,6 +31,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from nas.cli import CONFIG_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SOLVERS = ["single_path", "single_path_ste", "single_path_softmax", "multi_path", "multi_path_gumbel", "proxyless",
@@ -42,7 +44,7 @@ def compose(overrides: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name="search", overrides=overrides)
 
 

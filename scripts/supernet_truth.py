@@ -26,14 +26,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy.stats import kendalltau
 
+from nas.cli import CONFIG_DIR
 from nas.io import atomic_write_json
 from nas.search.training import ChildTrainingModule
 from nas.space.architecture import Architecture, LayerChoice
 from nas.space.networks import build_child
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def pick_architectures(space: SearchSpace, pareto: str | None, n_front: int, n_random: int,
@@ -67,7 +66,7 @@ def retrain(space: SearchSpace, arch: Architecture, data_cfg, epochs: int, seed:
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = instantiate(data_cfg)
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
-    train = OmegaConf.load(ROOT / "conf" / "train.yaml").train  # train.py's default recipe
+    train = OmegaConf.load(CONFIG_DIR / "train.yaml").train  # train.py's default recipe
     module = ChildTrainingModule(net, optimizer=instantiate(train.optimizer),
                                  lr_scheduler=instantiate(train.lr_scheduler),
                                  label_smoothing=float(train.label_smoothing))
@@ -96,8 +95,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    space = SearchSpace.from_config(OmegaConf.load(ROOT / "conf" / "space" / f"{args.space}.yaml"))
-    data_cfg = OmegaConf.load(ROOT / "conf" / "data" / "digits.yaml")
+    space = SearchSpace.from_config(OmegaConf.load(CONFIG_DIR / "space" / f"{args.space}.yaml"))
+    data_cfg = OmegaConf.load(CONFIG_DIR / "data" / "digits.yaml")
     data_cfg.image_size = space.resolution
     data_cfg.seed = 0
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from nas.cli import CONFIG_DIR
 from nas.cost.backends import MacsProxy
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import profile_space
@@ -35,7 +36,7 @@ MICRO_SPACE = {
 
 
 def load_space(name: str) -> SearchSpace:
-    return SearchSpace.from_config(yaml.safe_load((ROOT / "conf" / "space" / f"{name}.yaml").read_text()))
+    return SearchSpace.from_config(yaml.safe_load((CONFIG_DIR / "space" / f"{name}.yaml").read_text()))
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def solver_settings(name: str, **settings: Any) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("search", overrides=[f"solver={name}"])
     base = OmegaConf.create(OmegaConf.to_container(cfg.solver, resolve=True))
     return OmegaConf.to_container(OmegaConf.merge(base, settings))

@@ -7,14 +7,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from nas.cli import CONFIG_DIR
 from nas.cost.backends import OnnxRuntimeCPU, TorchCUDA, TorchEagerCPU, build_backend, summarize
 from nas.cost.device_runner import time_interleaved
 from nas.errors import ConfigError
-from tests.conftest import ROOT
 
 
 def hardware_config(name: str, *overrides: str):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("search", overrides=[f"hardware={name}", *overrides]).hardware
 
 

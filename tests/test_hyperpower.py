@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from nas.cli import CONFIG_DIR
 from nas.errors import ConfigError
 from nas.hyperpower.cost_models import CostModel, rmspe
 from nas.hyperpower.measure import measure, peak_memory_cpu_mb, state_megabytes
@@ -21,7 +22,7 @@ from nas.hyperpower.samplers import ConstraintAwareSampler, RandomWalkSampler, S
 from nas.hyperpower.structure import StructureSpace
 from nas.hyperpower.study import PruningCallback, evaluations_to_reach, train_candidate
 from nas.space.networks import build_child
-from tests.conftest import MICRO_SPACE, ROOT
+from tests.conftest import MICRO_SPACE
 from tests.test_entry import run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -31,7 +32,7 @@ FAST = ["data.limit=300", "trainer.max_epochs=1", "hyperpower.cost_models.sample
 
 @pytest.fixture
 def structure() -> StructureSpace:
-    return StructureSpace(yaml.safe_load((ROOT / "conf" / "space" / "tiny.yaml").read_text()))
+    return StructureSpace(yaml.safe_load((CONFIG_DIR / "space" / "tiny.yaml").read_text()))
 
 
 def test_structure_builds_the_network_its_parameters_describe(structure):
@@ -171,7 +172,7 @@ def test_evaluations_to_reach():
 
 
 def test_pruning_callback_stops_a_diverging_candidate(tmp_path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("hyperpower", overrides=["data.limit=200", "trainer.max_epochs=3",
                                                f"paths.output_dir={tmp_path}"])
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.5))
@@ -228,7 +229,7 @@ def test_baseline_reuses_the_cost_models_and_skips_measured_violations(hyperpowe
 
 
 def hyperpower_cfg(*overrides, tmp_path="/tmp"):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("hyperpower", overrides=[*overrides, f"paths.output_dir={tmp_path}"])
 
 

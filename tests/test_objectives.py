@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from nas.cli import CONFIG_DIR
 from nas.errors import ConfigError
 from nas.search.objectives import (
     OBJECTIVES,
@@ -17,7 +18,6 @@ from nas.search.objectives import (
     TargetRuntime,
     build_objective,
 )
-from tests.conftest import ROOT
 from tests.test_entry import run
 
 
@@ -68,7 +68,7 @@ def test_every_objective_has_a_config_and_builds_from_it():
     import yaml
 
     for name in OBJECTIVES:
-        node = yaml.safe_load((ROOT / "conf" / "objective" / f"{name}.yaml").read_text())
+        node = yaml.safe_load((CONFIG_DIR / "objective" / f"{name}.yaml").read_text())
         assert node["name"] == name
     assert build_objective({"name": "pfp", "thres": 1.0, "penalty": 2}).penalty == 2.0
     assert build_objective(None, target_ms=3.0) == TargetRuntime(3.0)

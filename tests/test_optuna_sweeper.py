@@ -11,6 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hydra_plugins.spnas_optuna_sweeper.optuna_sweeper import distribution_from_override
+from nas.cli import CONFIG_DIR
 from tests.conftest import ROOT
 
 
@@ -29,7 +30,7 @@ def test_override_grammar_maps_to_optuna_distributions():
 
 @pytest.mark.parametrize("sampler,cls", [("tpe", "TPESampler"), ("gp", "GPSampler"), ("random", "RandomSampler")])
 def test_sampler_options_compose(sampler, cls):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("search", overrides=["hparams_search=lambda_for_target", f"hydra/sweeper/sampler={sampler}"],
                       return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("spnas_optuna_sweeper.optuna_sweeper.OptunaSweeper")
@@ -83,7 +84,7 @@ def test_trials_fan_out_through_the_submitit_launcher(tmp_path):
 
 def test_lambda_sweep_composes_with_the_slurm_launcher():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("search", overrides=["hparams_search=lambda_for_target", "hardware.target_ms=80",
                                            "hydra/launcher=slurm", "hydra.sweeper.n_jobs=4"],
                       return_hydra_config=True)

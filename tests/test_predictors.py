@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from nas.cli import CONFIG_DIR
 from nas.errors import ConfigError
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig
@@ -24,7 +25,7 @@ from tests.test_subnet_search import AdditiveError, Killer, fake_checkpoint, obj
 
 
 def conf(group: str, name: str) -> dict:
-    return yaml.safe_load((ROOT / "conf" / group / f"{name}.yaml").read_text())
+    return yaml.safe_load((CONFIG_DIR / group / f"{name}.yaml").read_text())
 
 
 def test_one_hot_has_one_column_per_candidate_and_one_one_per_layer(micro_space):

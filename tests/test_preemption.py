@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from nas.cli import CONFIG_DIR
 from nas.search.checkpoint import load_checkpoint
 from nas.search.pipeline import run_search
 from tests.conftest import ROOT
@@ -111,7 +112,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tmp_path, cache):
 def _search_in_process(tmp_path: Path, name: str) -> Path:
     overrides = [*SEARCH, "trainer.max_epochs=1", f"paths.output_dir={tmp_path}/{name}",
                  f"paths.cache_dir={tmp_path}/cache"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         run_search(compose("search", overrides=overrides))
     return tmp_path / name
 

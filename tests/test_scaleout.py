@@ -9,12 +9,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from nas.cli import CONFIG_DIR
 from nas.errors import ConfigError
 from nas.search.checkpoint import load_checkpoint
 from nas.search.global_batchnorm import GlobalBatchNorm2d, ProcessSyncBatchNorm
 from nas.search.pipeline import run_search
 from nas.search.preflight import check_trainer_config
-from tests.conftest import ROOT
 from tests.test_entry import run
 
 COMMON = ["progress=false", "hardware=macs_proxy", "trainer.max_epochs=1", "data.limit=400",
@@ -35,7 +35,7 @@ def test_ddp_two_cpu_processes_agree_with_each_other_and_with_one_process(tmp_pa
     # diverge by an amount that depends on the machine, so float32 is not compared.)
     cache = f"paths.cache_dir={tmp_path}/cache"
     # the single-process reference runs in this process (same pipeline as search.py, one interpreter start less)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("search", overrides=[*COMMON, "data.batch_size=32", f"paths.output_dir={tmp_path}/single",
                                            cache])
     run_search(cfg)
@@ -79,20 +79,20 @@ def test_global_batchnorm_is_plain_batchnorm_in_one_process_and_swaps_back():
     ("tpu", "torch_xla"),
 ])
 def test_trainer_configs_that_cannot_run_here_fail_clearly(name, message):
-    cfg = OmegaConf.load(ROOT / "conf" / "trainer" / f"{name}.yaml")
+    cfg = OmegaConf.load(CONFIG_DIR / "trainer" / f"{name}.yaml")
     if name == "gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match=message):
         check_trainer_config(cfg)
     for trainer in ("cpu", "ddp", "ddp_cpu", "gpu", "tpu"):
-        text = (ROOT / "conf" / "trainer" / f"{trainer}.yaml").read_text()
+        text = (CONFIG_DIR / "trainer" / f"{trainer}.yaml").read_text()
         assert "- default" in text  # every trainer option extends the default Trainer settings
 
 
 def test_slurm_launcher_config_composes_for_a_sweep():
     # SLURM itself cannot run here: this checks the launcher config resolves against the submitit plugin's schema
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("search", overrides=["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.partition=gpu",
                                            "hydra.launcher.tasks_per_node=4"], return_hydra_config=True)
     launcher = cfg.hydra.launcher

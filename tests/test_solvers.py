@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from models.blocks import MBConv
+from nas.cli import CONFIG_DIR
 from nas.cost.runtime_model import RuntimeModel, level_probabilities
 from nas.errors import ConfigError
 from nas.search.checkpoint import load_checkpoint
@@ -28,7 +29,7 @@ from nas.search.solvers.single_path_variants import indicators_from_levels
 from nas.space.architecture import Architecture
 from nas.supernets.multi_path_supernet import MixedLayer, MultiPathSupernet
 from nas.supernets.superkernel import SuperMBConv
-from tests.conftest import ROOT, TEST_SGD, make_solver
+from tests.conftest import TEST_SGD, make_solver
 
 FAST = {"optimizer": TEST_SGD, "bn_calibration_batches": 2}
 
@@ -286,7 +287,7 @@ def test_random_search_respects_the_target_and_keeps_the_best(micro_space, micro
 
 # ---------------------------------------------------------------------- through the pipeline
 def compose_search(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="search", overrides=list(overrides))
 
 

@@ -160,9 +160,8 @@ def test_study_command_line_errors_are_one_line(args, message, tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
 
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "study_solvers.py"), *args,
+    proc = subprocess.run([sys.executable, "-m", "nas.command", "study-solvers", *args,
                            f"records={tmp_path}/r.jsonl", f"work_dir={tmp_path}/w"], capture_output=True, text=True,
                           timeout=300)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

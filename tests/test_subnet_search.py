@@ -17,6 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from nas.cli import CONFIG_DIR
 from nas.cost.backends import MacsProxy
 from nas.cost.profiler import profile_space
 from nas.errors import ConfigError
@@ -79,7 +80,7 @@ def fake_checkpoint(path: Path, space, seed: int = 0) -> Path:
 
 
 def subnet_cfg(tmp: Path, ckpt: Path, *overrides: str, out: str = "run"):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("subnet_search", overrides=[f"supernet={ckpt}", "hardware=macs_proxy", "data.limit=200",
                                                   "progress=false", f"paths.output_dir={tmp / out}",
                                                   f"paths.cache_dir={tmp / 'cache'}", "algorithm.population=10",
@@ -143,7 +144,7 @@ def test_supernet_solver_samples_deterministically_and_learns_no_thresholds(micr
 def test_solver_supernet_checkpoint_feeds_subnet_search(tmp_path):
     from nas.search.pipeline import run_search
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("search", overrides=["solver=supernet", "hardware=macs_proxy", "trainer.max_epochs=1",
                                            "data.limit=160", "progress=false", "trainer.enable_progress_bar=false",
                                            f"paths.output_dir={tmp_path / 'train'}",

@@ -8,6 +8,7 @@ import math
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from nas.cli import CONFIG_DIR
 from nas.errors import ConfigError
 from nas.search.objectives import target_objective
 from nas.search.sweep import best_trial, write_sweep_report
@@ -88,7 +89,7 @@ def test_gp_sampler_is_optunas_native_gaussian_process():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("search", overrides=["hparams_search=lambda_for_target", "hydra/sweeper/sampler=gp"],
                       return_hydra_config=True)
     sampler_cfg = cfg.hydra.sweeper.sampler
@@ -119,7 +120,7 @@ def test_lambda_sweep_without_a_target_is_refused(capsys):
 
     from nas.search.sweep import LambdaSweepReport
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("search", overrides=["hparams_search=lambda_for_target"], return_hydra_config=True)
     assert cfg.hydra.callbacks.lambda_sweep_report._target_ == "nas.search.sweep.LambdaSweepReport"
     with pytest.raises(SystemExit) as exit_info:  # before any trial runs, as `search.py -m` would

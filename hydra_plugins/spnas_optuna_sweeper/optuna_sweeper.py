@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
@@ -21,7 +20,10 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+if TYPE_CHECKING:  # Optuna is the optional extra spnas[tune]: imported when a sweep runs, not at Hydra's start-up
+    import optuna
+    from optuna.distributions import BaseDistribution
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ def distribution_from_override(override: Override) -> BaseDistribution | str:
     ``choice(a, b)`` -> categorical; ``range(a, b[, step])`` -> int (float with a float step), end exclusive as
     in Hydra; ``interval(a, b)`` -> float (int when both ends are ints); ``tag(log, interval(a, b))`` -> log scale.
     """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
     value = override.value()
@@ -77,6 +81,10 @@ class OptunaSweeper(Sweeper):
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ImportError("hydra/sweeper=optuna needs Optuna: pip install 'spnas[tune]'") from None
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
@@ -88,6 +96,8 @@ class OptunaSweeper(Sweeper):
         self.sampler = sampler
 
     def _parse(self, arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+        from optuna.distributions import BaseDistribution
+
         lines = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         distributions, fixed = {}, {}
@@ -101,6 +111,8 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        import optuna
+
         distributions, fixed = self._parse(arguments)
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
                                     directions=self.directions, load_if_exists=True)

@@ -231,14 +231,14 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
 
 def plot_predicted_vs_measured(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """Scatter of predicted vs measured latency with the y = x line (like the thesis' Fig 5.5); atomic PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = result["rows"]
     meas = np.array([r["measured_ms"] for r in rows])
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for label, field, marker in (("per-op sum", "predicted_plain_ms", "x"), ("calibrated", "predicted_ms", "o")):
         pred = np.array([r[field] for r in rows])
         metrics = result["plain_sum" if field == "predicted_plain_ms" else "calibrated"]
@@ -258,5 +258,4 @@ def plot_predicted_vs_measured(result: dict[str, Any], path: str | os.PathLike) 
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())

@@ -1,6 +1,6 @@
 """The hyperparameters HyperPower optimises (thesis Sec 3.4.1) and the child network they describe.
 
-Structural hyperparameters, per searchable stage ``s`` of the chosen space (``conf/space/*.yaml``):
+Structural hyperparameters, per searchable stage ``s`` of the chosen space (``nas/conf/space/*.yaml``):
 ``s{s}.width`` (a multiplier of the stage's channels, rounded to a multiple of 8 as timm does), ``s{s}.kernel``
 and ``s{s}.expansion`` (from the space's candidates, the same for every layer of the stage) and ``s{s}.depth``
 (1 .. the stage's repeats). Stages the space fixes stay as they are. Training hyperparameters: learning rate,

@@ -67,13 +67,13 @@ def _choice_code(choice: Any, spec: Any) -> int:
 
 def std_heatmap_figure(layers: Sequence[tuple[int, SuperMBConv]]) -> Any:
     """One small log10(std) heatmap per superkernel layer (lighter = smaller, as in Fig 5.9)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     count = max(1, len(layers))
-    fig, axes = plt.subplots(1, count, figsize=(1.6 * count + 0.8, 2.0), squeeze=False)
+    fig = Figure(figsize=(1.6 * count + 0.8, 2.0))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, count, squeeze=False)
     maps = [torch.log10(superkernel_std(layer).clamp_min(1e-8)) for _, layer in layers]
     lo = min((float(m.min()) for m in maps), default=0.0)
     hi = max((float(m.max()) for m in maps), default=1.0)
@@ -90,14 +90,14 @@ def std_heatmap_figure(layers: Sequence[tuple[int, SuperMBConv]]) -> Any:
 
 def decisions_figure(space: SearchSpace, history: Sequence[tuple[int, Architecture]]) -> Any:
     """Layers (rows) x validations (columns), coloured by the chosen candidate and labelled with it."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     specs = space.searchable_layers
     grid = [[_choice_code(arch.layers[spec.index], spec) for _, arch in history] for spec in specs]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * max(1, len(history)), 0.9 + 0.35 * len(specs)))
+    fig = Figure(figsize=(1.0 + 0.9 * max(1, len(history)), 0.9 + 0.35 * len(specs)))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.imshow(grid, cmap="Pastel1", aspect="auto", vmin=0,
               vmax=max(1, max((len(s.choices()) - 1 for s in specs), default=1)))
     for row, spec in enumerate(specs):
@@ -113,13 +113,13 @@ def decisions_figure(space: SearchSpace, history: Sequence[tuple[int, Architectu
 
 def architecture_figure(space: SearchSpace, arch: Architecture, title: str = "") -> Any:
     """The architecture as a row of blocks: width ~ expansion, colour ~ kernel, label k/e/se; skips hatched."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(space.layers), 2.4))
+    fig = Figure(figsize=(1.0 + 0.75 * len(space.layers), 2.4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     x = 0.0
     colours = {3: "#4c72b0", 5: "#dd8452", 7: "#c44e52"}
     for spec, choice in zip(space.layers, arch.layers):

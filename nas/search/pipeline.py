@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def instantiate_solver(solver_cfg: Any, space: SearchSpace, in_channels: int, num_classes: int,
                        lut: LatencyLUT) -> SearchModule:
-    """The solver of a ``solver=`` config node (``conf/solver/*.yaml``: every setting comes from there)."""
+    """The solver of a ``solver=`` config node (``nas/conf/solver/*.yaml``: every setting comes from there)."""
     # objects are passed after instantiation: Hydra would turn dataclasses (space, LUT) into configs
     return instantiate(solver_cfg, _partial_=True)(space=space, in_channels=in_channels, num_classes=num_classes,
                                                    lut=lut)

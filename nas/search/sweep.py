@@ -66,11 +66,9 @@ def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
 
 def objective_plot(trials: list[dict[str, Any]], target_ms: float | None) -> bytes:
     """PNG: objective per trial with the running best (top), predicted runtime per trial vs R_T (bottom)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     xs = [t["trial"] for t in trials]
     objective = [t["objective"] for t in trials]
@@ -78,7 +76,9 @@ def objective_plot(trials: list[dict[str, Any]], target_ms: float | None) -> byt
     for value in objective:
         best = max(best, value)
         running.append(best)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+    fig = Figure(figsize=(6, 5))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(xs, objective, "o", label="trial")
     top.step(xs, running, where="post", label="best so far")
     for t in trials:
@@ -92,12 +92,11 @@ def objective_plot(trials: list[dict[str, Any]], target_ms: float | None) -> byt
         bottom.axhline(target_ms, color="grey", linestyle="--", label="target R_T")
     bottom.set_ylabel("runtime (ms)")
     bottom.set_xlabel("trial")
-    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.legend(fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
     return buffer.getvalue()
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class ChildTrainingModule(pl.LightningModule):
-    """Cross-entropy training of a :class:`ChildNet`; accuracy per split (torchmetrics). Settings: ``conf/train.yaml``.
+    """Cross-entropy training of a :class:`ChildNet`; accuracy per split (torchmetrics); ``nas/conf/train.yaml``.
 
     ``optimizer`` is a ``_partial_`` torch optimiser, ``lr_scheduler`` a ``_partial_`` per-step schedule called with
     ``(optimizer, total_steps=...)`` (``None``: constant rate).

@@ -1,6 +1,6 @@
 """Search spaces: a MobileNetV2/MnasNet-style backbone with per-layer MBConv candidates.
 
-A space is read from a Hydra config (``conf/space/*.yaml``). The backbone is a stem convolution, a list of
+A space is read from a Hydra config (``nas/conf/space/*.yaml``). The backbone is a stem convolution, a list of
 stages (output channels, stride of the first layer, number of layers) and a head (1x1 conv, pooling,
 classifier). Every MBConv layer of a stage is searchable over kernel size, expansion ratio (plus the skip-op
 where the layer keeps its shape) and Squeeze-and-Excitation ratio, unless the stage fixes its choice.

@@ -27,7 +27,7 @@ def select_networks(records: list[dict[str, Any]], solvers: list[str], max_param
 
 
 class AnchorStudy(SolverStudy):
-    """Runs (or continues) Study B from ``conf/study_anchors.yaml``."""
+    """Runs (or continues) Study B from ``nas/conf/study_anchors.yaml``."""
 
     def check_config(self) -> None:
         if not isinstance(self.cfg.select.max_params, int) or self.cfg.select.max_params < 1:
@@ -43,7 +43,7 @@ class AnchorStudy(SolverStudy):
                                  int(self.cfg.select.top))
         if not chosen:
             raise ConfigError(f"{self.cfg.source} has no searched network of {list(self.cfg.select.solvers)} with "
-                              f"at most {self.cfg.select.max_params} parameters yet; run scripts/study_solvers.py "
+                              f"at most {self.cfg.select.max_params} parameters yet; run spnas study-solvers "
                               "first (or widen select.*)")
         self.setup_model()
         done = {r.get("key"): r for r in read_jsonl(self.records_path, "anchor network")}

@@ -96,7 +96,7 @@ def cloud_architectures(space: Any, predict: Any, size: int, seed: int, pool: in
 
 
 class SolverStudy:
-    """Runs (or continues) Study A from its config (``conf/study_solvers.yaml``)."""
+    """Runs (or continues) Study A from its config (``nas/conf/study_solvers.yaml``)."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

@@ -48,7 +48,7 @@ class Validator(Protocol):
 
 @dataclass
 class AlgorithmConfig:
-    """Settings of the optimiser (``conf/algorithm/*.yaml``)."""
+    """Settings of the optimiser (``nas/conf/algorithm/*.yaml``)."""
 
     name: str = "nsga2"
     population: int = 50

@@ -3,7 +3,7 @@
 A predictor maps an architecture to one objective (``error``, ``ce``, ``latency``, ...). Features are the one-hot
 encoding of the genome: one block per searchable layer, one column per candidate (skip included), so a linear
 model on them is a per-layer additive table, which is exactly the form of a LUT, and ridge regression can learn
-the latency of an additive cost model exactly. The estimators are scikit-learn's (``conf/predictor/*.yaml``):
+the latency of an additive cost model exactly. The estimators are scikit-learn's (``nas/conf/predictor/*.yaml``):
 
 * ``ridge`` and ``svr``: the predictors of source 002 (§4.3: "converge more quickly, require fewer training
   examples and much less hyper-parameter optimisation than MLPs");
@@ -146,7 +146,7 @@ class ObjectivePredictor:
     Args:
         objective: what it predicts (``error``, ``ce``, ``latency``, ``macs``, ``params``).
         codec: the genome codec of the search (the features' layout).
-        config: a ``conf/predictor/*.yaml`` mapping: ``name``, ``estimator`` (instantiated by Hydra),
+        config: a ``nas/conf/predictor/*.yaml`` mapping: ``name``, ``estimator`` (instantiated by Hydra),
             ``standardize_target``, ``cv_folds``.
         seed: seeds the cross-validation split and stochastic estimators (``random_state``).
     """
@@ -283,7 +283,7 @@ def check_predictor_config(config: Mapping[str, Any]) -> None:
 
     spec = config.get("estimator") if isinstance(config, Mapping) else None
     if not isinstance(spec, Mapping) or "_target_" not in spec:
-        raise ConfigError("predictor: 'estimator' with a _target_ is required (see conf/predictor/*.yaml)")
+        raise ConfigError("predictor: 'estimator' with a _target_ is required (see nas/conf/predictor/*.yaml)")
     target = str(spec["_target_"])
     try:
         get_method(target) if target.endswith("grid_search") else get_class(target)

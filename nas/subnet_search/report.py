@@ -100,13 +100,13 @@ def _savefig(fig: Any, path: Path) -> None:
 
 def plot_fronts(path: Path, results: Sequence[SearchResult], names: Sequence[str], title: str = "") -> None:
     """``pareto_front.png``: every validated sub-network and the front, per device (first two objectives)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    fig = Figure(figsize=(5 * n, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)
     xi, yi = (1, 0) if len(names) > 1 else (0, 0)
     for ax, result in zip(axes[0], results):
         F = np.array(result.F).reshape(-1, len(names))
@@ -123,17 +123,16 @@ def plot_fronts(path: Path, results: Sequence[SearchResult], names: Sequence[str
     if title:
         fig.suptitle(title)
     _savefig(fig, path)
-    plt.close(fig)
 
 
 def plot_hv(path: Path, curves: Mapping[str, Sequence[tuple[int, float]]], title: str = "") -> None:
     """``hv_vs_validations.png``: hypervolume against the number of validations, one line per curve."""
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for label, pts in curves.items():
         if pts:
             x, y = zip(*pts)
@@ -145,7 +144,6 @@ def plot_hv(path: Path, curves: Mapping[str, Sequence[tuple[int, float]]], title
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _savefig(fig, path)
-    plt.close(fig)
 
 
 def format_table(doc: Mapping[str, Any]) -> str:

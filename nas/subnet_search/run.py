@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from nas.cli import CONFIG_DIR
 from nas.cost.backends import build_backend
 from nas.cost.profiler import obtain_lut
 from nas.errors import ConfigError
@@ -35,11 +36,8 @@ from nas.subnet_search.tactics import PredictorSearch, TacticConfig
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
 def device_configs(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The hardware configs of the target devices: ``devices=[name, ...]`` (files of ``conf/hardware/``, or
+    """The hardware configs of the target devices: ``devices=[name, ...]`` (files of ``nas/conf/hardware/``, or
     full mappings) or the single ``hardware`` group."""
     devices = cfg.get("devices")
     if not devices:
@@ -47,9 +45,9 @@ def device_configs(cfg: DictConfig) -> list[dict[str, Any]]:
     out = []
     for entry in devices:
         if isinstance(entry, str):
-            path = CONF_DIR / "hardware" / f"{entry}.yaml"
+            path = CONFIG_DIR / "hardware" / f"{entry}.yaml"
             if not path.is_file():
-                options = sorted(p.stem for p in (CONF_DIR / "hardware").glob("*.yaml"))
+                options = sorted(p.stem for p in (CONFIG_DIR / "hardware").glob("*.yaml"))
                 raise ConfigError(f"devices: no hardware config {entry!r}; choose from {options} or give a mapping")
             out.append(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
         else:

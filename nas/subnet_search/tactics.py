@@ -39,7 +39,7 @@ TACTICS = ("validation", "full", "concurrent")
 
 @dataclass
 class TacticConfig:
-    """Settings of a tactic (``conf/tactic/*.yaml``); unused fields are ``None``."""
+    """Settings of a tactic (``nas/conf/tactic/*.yaml``); unused fields are ``None``."""
 
     name: str
     population: int | None = None     # concurrent: c per iteration; full: validated from the final population

@@ -39,7 +39,7 @@ class BilevelSearch(SearchModule):
 
     Subclasses implement :meth:`weight_parameters`, :meth:`arch_parameters`, :meth:`weight_loss`,
     :meth:`arch_loss`, :meth:`eval_logits` and :meth:`derive_architecture`; :meth:`after_arch_step` is an
-    optional hook run after every architecture update. Settings: ``conf/solver_common/bilevel.yaml``.
+    optional hook run after every architecture update. Settings: ``nas/conf/solver_common/bilevel.yaml``.
 
     Args:
         lambda_: runtime trade-off of ``CE + lambda * log(E[R])`` in the architecture step.

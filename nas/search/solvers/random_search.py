@@ -58,7 +58,7 @@ def sample_under_target(space: SearchSpace, latency_ms: Any, target_ms: float, n
 class RandomSearch(SearchModule):
     """Rejection-sampled random search, each sample trained briefly within the trainer's epoch budget.
 
-    Settings: ``conf/solver/random.yaml``.
+    Settings: ``nas/conf/solver/random.yaml``.
 
     Args:
         target_ms: runtime target (ms); required.

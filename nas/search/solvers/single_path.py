@@ -23,7 +23,7 @@ from nas.supernets.single_path_supernet import SinglePathSupernet, drop_subsets
 
 
 class SinglePathSearch(SearchModule):
-    """Single-path superkernel search with learned group-lasso thresholds. Settings: ``conf/solver/single_path.yaml``.
+    """Single-path superkernel search with learned group-lasso thresholds (``nas/conf/solver/single_path.yaml``).
 
     Args:
         space, in_channels, num_classes, lut: the search space, data shape and latency LUT.

@@ -48,7 +48,7 @@ def sample_step_architectures(space: SearchSpace, sampling: str, num_random: int
 class SupernetTraining(SearchModule):
     """Weight-sharing supernet training with sampled sub-networks (SPOS uniform sampling / sandwich rule).
 
-    Settings: ``conf/solver/supernet.yaml``.
+    Settings: ``nas/conf/solver/supernet.yaml``.
 
     Args:
         space, in_channels, num_classes, lut: the search space, data shape and latency LUT (the LUT only prices

@@ -1,0 +1,51 @@
+"""Export a space's candidate ops as ONNX files + manifest for measurement on the target device.
+
+    spnas export-ops out=ops_tiny                                 # tiny space, digits (1x32x32, 10 classes)
+    spnas export-ops space=cifar data=cifar10 hardware.backend.threads=4 out=ops_cifar
+
+Then on the device (needs only onnxruntime and numpy): ``python3 device_runner.py ops_tiny --out lut.json``,
+and back here: ``python search.py hardware.lut_path=lut.json``. Threads, batch size, warm-up, repeats and cache
+flush come from the ``hardware=`` config and are recorded in the manifest (the runner can override them).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from nas.cli import CONFIG_DIR, hydra_entry, main_guard
+from nas.cost import device_runner
+from nas.cost.backends import build_backend
+from nas.cost.device_export import export_space_ops
+from nas.space.search_space import SearchSpace
+
+
+def export(cfg: DictConfig) -> Path:
+    space = SearchSpace.from_config(cfg.space)
+    datamodule = instantiate(cfg.data)
+    backend = build_backend(cfg.hardware.backend)
+    out = Path(str(cfg.out))
+    manifest = export_space_ops(space, backend, datamodule.in_channels, datamodule.num_classes, out,
+                                rounds=int(cfg.rounds), progress=bool(cfg.progress))
+    runner = Path(device_runner.__file__)
+    shutil.copy2(runner, out / runner.name)
+    n_ops = len(list((out / "ops").glob("*.onnx")))
+    print(f"exported {n_ops} ops of space '{space.name}' ({space.digest}) and {backend.calibration_networks} "
+          f"calibration networks to {out} (manifest {manifest.name}, runner {runner.name} copied alongside).\n"
+          f"On the device: python3 {out.name}/device_runner.py {out.name} --out lut.json\n"
+          f"Then: python search.py space={space.name} hardware.lut_path=lut.json")
+    return manifest
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export_ops")
+def main(cfg: DictConfig) -> None:
+    main_guard(lambda: export(cfg))
+
+
+def run_command() -> None:
+    """``spnas export-ops [overrides]``: check the command line (one ``error:`` line if it is bad), then run."""
+    hydra_entry(main, "export_ops")

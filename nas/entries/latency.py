@@ -1,0 +1,124 @@
+"""How fast is this network on my device? Predicted (plain per-op sum and calibrated) and measured latency.
+
+    spnas latency arch=<run>/arch.json                                      # tiny space, ONNX Runtime
+    taskset -c 1 spnas latency arch=timm:spnasnet_100 space=mnasnet num_classes=1000
+    spnas latency arch="ds_r1_k3_s1_c16 | ir_r1_k5_s2_e6_c24 ..." space=cifar measure=false
+
+``arch=`` takes every form of :mod:`nas.space.references`. The prediction uses the LUT the search would use for
+this space, data shape and hardware (``hardware.lut_path``, or the cache, profiled when missing; ``in_channels=``
+and ``num_classes=`` set the shape, so no data set is needed). The measurement (``measure=false`` skips it)
+times the network with the LUT's procedure (warm-up, interleaved timed runs after a cache flush, the backend's
+statistic) and reports its spread (inter-quartile range) and the device's repeatability on it: the statistic of
+its even-numbered sessions' runs against that of its odd-numbered ones (of its even- against its odd-numbered
+runs with ``hardware.backend.sessions=1``), the floor below which no prediction can be checked. With
+``remeasure=true`` (default) the network's own ops are measured again in the same interleaved rounds as the
+network and priced with the LUT's calibration: a prediction free of the machine's drift since the LUT was
+profiled (on a shared machine that drift can exceed the model's error). Writes ``latency.json`` to the
+run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from nas.cli import CONFIG_DIR, hydra_entry, main_guard
+from nas.cost.backends import build_backend, summarize
+from nas.cost.profiler import obtain_lut, profile_ops
+from nas.cost.runtime_model import RuntimeModel
+from nas.cost.signatures import OpSpec, network_op_keys, required_ops
+from nas.cost.validation import split_halves
+from nas.errors import ConfigError
+from nas.io import atomic_write_json
+from nas.space.networks import build_child
+from nas.space.references import load_architecture
+from nas.space.search_space import SearchSpace
+
+
+def latency(cfg: DictConfig) -> dict[str, Any]:
+    space = SearchSpace.from_config(cfg.space)
+    in_channels, num_classes = int(cfg.in_channels), int(cfg.num_classes)
+    if in_channels < 1 or num_classes < 1:
+        raise ConfigError(f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}")
+    arch = load_architecture(str(cfg.arch), space, in_channels, num_classes)
+    backend = build_backend(cfg.hardware.backend)
+    lut = obtain_lut(space, backend, in_channels, num_classes, cache_dir=cfg.paths.cache_dir,
+                     lut_path=cfg.hardware.get("lut_path"), strict=bool(cfg.hardware.get("strict", False)),
+                     progress=bool(cfg.progress))
+    model = RuntimeModel(space, lut, in_channels, num_classes)
+    net = build_child(space, arch, in_channels, num_classes)
+    kept = sum(1 for c in arch.layers if not c.is_skip)
+    result: dict[str, Any] = {
+        "arch": str(cfg.arch) if len(str(cfg.arch)) <= 200 else str(cfg.arch)[:197] + "...",
+        "architecture": arch.keys, "space": space.name, "in_channels": in_channels, "num_classes": num_classes,
+        "parameters": sum(p.numel() for p in net.parameters()), "kept_layers": kept,
+        "hardware": backend.hardware_record(), "lut": lut.source, "calibration": lut.calibration,
+        "predicted_plain_ms": model.plain_sum(arch), "predicted_ms": model.predict(arch),
+    }
+    hw = result["hardware"]
+    print(f"network: {kept} MBConv layers kept, {result['parameters']:,} parameters, space '{space.name}', input "
+          f"{in_channels}x{space.resolution}x{space.resolution}, {num_classes} classes; {backend.name}, "
+          f"{hw['threads']} thread(s), batch {hw['batch_size']}")
+    print(f"{'predicted, plain per-op sum (Eq 5.8):':<40}{result['predicted_plain_ms']:10.4f} ms")
+    print(f"{'predicted, calibrated:':<40}{result['predicted_ms']:10.4f} ms  ({lut.describe_calibration()}; "
+          f"LUT {lut.source})")
+    if cfg.measure:
+        samples: dict[str, list[list[float]]] = {}
+        load_before = os.getloadavg()
+        start = time.perf_counter()
+        op = OpSpec("network", (in_channels, space.resolution, space.resolution), lambda: net.eval(), "network")
+        keys = set(network_op_keys(space, arch, in_channels, num_classes))
+        ops = ({k: o for k, o in required_ops(space, in_channels, num_classes).items() if k in keys}
+               if cfg.get("remeasure", True) else {})
+        measured = profile_ops({**ops, "network": op}, backend, progress=False, rounds=backend.repeats,
+                               samples_out=samples)
+        entry = measured["network"]
+        statistic = getattr(backend, "statistic", "median")
+        first, second, between = split_halves(samples["network"])
+        halves = [summarize(first, statistic).ms, summarize(second, statistic).ms] if first and second \
+            else [entry.ms, entry.ms]
+        result.update({
+            "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms, "measured_runs": entry.runs,
+            "statistic": statistic, "repeatability_ms": abs(halves[0] - halves[1]),
+            "repeatability_pct": 100 * abs(halves[0] - halves[1]) / entry.ms,
+            "error_pct": 100 * (result["predicted_ms"] - entry.ms) / entry.ms,
+            "plain_error_pct": 100 * (result["predicted_plain_ms"] - entry.ms) / entry.ms,
+            "measure_seconds": round(time.perf_counter() - start, 2),
+            "load_average": {"before": [round(v, 2) for v in load_before],
+                             "after": [round(v, 2) for v in os.getloadavg()]},
+        })
+        if ops:  # the same calibration on the network's ops measured now, alongside it
+            fresh = dataclasses.replace(lut, entries={**lut.entries, **{k: measured[k] for k in ops}})
+            remeasured = RuntimeModel(space, fresh, in_channels, num_classes).predict(arch)
+            result.update({"remeasured_prediction_ms": remeasured,
+                           "remeasured_error_pct": 100 * (remeasured - entry.ms) / entry.ms})
+        label = f"measured ({statistic} of {entry.runs} runs):"
+        print(f"{label:<40}{entry.ms:10.4f} ms  (spread: IQR {entry.iqr_ms:.4f} ms; calibrated prediction "
+              f"{result['error_pct']:+.2f} %, plain sum {result['plain_error_pct']:+.2f} %)")
+        split = "two sessions" if between == "sessions" else "split halves"
+        print(f"{f'device repeatability ({split}):':<40}{result['repeatability_ms']:10.4f} ms  "
+              f"({result['repeatability_pct']:.2f} % of the measurement; load average {load_before[0]:.2f} -> "
+              f"{os.getloadavg()[0]:.2f})")
+        if ops:
+            print(f"{'predicted from ops measured alongside:':<40}{result['remeasured_prediction_ms']:10.4f} ms  "
+                  f"({result['remeasured_error_pct']:+.2f} %: the LUT's calibration on its {len(ops)} distinct ops "
+                  "measured now, free of drift since the LUT)")
+    out = Path(cfg.paths.output_dir)
+    atomic_write_json(out / "latency.json", result)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="latency")
+def main(cfg: DictConfig) -> None:
+    main_guard(lambda: latency(cfg))
+
+
+def run_command() -> None:
+    """``spnas latency [overrides]``: check the command line (one ``error:`` line if it is bad), then run."""
+    hydra_entry(main, "latency")
