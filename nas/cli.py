@@ -150,8 +150,45 @@ def check_command_line(config_name: str, args: Sequence[str]) -> None:
         raise ConfigError(describe_config_error(err)) from None
     finally:
         GlobalHydra.instance().clear()
+    check_target_settings(cfg)
     if run_dir:
         check_writable_dir(str(run_dir), "hydra.run.dir")
+
+
+def check_target_settings(cfg: DictConfig, path: str = "") -> None:
+    """Every node with a ``_target_`` holds only settings its target takes: ``+solver.foo=1`` would otherwise end
+    in a ``TypeError`` when the node is instantiated, after data and LUT were prepared. Raises :class:`ConfigError`
+    naming the key and the settings the target takes. Targets with ``**kwargs`` or that cannot be imported (their
+    own check reports that) are skipped; the ``hydra`` node is Hydra's."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    for key in cfg.keys():
+        name = f"{path}.{key}" if path else str(key)
+        if name == "hydra":
+            continue
+        node = cfg._get_node(key)
+        if OmegaConf.is_dict(node):
+            check_target_settings(node, name)  # type: ignore[arg-type]
+    target = cfg._get_node("_target_") if "_target_" in cfg else None
+    if target is None or not isinstance(target._value(), str):
+        return
+    from hydra._internal.utils import _locate
+
+    try:
+        obj = _locate(target._value())
+        parameters = inspect.signature(obj).parameters.values()
+    except Exception:  # noqa: BLE001 - an unimportable target is reported where it is instantiated
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    takes = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [str(k) for k in cfg.keys() if not str(k).startswith("_") and str(k) not in takes]
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"{where}{unknown[0]} is not a setting of {target._value()} (it takes: {', '.join(takes)});"
+                          f" remove the override {where}{unknown[0]}=... or fix its name")
 
 
 def check_writable_dir(path: str, option: str) -> None:
@@ -186,9 +223,10 @@ def entry_command(name: str) -> list[str]:
     return [sys.executable, "-m", "nas.command", name.replace("_", "-")]
 
 
-def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+def compose_config(config_name: str, overrides: Sequence[str] = (), with_choices: bool = False) -> DictConfig:
     """``nas/conf/<config_name>.yaml`` composed with ``overrides`` as the command line would (no run folder, no
-    ``hydra:`` node); a bad override is a :class:`ConfigError` with one line."""
+    ``hydra:`` node); a bad override is a :class:`ConfigError` with one line. ``with_choices``: add ``choices``,
+    Hydra's record of which option of each config group was chosen (to pass them on to another command)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -197,7 +235,16 @@ def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfi
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name, overrides=list(overrides))
+            if not with_choices:
+                return compose(config_name, overrides=list(overrides))
+            from omegaconf import OmegaConf, open_dict
+
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+            choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+            with open_dict(cfg):
+                del cfg["hydra"]
+                cfg["choices"] = choices
+            return cfg
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(describe_config_error(err)) from None
     finally:

@@ -164,6 +164,12 @@ CASES: dict[str, Case] = {
                                                              "cifar, mnasnet, tiny"),
     "override syntax": Case("search.py", ["solver.lambda_=["], "cannot parse the override 'solver.lambda_=['"),
     "unknown key": Case("search.py", ["solver.lamda=0.2"], "Could not override 'solver.lamda'"),
+    "setting the solver does not take": Case("search.py", ["+solver.foo=1"], "solver.foo is not a setting of "
+                                                                             "nas.search.solvers.SinglePathSearch"),
+    "setting the trainer does not take": Case("search.py", ["+trainer.foo=1"], "trainer.foo is not a setting of "
+                                                                               "pytorch_lightning.Trainer"),
+    "setting the data module does not take": Case("train.py", ["arch=largest", "+data.foo=1"],
+                                                  "data.foo is not a setting of nas.search.data.DigitsDataModule"),
     "run dir under a file": Case("search.py", [f"hydra.run.dir={f('a_file')}/run"], "is a file, not a folder"),
     # train.py
     "train without arch": Case("train.py", [], "arch is required but not set"),

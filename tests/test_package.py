@@ -147,3 +147,49 @@ def test_entry_command_is_the_checkouts_script_else_the_installed_subcommand(tmp
     monkeypatch.setattr(nas.cli, "ENTRY_DIR", tmp_path)
     assert nas.cli.entry_command("subnet_search") == [sys.executable, "-m", "nas.command", "subnet-search"]
     assert nas.cli.entry_command("search") == [sys.executable, "-m", "nas.command", "search"]
+
+
+def test_every_entry_point_has_the_one_cache_default(monkeypatch, tmp_path):
+    """One ``paths`` group: every command caches LUTs in the same folder, whatever the working directory."""
+    from nas.cli import compose_config
+
+    monkeypatch.delenv("SPNAS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    names = ["search", "train", "profile", "latency", "subnet_search", "hyperpower", "validate", "export_ops"]
+    folders = {name: compose_config(name, []).paths.cache_dir for name in names}
+    assert set(folders.values()) == {str(tmp_path / "xdg" / "spnas")}, folders
+    monkeypatch.setenv("SPNAS_CACHE_DIR", str(tmp_path / "mine"))
+    assert {compose_config(name, []).paths.cache_dir for name in names} == {str(tmp_path / "mine")}
+
+
+# evaluate-predictor composes its settings by hand (its `objective=` is not the `objective` config group): own words
+HAND_COMPOSED = {"evaluate-predictor": {"space=nope": "space=nope is unknown; choose one of",
+                                        "space=[": "space=[ is unknown"}}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("override, message", [
+    ("space=nope", "Could not find 'space/nope'"),
+    ("nosuchkey=1", "nosuchkey"),
+    ("space=[", "cannot parse the override 'space=['"),
+])
+def test_every_command_refuses_a_bad_command_line_in_one_line(command, override, message, tmp_path, capsys,
+                                                               monkeypatch):
+    """Each command, run as ``spnas <command>`` in this process: an unknown group option, an unknown key, a broken
+    override. One ``error:`` line, exit 2, nothing written."""
+    message = HAND_COMPOSED.get(command, {}).get(override, message)
+    from hydra.core.global_hydra import GlobalHydra
+
+    from nas.command import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, override])
+    GlobalHydra.instance().clear()
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(errors) == 1, err[-2000:]
+    assert message in errors[0] and "Traceback" not in err
+    assert not list(tmp_path.iterdir())

@@ -78,7 +78,7 @@ def _study(tmp_path: Path, *overrides: str, real: bool = False) -> SolverStudy:
         data = [f"data.root={make_idx_set(tmp_path / 'fm', n_train=160, n_test=40)}", "data.val_size=40"]
     common = [*data, f"paths.cache_dir={tmp_path}/cache", "progress=false",
               "hardware.backend.warmup=1", "hardware.backend.repeats=3", "hardware.backend.calibration_networks=3"]
-    cfg = compose_config("study_solvers", [
+    cfg = compose_config("study_solvers", with_choices=True, overrides=[
         f"records={tmp_path}/r.jsonl", f"work_dir={tmp_path}/work", f"table={tmp_path}/t.md",
         f"figure={tmp_path}/f.png", f"common={json.dumps(common)}", *overrides])
     return SolverStudy(study_config(cfg))

@@ -23,7 +23,7 @@ def main() -> None:
     from nas.studies.solver_study import study_config
 
     def run() -> None:
-        cfg = study_config(compose_config("study_anchors", args))
+        cfg = study_config(compose_config("study_anchors", args, with_choices=True), args)
         records = AnchorStudy(cfg).run()
         print(write_anchor_report(records, cfg))
         print(f"records {cfg.records}; table {cfg.table}")

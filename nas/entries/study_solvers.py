@@ -24,7 +24,7 @@ def main() -> None:
     from nas.studies.solver_study import SolverStudy, study_config, write_report
 
     def run() -> None:
-        cfg = study_config(compose_config("study_solvers", args))
+        cfg = study_config(compose_config("study_solvers", args, with_choices=True), args)
         if cfg.report_only:
             records = read_jsonl(cfg.records, "study network")
         else:

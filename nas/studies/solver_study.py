@@ -370,9 +370,26 @@ def cpu_seconds(log_path: Path) -> float | None:
     return float(path.read_text()) if path.is_file() else None
 
 
-def study_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with every path absolute (the study's subprocesses run from the project folder)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+def forwarded_settings(args: list[str]) -> list[str]:
+    """The command line's settings inside the space / data / hardware groups (``data.root=...``,
+    ``hardware.backend.threads=2``): the study hands them to every search and retraining (with ``common``)."""
+    return [a for a in args if "=" in a and "." in a.split("=", 1)[0]
+            and a.split("=", 1)[0].lstrip("+~").split(".")[0] in ("space", "data", "hardware")]
+
+
+def study_config(cfg: DictConfig, args: list[str] | None = None) -> DictConfig:
+    """The study's settings from its composed config (:func:`nas.cli.compose_config` ``with_choices``): the chosen
+    ``space`` / ``data`` / ``hardware`` options by name and the command line's settings inside them (``args``; both
+    are what the searches and retrainings are given), every path absolute (the study's subprocesses run from the
+    project folder)."""
+    choices = cfg.get("choices") or {}
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    for group in ("space", "data", "hardware"):
+        if group in choices:
+            plain[group] = choices[group]  # type: ignore[index]
+    plain.pop("choices", None)  # type: ignore[union-attr]
+    plain["common"] = [*plain.get("common", []), *forwarded_settings(args or [])]  # type: ignore[index,union-attr]
+    plain = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
     for key in ("records", "figure", "table", "work_dir", "source"):
         if key in plain:  # type: ignore[operator]
             plain[key] = str(Path(plain[key]).absolute())  # type: ignore[index]
