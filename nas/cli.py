@@ -20,7 +20,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
@@ -249,3 +250,44 @@ def compose_config(config_name: str, overrides: Sequence[str] = (), with_choices
         raise ConfigError(describe_config_error(err)) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+class SignalStop(BaseException):
+    """Raised by :func:`stop_on_signals` inside the guarded block when SIGTERM or SIGINT arrives."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM (SLURM, Kubernetes, ``kill``) and SIGINT (Ctrl-C) into :class:`SignalStop` inside the block, so
+    a long-running command can say what it saved and how to resume (:class:`~nas.errors.Interrupted`) instead of
+    dying without a word. The previous handlers are restored afterwards; off the main thread nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SignalStop(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def resume_command(setting: str, value: str) -> str:
+    """The command line of this process with ``setting=value`` in place of any earlier ``setting=...``."""
+    import shlex
+
+    program = Path(sys.argv[0]).name if sys.argv else "spnas"
+    prefix = "python " + program if program.endswith(".py") else program
+    kept = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+") != setting]
+    return " ".join([prefix, *map(shlex.quote, kept), f"{setting}={shlex.quote(str(value))}"])

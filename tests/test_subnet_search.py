@@ -391,3 +391,33 @@ def test_macs_proxy_luts_differ_per_device(micro_space):
     b = profile_space(micro_space, MacsProxy(ms_per_mmac=0.05, overhead_ms=0.0), 1, 10, progress=False)
     space = objective_space(micro_space, luts={"a": a, "b": b})
     assert space.targets[0].fingerprint != space.targets[1].fingerprint
+
+
+def test_sigterm_says_what_is_saved_and_how_to_resume(tmp_path):
+    """SIGTERM mid-search: exit 143 with a word on what is safe and the command that resumes it."""
+    import signal
+    import time
+
+    from tests.conftest import load_space
+
+    ckpt = fake_checkpoint(tmp_path / "supernet.ckpt", load_space("tiny"))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "subnet_search.py"), f"supernet={ckpt}", "hardware=macs_proxy",
+                             "budget=100000", "data.limit=200", "eval.bn_batches=1", "eval.val_batches=1",
+                             "progress=false", f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = run_dir / "validations.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.is_file() and len(records.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by SIGTERM after" in err and f"safe in {records}" in err and "Traceback" not in err
+    hint = next(line for line in err.splitlines() if line.startswith("resume with: "))
+    assert hint.endswith(f"resume={run_dir}") and "budget=100000" in hint and "subnet_search.py" in hint
+    saved = len(records.read_text().splitlines())
+    assert saved >= 3 and not (run_dir / "pareto.json").exists()

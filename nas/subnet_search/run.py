@@ -18,10 +18,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nas.cli import CONFIG_DIR
+from nas.cli import CONFIG_DIR, SignalStop, resume_command, stop_on_signals
 from nas.cost.backends import build_backend
 from nas.cost.profiler import obtain_lut
-from nas.errors import ConfigError
+from nas.errors import ConfigError, Interrupted
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch, GenerationRecord, check_budget
@@ -146,21 +146,28 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
     timed = _TimedValidator(validator)
     previous_front = None
     try:
-        for target in objectives.targets:
-            initial = parts["warm"]
-            if initial is None and cfg.get("chain_warm_start") and previous_front is not None:
-                initial = previous_front
-            common = dict(initial=initial, progress=bool(cfg.progress), on_generation=on_generation)
-            args = (objectives, target.name, timed, store, algorithm, int(cfg.budget), int(cfg.seed),
-                    norms[target.name])
-            if tactic.uses_predictors:
-                search = PredictorSearch(*args, tactic=tactic, predictor_config=_plain(cfg.predictor), **common)
-            else:
-                search = BudgetedSearch(*args, **common)
-            result = search.run()
-            results.append(result)
-            rounds[target.name] = getattr(search, "rounds", [])
-            previous_front = [result.genes[i] for i in result.front()]
+        with stop_on_signals():
+            for target in objectives.targets:
+                initial = parts["warm"]
+                if initial is None and cfg.get("chain_warm_start") and previous_front is not None:
+                    initial = previous_front
+                common = dict(initial=initial, progress=bool(cfg.progress), on_generation=on_generation)
+                args = (objectives, target.name, timed, store, algorithm, int(cfg.budget), int(cfg.seed),
+                        norms[target.name])
+                if tactic.uses_predictors:
+                    search = PredictorSearch(*args, tactic=tactic, predictor_config=_plain(cfg.predictor), **common)
+                else:
+                    search = BudgetedSearch(*args, **common)
+                result = search.run()
+                results.append(result)
+                rounds[target.name] = getattr(search, "rounds", [])
+                previous_front = [result.genes[i] for i in result.front()]
+    except SignalStop as stop:
+        import signal
+
+        raise Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after {timed.count} validations "
+                          f"this run; the {len(store)} validated sub-networks are safe in {out / 'validations.jsonl'}"
+                          f"\nresume with: {resume_command('resume', str(out))}") from None
     finally:
         writer.flush()
 
