@@ -75,6 +75,8 @@ def describe_config_error(err: Exception) -> str:
         first = re.sub(r"^In '[^']*': ", "", str(err).strip().splitlines()[0])
         options = f"; available options: {', '.join(sorted(err.options))}" if err.options else ""
         return f"{first}{options}"
+    if isinstance(err, ValueError) and "Config group override must be a string" in str(err):
+        return f"{one_line(str(err))}; to drop a config group write ~<group> (e.g. ~logger)"
     if isinstance(err, OverrideParseException):
         return f"cannot parse the override {err.override!r}: {one_line(err.message)}"
     return one_line(str(err)).replace(".; ", "; ")
@@ -147,7 +149,7 @@ def check_command_line(config_name: str, args: Sequence[str]) -> None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=args, return_hydra_config=True)
             run_dir = OmegaConf.select(cfg, "hydra.run.dir")
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. group=null
         raise ConfigError(describe_config_error(err)) from None
     finally:
         GlobalHydra.instance().clear()
@@ -246,7 +248,7 @@ def compose_config(config_name: str, overrides: Sequence[str] = (), with_choices
                 del cfg["hydra"]
                 cfg["choices"] = choices
             return cfg
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: e.g. group=null
         raise ConfigError(describe_config_error(err)) from None
     finally:
         GlobalHydra.instance().clear()

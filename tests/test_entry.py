@@ -124,3 +124,17 @@ def test_bad_overrides_fail_with_a_clear_message(tmp_path, overrides, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_csv_logger_and_no_logger(tmp_path):
+    """logger=csv writes metrics.csv instead of TensorBoard events; ~logger (no logger) builds none."""
+    from nas.cli import compose_config
+    from nas.search.pipeline import build_logger
+
+    proc = run("search.py", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={tmp_path}/csv",
+               f"paths.cache_dir={tmp_path}/cache", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = (tmp_path / "csv" / "csv" / "metrics.csv").read_text()
+    assert "val/acc" in metrics.splitlines()[0] and len(metrics.splitlines()) > 1
+    assert not (tmp_path / "csv" / "tb").exists() and (tmp_path / "csv" / "arch.json").is_file()
+    assert build_logger(compose_config("search", ["~logger"])) is False

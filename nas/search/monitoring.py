@@ -183,5 +183,9 @@ def log_final_hparams(logger: Any, params: Mapping[str, Any], metrics: Mapping[s
         return
     finite = {f"hparams/{k}": float(v) for k, v in metrics.items()
               if isinstance(v, (int, float)) and math.isfinite(float(v))}
-    logger.log_hyperparams(dict(params), metrics=finite)
+    try:  # TensorBoard's hparams plugin takes the final metrics with the parameters
+        logger.log_hyperparams(dict(params), metrics=finite)
+    except TypeError:  # other loggers (CSV, MLflow, W&B): parameters and metrics separately
+        logger.log_hyperparams(dict(params))
+        logger.log_metrics(finite)
     logger.finalize("success")

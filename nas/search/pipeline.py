@@ -14,13 +14,12 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nas.cost.backends import build_backend
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import obtain_lut_once
-from nas.errors import Interrupted
+from nas.errors import ConfigError, Interrupted
 from nas.io import atomic_write_json, atomic_write_text
 from nas.search.callbacks import PreemptionCheckpoint, RankAgreement, SearchClock
 from nas.search.checkpoint import AtomicCheckpointIO
@@ -62,6 +61,25 @@ def build_search(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     solver = instantiate_solver(cfg.solver, space, datamodule.in_channels, datamodule.num_classes, lut)
     return {"space": space, "datamodule": datamodule, "backend": backend, "lut": lut, "solver": solver}
+
+
+def build_logger(cfg: DictConfig) -> Any:
+    """The ``logger=`` group's Lightning logger (TensorBoard by default), or ``False`` for ``logger=null``.
+
+    A logger whose package is missing (MLflow, W&B) is a :class:`ConfigError` naming the package to install.
+    """
+    node = cfg.get("logger")
+    if not node:
+        return False
+    try:
+        return instantiate(node)
+    except Exception as err:  # noqa: BLE001 - Lightning raises ModuleNotFoundError/RuntimeError for a missing package
+        cause = err.__cause__ or err
+        if isinstance(cause, (ImportError, ModuleNotFoundError)) or "not installed" in str(cause).lower() or \
+                "not available" in str(cause).lower():
+            raise ConfigError(f"the logger {node._target_} needs a package that is not installed ({cause}); install "
+                              "it, or choose logger=tensorboard or logger=csv") from None
+        raise
 
 
 def checkpoint_callbacks(out: Path, every_n_train_steps: int | None) -> list[ModelCheckpoint]:
@@ -107,12 +125,12 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     check_trainer_config(cfg.trainer)
     objective = build_objective(cfg.get("objective"), cfg.hardware.get("target_ms"))  # checked before any work
     out = Path(cfg.paths.output_dir)
+    logger = build_logger(cfg)  # before the costly part: a missing logger package fails first
     parts = build_search(cfg)
     space, datamodule, lut, solver = parts["space"], parts["datamodule"], parts["lut"], parts["solver"]
     log.info("Space '%s': %d layers (%d searchable), %.3g architectures; LUT %s",
              space.name, len(space.layers), len(space.searchable_layers), space.num_architectures(), lut.source)
 
-    logger = TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False)
     agreement, clock = RankAgreement(), SearchClock(start)
     preemption = PreemptionCheckpoint(out / "checkpoints" / "last.ckpt", resume_command)
     sync = sync_batchnorm_arguments(cfg.trainer)  # CPU processes: BatchNorm over the global batch
