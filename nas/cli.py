@@ -226,15 +226,22 @@ def entry_command(name: str) -> list[str]:
     return [sys.executable, "-m", "nas.command", name.replace("_", "-")]
 
 
-def compose_config(config_name: str, overrides: Sequence[str] = (), with_choices: bool = False) -> DictConfig:
+def compose_config(config_name: str, overrides: Sequence[str] = (), with_choices: bool = False,
+                   keep_global: bool = False) -> DictConfig:
     """``nas/conf/<config_name>.yaml`` composed with ``overrides`` as the command line would (no run folder, no
     ``hydra:`` node); a bad override is a :class:`ConfigError` with one line. ``with_choices``: add ``choices``,
-    Hydra's record of which option of each config group was chosen (to pass them on to another command)."""
+    Hydra's record of which option of each config group was chosen (to pass them on to another command).
+    ``keep_global``: inside a running Hydra app, compose with its Hydra instance instead of replacing it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if keep_global and GlobalHydra.instance().is_initialized():
+        try:
+            return compose(config_name, overrides=list(overrides))
+        except (HydraException, OmegaConfBaseException, ValueError) as err:
+            raise ConfigError(describe_config_error(err)) from None
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

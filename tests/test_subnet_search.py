@@ -421,3 +421,27 @@ def test_sigterm_says_what_is_saved_and_how_to_resume(tmp_path):
     assert hint.endswith(f"resume={run_dir}") and "budget=100000" in hint and "subnet_search.py" in hint
     saved = len(records.read_text().splitlines())
     assert saved >= 3 and not (run_dir / "pareto.json").exists()
+
+
+def test_hardware_overrides_reach_every_device_of_devices(tmp_path):
+    """devices=[...] composes each device through Hydra: a hardware.* override applies to all of them."""
+    from tests.conftest import load_space
+
+    ckpt = fake_checkpoint(tmp_path / "supernet.ckpt", load_space("tiny"))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    prices = {}
+    for scale in ("0.01", "0.05"):
+        run_dir = tmp_path / scale
+        proc = subprocess.run([sys.executable, str(ROOT / "subnet_search.py"), f"supernet={ckpt}",
+                               "hardware=macs_proxy", "devices=[macs_proxy]", f"hardware.backend.ms_per_mmac={scale}",
+                               "budget=8", "algorithm.population=4", "data.limit=200", "eval.bn_batches=1",
+                               "eval.val_batches=1", "progress=false", f"hydra.run.dir={run_dir}",
+                               f"paths.cache_dir={tmp_path}/cache"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        doc = json.loads((run_dir / "pareto.json").read_text())
+        prices[scale] = {tuple(Architecture.from_dict(m["architecture"]).keys): m["objectives"]["latency_ms"]
+                         for m in doc["devices"]["macs_proxy"]["members"]}
+    shared = set(prices["0.01"]) & set(prices["0.05"])
+    assert shared  # the same sub-network priced under both settings: 5x the price per MMAC costs more
+    assert all(prices["0.05"][k] > prices["0.01"][k] for k in shared)

@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nas.cli import CONFIG_DIR, SignalStop, resume_command, stop_on_signals
+from nas.cli import CONFIG_DIR, SignalStop, compose_config, resume_command, stop_on_signals
 from nas.cost.backends import build_backend
 from nas.cost.profiler import obtain_lut
 from nas.errors import ConfigError, Interrupted
@@ -43,16 +43,28 @@ def device_configs(cfg: DictConfig) -> list[dict[str, Any]]:
     if not devices:
         return [OmegaConf.to_container(cfg.hardware, resolve=True)]
     out = []
+    overrides = hardware_overrides()
     for entry in devices:
         if isinstance(entry, str):
             path = CONFIG_DIR / "hardware" / f"{entry}.yaml"
             if not path.is_file():
                 options = sorted(p.stem for p in (CONFIG_DIR / "hardware").glob("*.yaml"))
                 raise ConfigError(f"devices: no hardware config {entry!r}; choose from {options} or give a mapping")
-            out.append(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+            # composed by Hydra like the hardware group itself, so hardware.* overrides reach every device
+            composed = compose_config("subnet_search", [f"hardware={entry}", *overrides], keep_global=True)
+            out.append(OmegaConf.to_container(composed.hardware, resolve=True))
         else:
             out.append(dict(_plain(entry)))
     return out
+
+
+def hardware_overrides() -> list[str]:
+    """The running Hydra app's command-line overrides of ``hardware.*`` settings (none outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith("hardware.")]
 
 
 def _plain(node: Any) -> Any:
