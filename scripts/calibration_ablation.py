@@ -5,7 +5,7 @@
 
 Reads the run's ``lut.json`` (the calibration networks' LUT sums per stage, layer counts and measurements, in
 ``meta.calibration``) and ``validation.json`` (the held-out random networks' per-stage sums and measurements),
-fits each model with :func:`nas.cost.device_runner.fit_network_calibration` on all calibration networks or on the
+fits each model with :func:`nas.cost.measurement_core.fit_network_calibration` on all calibration networks or on the
 first 24 (the previous default), and prints MAPE / max APE / mean signed error (%) on the held-out networks. No
 measurement is made: every model sees the same measured numbers.
 """
@@ -18,16 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.cost.device_runner import fit_network_calibration
+from nas.cost.measurement_core import calibrated_ms, fit_network_calibration
 
 
 def predict(fit: dict, rows: list[dict]) -> np.ndarray:
-    out = []
-    for r in rows:
-        scaled = (float(np.dot(fit["stage_scales"], r["stage_op_sum_ms"])) if fit["stage_scales"]
-                  else fit["scale"] * r["predicted_plain_ms"])
-        out.append(scaled + fit["per_op_ms"] * r["kept_ops"] + fit["per_se_op_ms"] * r["se_ops"] + fit["overhead_ms"])
-    return np.asarray(out)
+    """Each held-out network priced by ``fit`` with the one price formula (:func:`calibrated_ms`)."""
+    return np.asarray([calibrated_ms(r["stage_op_sum_ms"] if fit["stage_scales"] else [r["predicted_plain_ms"]],
+                                     r["kept_ops"], r["se_ops"], fit) for r in rows])
 
 
 def models(cal: dict, count: int) -> dict[str, dict]:

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from nas.cli import CONFIG_DIR
 from nas.cost.backends import OnnxRuntimeCPU, TorchCUDA, TorchEagerCPU, build_backend, summarize
-from nas.cost.device_runner import time_interleaved
+from nas.cost.measurement_core import time_interleaved
 from nas.errors import ConfigError
 
 

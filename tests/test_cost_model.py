@@ -7,6 +7,7 @@ own copy of the calibration, would fail.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -158,3 +159,68 @@ def test_subnet_search_prices_with_the_same_calibration(micro_space, calibrated_
     before = lut_fingerprint(calibrated_lut)
     calibrated_lut.stage_scales = [1.3, 0.71]
     assert lut_fingerprint(calibrated_lut) != before  # a cached table is never reused across calibrations
+
+
+@pytest.fixture(scope="module")
+def tiny_calibrated():
+    """The tiny space and a LUT with a calibration that is not the identity in any term: a different scale per
+    stage, per-op, per-SE and overhead terms."""
+    from tests.conftest import load_space
+
+    space = load_space("tiny")
+    lut = proxy_lut(space)
+    groups = RuntimeModel(space, lut, 1, 10).num_groups
+    lut.scale, lut.per_op_ms, lut.per_se_op_ms, lut.overhead_ms = 1.05, -0.0037, 0.0021, 0.043
+    lut.stage_scales = [1.0 + 0.13 * (g + 1) * (-1) ** g for g in range(groups)]
+    return space, lut
+
+
+def random_architectures(space, n=50, seed=7):
+    rng = random.Random(seed)
+    return [space.smallest(), space.largest(), *(space.sample(rng) for _ in range(n - 2))]
+
+
+def test_one_price_formula_is_the_runtime_models(tiny_calibrated):
+    """``calibrated_ms`` (nas.cost.measurement_core) is the one price: ``RuntimeModel.predict``,
+    ``LatencyLUT.network_ms`` and the differentiable path (tensors through the same arithmetic) agree with it, and
+    it agrees with the formula written out, with stage scales and with one scale for every stage."""
+    from nas.cost.measurement_core import calibrated_ms
+
+    space, lut = tiny_calibrated
+    flat = dataclasses.replace(lut, stage_scales=[])
+    for table in (lut, flat):
+        model = RuntimeModel(space, table, 1, 10)
+        scales = table.stage_scales or [table.scale] * model.num_groups
+        for arch in random_architectures(space):
+            sums = model.group_sums(arch)
+            kept = sum(1 for c in arch.layers if not c.is_skip)
+            se = sum(1 for c in arch.layers if not c.is_skip and c.se_ratio > 0)
+            price = calibrated_ms(sums, kept, se, table.calibration)
+            assert model.predict(arch) == price
+            written = (sum(s * v for s, v in zip(scales, sums)) + table.per_op_ms * kept + table.per_se_op_ms * se
+                       + table.overhead_ms)
+            assert price == pytest.approx(written, rel=1e-12)
+            assert table.network_ms(sum(sums), kept, se, sums) == pytest.approx(price, rel=1e-12)
+            tensor = calibrated_ms([torch.tensor(v, dtype=torch.float64) for v in sums],
+                                   torch.tensor(float(kept), dtype=torch.float64), se, table.calibration)
+            assert float(tensor) == pytest.approx(price, rel=1e-12)
+    with pytest.raises(ValueError, match="stage scales"):
+        calibrated_ms([1.0], 0, 0, lut.calibration)
+
+
+def test_subnet_search_table_equals_runtime_model_predict(tiny_calibrated):
+    """The sub-network search's vectorised form of the price (an additive per-layer table) equals
+    ``RuntimeModel.predict`` on random architectures of the tiny space."""
+    import numpy as np
+
+    from nas.subnet_search.encoding import GenomeCodec
+    from nas.subnet_search.search_objectives import Target, latency_table
+
+    space, lut = tiny_calibrated
+    codec = GenomeCodec(space)
+    target = Target.from_lut("device", space, lut, 1, 10)
+    archs = random_architectures(space)
+    values = latency_table(codec, target)(np.stack([codec.encode(a) for a in archs]))
+    predicted = np.array([target.runtime.predict(a) for a in archs])
+    assert np.ptp(predicted) > 0.1 * predicted.mean()  # the architectures differ in price
+    np.testing.assert_allclose(values, predicted, rtol=1e-12)

@@ -10,16 +10,15 @@ import sys
 import pytest
 
 from nas.cost.backends import MacsProxy, OnnxRuntimeCPU
-from nas.cost.device_export import export_space_ops
+from nas.cost.device_export import RUNNER_FILES, export_space_ops
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import fit_network_calibration, obtain_lut
 from nas.cost.runtime_model import RuntimeModel
 from nas.cost.signatures import network_op_keys, required_ops
 from nas.errors import ConfigError, LUTError
 from nas.space.search_space import SearchSpace
-from tests.conftest import MICRO_SPACE, ROOT
+from tests.conftest import MICRO_SPACE
 
-RUNNER = ROOT / "nas" / "cost" / "device_runner.py"
 # run the runner where neither torch nor this framework can be imported (as on a bare device)
 BARE = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['nas'] = None; sys.modules['models'] = None; "
         "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
@@ -31,9 +30,12 @@ def backend(**overrides) -> OnnxRuntimeCPU:
     return OnnxRuntimeCPU(**{**settings, **overrides})
 
 
-def run_runner(folder, *args, cwd):
-    runner = cwd / "device_runner.py"
-    shutil.copy(RUNNER, runner)
+def run_runner(folder, *args, cwd, runner=None):
+    """Run the runner as a bare device would; by default a copy of it (and its measurement core) in ``cwd``."""
+    if runner is None:
+        for source in RUNNER_FILES:
+            shutil.copy(source, cwd / source.name)
+        runner = cwd / "device_runner.py"
     return subprocess.run([sys.executable, "-c", BARE, str(runner), str(folder), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
@@ -162,3 +164,27 @@ def test_manifest_without_sessions_measures_one_session(export, tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "lut.json").read_text())
     assert data["hardware"]["sessions"] == 1 and all(e["runs"] == 3 for e in data["entries"].values())
+
+
+def test_exported_folder_runs_as_shipped(export, tmp_path):
+    """The export holds the runner and the measurement core it imports (identical to the framework's); run in place
+    from elsewhere, with neither torch nor the framework importable, it writes a LUT. Without the core it is one
+    ``error:`` line and exit 2."""
+    _, folder, _ = export
+    for source in RUNNER_FILES:
+        assert (folder / source.name).read_bytes() == source.read_bytes()
+    shipped = tmp_path / "shipped"
+    shutil.copytree(folder, shipped)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_runner(shipped, "--out", "lut.json", "--repeats", "2", "--no-progress", cwd=elsewhere,
+                      runner=shipped / "device_runner.py")
+    assert proc.returncode == 0, proc.stderr
+    assert LatencyLUT.load(elsewhere / "lut.json").entries
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["lut.json"]
+    (shipped / "measurement_core.py").unlink()
+    proc = run_runner(shipped, "--out", "lut2.json", "--no-progress", cwd=elsewhere,
+                      runner=shipped / "device_runner.py")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "measurement_core.py is missing" in errors[0]
+    assert "Traceback" not in proc.stderr and not (elsewhere / "lut2.json").exists()

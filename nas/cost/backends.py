@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-# the standalone device runner holds the measurement rules both sides share (it imports nothing from here)
-from nas.cost.device_runner import STATISTICS, cpu_fingerprint, fingerprint_id, session_options, summary
 from nas.cost.lut import LatencyEntry
+
+# the standalone measurement core holds the measurement rules the framework and the device runner share
+from nas.cost.measurement_core import STATISTICS, cpu_fingerprint, fingerprint_id, session_options, summary
 from nas.errors import ConfigError
 
 

@@ -1,9 +1,9 @@
 """Device-side profiling, torch side: export every distinct candidate op of a space as ONNX plus a manifest.
 
 The "portable agent" idea of the PFP-NAS paper: the target device never sees torch, the framework or the data.
-It receives a folder of small ONNX files, ``manifest.json`` and a copy of ``nas/cost/device_runner.py``
-(onnxruntime, numpy and the standard library only), which times them there and writes a LUT JSON that
-``search.py`` reads with ``hardware.lut_path=...``.
+It receives a folder of small ONNX files, ``manifest.json`` and copies of ``nas/cost/device_runner.py`` and
+``nas/cost/measurement_core.py`` (onnxruntime, numpy and the standard library only; :func:`ship_runner`), which
+time them there and write a LUT JSON that ``search.py`` reads with ``hardware.lut_path=...``.
 
 Manifest (``format: spnas-op-export``, ``version: 1``)::
 
@@ -33,21 +33,32 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from nas.cost import device_runner, measurement_core
 from nas.cost.backends import LatencyBackend, export_onnx
+from nas.cost.measurement_core import MANIFEST_FORMAT, MANIFEST_VERSION
 from nas.cost.signatures import calibration_network_groups, calibration_networks, required_ops
 from nas.errors import ConfigError
 from nas.io import atomic_write_json
 from nas.space.search_space import SearchSpace
 
-MANIFEST_FORMAT = "spnas-op-export"
-MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: the files the device needs besides the export: the runner (its CLI) and the measurement core it imports
+RUNNER_FILES = (Path(device_runner.__file__), Path(measurement_core.__file__))
+
+
+def ship_runner(out_dir: str | os.PathLike) -> list[Path]:
+    """Copy :data:`RUNNER_FILES` into ``out_dir`` (``python3 out_dir/device_runner.py out_dir`` runs there with
+    numpy and onnxruntime only); return the copies."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(source, out / source.name)) for source in RUNNER_FILES]
 
 
 def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,
                      out_dir: str | os.PathLike, *, rounds: int = 10, opset: int = 17,
                      progress: bool = True) -> Path:
-    """Write ``out_dir/ops/*.onnx``, ``out_dir/networks/*.onnx`` and ``out_dir/manifest.json``; return the manifest.
+    """Write ``out_dir/ops/*.onnx``, ``out_dir/networks/*.onnx`` and ``out_dir/manifest.json``, and ship the runner
+    beside them (:func:`ship_runner`); return the manifest.
 
     The measurement settings (threads, batch size, warm-up, repeats, rounds, sessions, cache flush) are taken from
     ``backend`` (the ``hardware=`` config) and recorded in the manifest, which the runner follows by default.
@@ -89,4 +100,6 @@ def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: i
         else:
             manifest["networks"].append({"name": op.key, **record, "ops": network_keys[op.key],
                                          "groups": network_groups[op.key]})
-    return atomic_write_json(out / MANIFEST_NAME, manifest)
+    path = atomic_write_json(out / MANIFEST_NAME, manifest)
+    ship_runner(out)
+    return path

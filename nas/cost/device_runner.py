@@ -1,26 +1,25 @@
 #!/usr/bin/env python3
-"""Measure an op export on the target device and write a latency LUT. Needs only onnxruntime and numpy.
+"""Measure an op export on the target device and write a latency LUT: the device CLI. Needs only onnxruntime and numpy.
 
-Copy the folder written by ``scripts/export_ops.py`` and this one file to the device, then::
+``spnas export-ops`` writes the folder with this file and ``measurement_core.py`` in it; copy the whole folder to the
+device, then::
 
-    python3 device_runner.py <export folder> --out lut.json [--threads N] [--repeats N] [--cache-flush-mb MB]
+    python3 <export folder>/device_runner.py <export folder> --out lut.json [--threads N] [--repeats N]
 
 and hand ``lut.json`` back to the search: ``python search.py hardware.lut_path=lut.json``. Nothing else leaves
-the device, and nothing but the ONNX files reaches it (no torch, no framework, no data).
+the device, and nothing but the ONNX files and these two files reaches it (no torch, no framework, no data).
 
-The measurement is the one ``nas.cost`` uses for its own LUTs: ONNX Runtime CPU, sequential execution, all
-graph optimisations; each op loaded in ``sessions`` separate sessions, each session given ``warmup`` untimed
-runs, then ``repeats`` timed runs interleaved over ``rounds`` passes through all sessions in a fresh seeded
-random order each pass (one untimed re-warm run first), each timed run after streaming through a
+This file is the command line, the manifest check and the ONNX Runtime sessions; what the numbers depend on is
+``nas.cost.measurement_core``, the module the framework measures, fits and prices with too (imported from the
+package, or as the sibling file ``measurement_core.py`` on a device). The measurement: ONNX Runtime CPU,
+sequential execution, all graph optimisations; each op loaded in ``sessions`` separate sessions, each session
+given ``warmup`` untimed runs, then ``repeats`` timed runs interleaved over ``rounds`` passes through all sessions
+in a fresh seeded random order each pass (``time_interleaved``), each timed run after streaming through a
 ``cache_flush_mb`` buffer; the ``statistic`` (median, p25, p10 or min) of all sessions' runs and their
-inter-quartile range are kept (:func:`time_interleaved`).
-The calibration networks of the export set the LUT's network calibration (``measured ~
-sum over stages of stage_scale * (that stage's entries) + per_op_ms * MBConv layers kept + per_se_op_ms * SE
-layers kept + overhead``, or one ``scale`` for all stages when the networks are too few, with the same
-``fit_network_calibration`` the framework imports from this file; a network's MBConv layers are its ``mbconv_*``
-keys, and the manifest's ``groups`` give each op's stage). The hardware
-fingerprint is computed as ``nas.cost.backends.OnnxRuntimeCPU`` does, so a LUT measured here on the
-search machine matches it exactly.
+inter-quartile range are kept. The calibration networks of the export set the LUT's network calibration
+(``fit_network_calibration``; a network's MBConv layers are its ``mbconv_*`` keys, and the manifest's ``groups``
+give each op's stage). The hardware fingerprint is ``cpu_fingerprint``, as ``nas.cost.backends.OnnxRuntimeCPU``
+computes it, so a LUT measured here on the search machine matches it exactly.
 
 Exit status 2 with ``error: ...`` on a missing, corrupt or inconsistent export.
 """
@@ -31,24 +30,55 @@ import argparse
 import hashlib
 import json
 import os
-import platform
-import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MANIFEST_FORMAT = "spnas-op-export"
-MANIFEST_VERSION = 1
-LUT_FORMAT = "spnas-lut"
-LUT_VERSION = 3
-BACKEND = "onnxruntime-cpu"
-STATISTICS = {"median": 50.0, "p25": 25.0, "p10": 10.0, "min": 0.0}
+try:  # part of the framework: nas.cost.device_runner
+    from nas.cost.measurement_core import (
+        BACKEND,
+        LUT_FORMAT,
+        LUT_VERSION,
+        MANIFEST_FORMAT,
+        MANIFEST_VERSION,
+        STATISTICS,
+        cpu_fingerprint,
+        fingerprint_id,
+        fit_network_calibration,
+        network_counts,
+        session_options,
+        stage_sums,
+        summary,
+        time_interleaved,
+    )
+except ImportError:  # a script on the device: measurement_core.py was shipped beside this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if not (Path(__file__).resolve().parent / "measurement_core.py").is_file():
+        print(f"error: measurement_core.py is missing beside {Path(__file__).name}; copy the whole folder written by "
+              "spnas export-ops (it holds both files)", file=sys.stderr)
+        sys.exit(2)
+    from measurement_core import (  # type: ignore[no-redef]
+        BACKEND,
+        LUT_FORMAT,
+        LUT_VERSION,
+        MANIFEST_FORMAT,
+        MANIFEST_VERSION,
+        STATISTICS,
+        cpu_fingerprint,
+        fingerprint_id,
+        fit_network_calibration,
+        network_counts,
+        session_options,
+        stage_sums,
+        summary,
+        time_interleaved,
+    )
+
 
 
 class ManifestError(Exception):
@@ -126,79 +156,6 @@ def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
     return manifest
 
 
-# ---------------------------------------------------------------------------------------------- fingerprint
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux) or ``platform.processor()`` (part of every CPU fingerprint)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_fingerprint(backend: str, threads: int, batch_size: int, cache_flush_mb: float, statistic: str,
-                    versions: dict[str, str]) -> dict[str, Any]:
-    """What a CPU measurement depends on (device, software versions, threads, batch size, flush, statistic); the
-    framework's CPU backends use this same function, so a LUT measured here on the search machine matches it."""
-    return {"backend": backend, "device": cpu_model(), "machine": platform.machine(), "system": platform.system(),
-            "logical_cpus": os.cpu_count(), "threads": threads, "batch_size": batch_size,
-            "cache_flush_mb": float(cache_flush_mb), "statistic": statistic, **versions}
-
-
-def fingerprint_id(fingerprint: dict[str, Any]) -> str:
-    """Short hash of a fingerprint: the id LUTs are compared and cached by."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def session_options(ort: Any, threads: int) -> Any:
-    """ONNX Runtime session options of every measurement: ``threads`` intra-op threads, sequential execution,
-    all graph optimisations, quiet logging."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return options
-
-
-def round_counts(repeats: int, rounds: int) -> list[int]:
-    """Timed runs per interleaved round: ``repeats`` spread as evenly as possible over ``min(rounds, repeats)``."""
-    rounds = max(1, min(rounds, repeats))
-    return [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
-
-
-def time_interleaved(runs: dict[str, list[Callable[[], object]]], time_calls: Callable[..., list[float]],
-                     repeats: int, rounds: int, seed: int = 0,
-                     on_round: Callable[[int], None] | None = None) -> dict[str, list[list[float]]]:
-    """Timed runs (ms) of every session of every item: ``runs[name]`` holds one callable per session (the same
-    model loaded separately), ``time_calls(run, count)`` times ``count`` calls of one.
-
-    ``repeats`` timed runs per session are spread over ``min(rounds, repeats)`` rounds; each round visits every
-    session once, in a fresh random order (seeded with ``seed``), with one untimed re-warm call first. Interleaving
-    spreads a burst of load on a shared machine over every item instead of the few timed while it lasts; the
-    fresh order keeps what runs just before an item (and an item's position in the round) from biasing it the
-    same way round after round; several sessions average over where each session's buffers happen to lie in
-    memory, which on a shared CPU moved a network's latency by a few percent, its small networks' by up to
-    15 % (docs/latency.md). Returns, per item, one list of timed runs per session. ``on_round(r)`` is called
-    after round ``r``. Hand-written: no timing library schedules runs across many models this way.
-    """
-    order = [(name, s) for name, sessions in runs.items() for s in range(len(sessions))]
-    samples: dict[str, list[list[float]]] = {name: [[] for _ in sessions] for name, sessions in runs.items()}
-    rng = random.Random(seed)
-    for r, count in enumerate(round_counts(repeats, rounds)):
-        rng.shuffle(order)
-        for name, s in order:
-            run = runs[name][s]
-            run()
-            samples[name][s].extend(time_calls(run, count))
-        if on_round is not None:
-            on_round(r)
-    return samples
-
 
 def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, cache_flush_mb: float,
                     statistic: str, sessions: int = 1) -> dict:
@@ -246,120 +203,6 @@ class Runner:
             times.append((time.perf_counter_ns() - start) / 1e6)
         return times
 
-
-def summary(times: list[float], statistic: str) -> dict[str, float]:
-    """``ms`` (the ``statistic`` of the timed runs), ``iqr_ms`` and ``runs``; the framework's entries use it too."""
-    arr = np.asarray(times, dtype=np.float64)
-    q1, q3 = np.percentile(arr, [25, 75])
-    return {"ms": float(np.percentile(arr, STATISTICS[statistic])), "iqr_ms": float(q3 - q1), "runs": len(times)}
-
-
-def _robust_relative_fit(design: np.ndarray, measured: np.ndarray, iterations: int = 50) -> np.ndarray:
-    """Coefficients minimising a Huber loss of the *relative* residuals ``(design @ c - measured) / measured``
-    (iteratively reweighted least squares; the Huber threshold is 1.345 robust standard deviations of the
-    residuals, at least 0.5 %). Relative: the fit minimises what MAPE measures. Huber: one network that runs
-    unlike the rest (a noisy measurement, an op fusion no per-op model sees) cannot tilt the fit for all others.
-    """
-    x = design / measured[:, None]
-    y = np.ones_like(measured)
-    weights = np.ones_like(measured)
-    coef = np.zeros(design.shape[1])
-    for _ in range(iterations):
-        root = np.sqrt(weights)
-        coef = np.linalg.lstsq(x * root[:, None], y * root, rcond=None)[0]
-        residual = np.abs(x @ coef - y)
-        scale = 1.4826 * np.median(residual)
-        threshold = max(1.345 * scale, 0.005)
-        new = np.where(residual <= threshold, 1.0, threshold / np.maximum(residual, 1e-12))
-        if np.allclose(new, weights, atol=1e-6):
-            break
-        weights = new
-    return coef
-
-
-CALIBRATION_TERMS = ("scale", "per_op_ms", "per_se_op_ms", "overhead_ms")
-# the per-stage model needs at least this many calibration networks per coefficient (stage scales, per-op,
-# per-SE-op, overhead): with fewer its stage scales are not reliably separated from each other, and the fit falls
-# back to one scale for all stages
-NETWORKS_PER_STAGE_COEFFICIENT = 4
-
-
-def network_counts(keys: list[str]) -> tuple[int, int]:
-    """``(MBConv layers, of them with SE)`` of a network from its LUT keys (``mbconv_..._se0.25_relu``)."""
-    layers = [k for k in keys if k.startswith("mbconv_")]
-    return len(layers), sum(1 for k in layers if "_se0_" not in k)
-
-
-def stage_sums(ms: list[float], groups: list[int], count: int) -> list[float]:
-    """Per-stage sums of a network's op runtimes ``ms``, ``groups[j]`` the stage (cost group) of op ``j``."""
-    out = [0.0] * count
-    for value, group in zip(ms, groups):
-        out[group] += value
-    return out
-
-
-def fit_network_calibration(op_sums: list[float], measured: list[float], kept_ops: list[float] | None = None,
-                            se_ops: list[float] | None = None,
-                            stage_op_sums: list[list[float]] | None = None) -> dict[str, Any]:
-    """``{scale, per_op_ms, per_se_op_ms, overhead_ms, stage_scales}`` with
-    ``measured ~ sum_s stage_scales[s] * stage_op_sums[s] + per_op_ms * kept_ops + per_se_op_ms * se_ops +
-    overhead`` (per-stage model) or ``measured ~ scale * op_sum + ...`` (one scale, ``stage_scales`` empty).
-
-    ``op_sums`` are the calibration networks' LUT sums, ``kept_ops`` their numbers of MBConv layers kept,
-    ``se_ops`` the number of those with SE and ``stage_op_sums`` (optional) each network's LUT sum split by
-    stage (cost group, see ``nas.cost.signatures.cost_groups``). A robust fit of the relative error
-    (:func:`_robust_relative_fit`). Falls back, in order, when the data cannot support a model or its fit is
-    implausible (a scale outside [0.5, 2], or a calibration network predicted at <= 0 ms):
-
-    0. one scale per stage plus the per-op, per-SE-op and overhead terms: >= 2 stages, at least
-       :data:`NETWORKS_PER_STAGE_COEFFICIENT` networks per coefficient, and the conditions of 1;
-    1. one scale, per-op, per-SE-op and overhead: >= 6 networks, op sums spanning >= 20 %, kept and SE layers
-       each spanning >= 2;
-    2. without the SE term: >= 5 networks, kept layers spanning >= 2;
-    3. scale and overhead: >= 3 networks spanning >= 20 %;
-    4. ``scale = 1`` and the median residual as overhead; no networks: the identity.
-
-    With the per-stage model, ``scale`` is the op-sum-weighted mean of the stage scales (a summary; predictions
-    use ``stage_scales``). The framework's profiler uses this same function (the runner stays standalone: numpy
-    only).
-    """
-    p = np.asarray(op_sums, dtype=np.float64)
-    m = np.asarray(measured, dtype=np.float64)
-    k = np.zeros_like(p) if kept_ops is None else np.asarray(kept_ops, dtype=np.float64)
-    se = np.zeros_like(p) if se_ops is None else np.asarray(se_ops, dtype=np.float64)
-    identity: dict[str, Any] = dict.fromkeys(CALIBRATION_TERMS, 0.0) | {"scale": 1.0, "stage_scales": []}
-    if len(p) == 0:
-        return identity
-    spans = len(p) >= 3 and p.max() >= 1.2 * p.min()
-    full = spans and len(p) >= 6 and np.ptp(k) >= 2 and np.ptp(se) >= 2
-    if stage_op_sums is not None and len(stage_op_sums) == len(p) and full:
-        stages = np.asarray(stage_op_sums, dtype=np.float64)
-        n_coef = stages.shape[1] + 3
-        if stages.shape[1] >= 2 and len(p) >= NETWORKS_PER_STAGE_COEFFICIENT * n_coef:
-            design = np.concatenate([stages, np.stack([k, se, np.ones_like(p)], 1)], 1)
-            if np.linalg.matrix_rank(design) == n_coef:
-                coef = _robust_relative_fit(design, m)
-                scales = coef[:-3]
-                if ((scales >= 0.5) & (scales <= 2.0)).all() and (design @ coef > 0).all():
-                    summary_scale = float((stages.sum(0) @ scales) / stages.sum())
-                    return {"scale": summary_scale, "per_op_ms": float(coef[-3]), "per_se_op_ms": float(coef[-2]),
-                            "overhead_ms": float(coef[-1]), "stage_scales": [float(s) for s in scales]}
-    candidates = []
-    if full:
-        candidates.append([0, 1, 2, 3])
-    if spans and len(p) >= 5 and np.ptp(k) >= 2:
-        candidates.append([0, 1, 3])
-    if spans:
-        candidates.append([0, 3])
-    design = np.stack([p, k, se, np.ones_like(p)], 1)
-    for used in candidates:
-        if np.linalg.matrix_rank(design[:, used]) < len(used):
-            continue
-        coef = np.zeros(4)
-        coef[used] = _robust_relative_fit(design[:, used], m)
-        if 0.5 <= coef[0] <= 2.0 and (design @ coef > 0).all():
-            return {name: float(c) for name, c in zip(CALIBRATION_TERMS, coef)} | {"stage_scales": []}
-    return identity | {"overhead_ms": float(np.median(m - p))}
 
 
 def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, repeats: int, rounds: int,

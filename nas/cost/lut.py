@@ -18,7 +18,7 @@ kept) + per_se_op_ms * (those with SE) + overhead_ms``; without stage scales (to
 version-1/2 file) every stage's scale is ``scale``. Stages are the cost groups of
 ``nas.cost.signatures.cost_groups`` (stem with the first stage, head with the last). The coefficients are fitted on
 whole networks measured together with the ops (``nas.cost.signatures.calibration_networks``, fitted by
-``nas.cost.device_runner.fit_network_calibration``) and absorb what a per-op sum cannot see: ops inside a network
+``nas.cost.measurement_core.fit_network_calibration``) and absorb what a per-op sum cannot see: ops inside a network
 run slower or faster than alone in proportion to their work (cache and memory state, which differ between the early
 high-resolution stages and the late weight-heavy ones: ``stage_scales``); each op timed alone pays a per-call cost
 that a network pays differently (``per_op_ms``, usually negative); an SE block costs more inside a network than
@@ -39,11 +39,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nas.cost.measurement_core import LUT_FORMAT, LUT_VERSION, calibrated_ms
 from nas.errors import LUTError
 from nas.io import atomic_write_json
 
-LUT_FORMAT = "spnas-lut"
-LUT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 
 
@@ -91,15 +90,14 @@ class LatencyLUT:
                    stage_op_sums: list[float] | None = None) -> float:
         """Calibrated runtime of a network whose LUT entries sum to ``op_sum_ms`` (``stage_op_sums``: split by
         cost group, needed when the LUT has stage scales) and that keeps ``kept_ops`` MBConv layers (searchable
-        and fixed, not stem and head), ``se_ops`` of them with SE."""
+        and fixed, not stem and head), ``se_ops`` of them with SE: :func:`~nas.cost.measurement_core.calibrated_ms`,
+        the one price formula."""
         if self.stage_scales:
             if stage_op_sums is None or len(stage_op_sums) != len(self.stage_scales):
                 raise LUTError(f"{self.source}: this LUT has {len(self.stage_scales)} stage scales; pass the "
                                "network's LUT sum per stage (nas.cost.signatures.network_op_groups)")
-            scaled = sum(s * v for s, v in zip(self.stage_scales, stage_op_sums))
-        else:
-            scaled = self.scale * op_sum_ms
-        return scaled + self.per_op_ms * kept_ops + self.per_se_op_ms * se_ops + self.overhead_ms
+            return float(calibrated_ms(stage_op_sums, kept_ops, se_ops, self.calibration))
+        return float(calibrated_ms([op_sum_ms], kept_ops, se_ops, self.calibration))
 
     @property
     def calibration(self) -> dict[str, Any]:

@@ -13,14 +13,14 @@ import torch
 from tqdm.auto import tqdm
 
 from nas.cost.backends import LatencyBackend, summarize
-from nas.cost.device_runner import (
+from nas.cost.lut import LUT_VERSION, LatencyEntry, LatencyLUT
+from nas.cost.measurement_core import (
     fit_network_calibration,
     network_counts,
     round_counts,
     stage_sums,
     time_interleaved,
 )
-from nas.cost.lut import LUT_VERSION, LatencyEntry, LatencyLUT
 from nas.cost.signatures import (
     OpSpec,
     calibration_network_groups,
@@ -42,7 +42,7 @@ def profile_ops(ops: dict[str, OpSpec], backend: LatencyBackend, progress: bool 
     Each op is loaded in ``backend.sessions`` separate sessions (:meth:`LatencyBackend.prepare_sessions`), each
     warmed up with ``backend.warmup`` untimed runs and then timed ``backend.repeats`` times, interleaved over
     ``rounds`` passes through every session of every op in a fresh random order (seeded with ``seed``;
-    :func:`~nas.cost.device_runner.time_interleaved`, the schedule the device runner uses too). ``samples_out``,
+    :func:`~nas.cost.measurement_core.time_interleaved`, the schedule the device runner uses too). ``samples_out``,
     when given, receives every op's timed runs, one list per session.
     """
     runners: dict[str, list] = {}

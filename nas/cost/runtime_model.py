@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from nas.cost.lut import LatencyLUT
+from nas.cost.measurement_core import calibrated_ms
 from nas.cost.signatures import cost_groups, head_key, layer_key, stem_key
 from nas.errors import ConfigError
 from nas.space.architecture import Architecture, LayerChoice
@@ -154,12 +155,10 @@ class RuntimeModel(nn.Module):
                   se_kept: torch.Tensor | float) -> torch.Tensor | float:
         """``sum_s scale_s * group_sums[s] + per_op_ms * kept + per_se_op_ms * se_kept + overhead_ms``: the LUT's
         network calibration, applied by every entry point of this model to the (expected) LUT sum of each cost
-        group (stage), the (expected) number of MBConv layers kept and the (expected) number of those with SE."""
-        lut = self.lut
-        total = 0.0
-        for g, value in enumerate(group_sums):
-            total = total + value * lut.stage_scale(g)
-        return total + kept * lut.per_op_ms + se_kept * lut.per_se_op_ms + lut.overhead_ms
+        group (stage), the (expected) number of MBConv layers kept and the (expected) number of those with SE.
+        It is :func:`~nas.cost.measurement_core.calibrated_ms`, the one price formula of the framework and the
+        device runner (floats, or tensors on the differentiable paths)."""
+        return calibrated_ms(group_sums, kept, se_kept, self.lut.calibration)
 
     def _group_accumulator(self) -> list[torch.Tensor]:
         return [self.group_constant_ms[g] for g in range(self.num_groups)]

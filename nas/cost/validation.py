@@ -27,6 +27,7 @@ import numpy as np
 from nas.cost.backends import LatencyBackend
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import calibrate_networks, profile_ops
+from nas.cost.runtime_model import RuntimeModel
 from nas.cost.signatures import (
     OpSpec,
     arch_kept_ops,
@@ -35,7 +36,6 @@ from nas.cost.signatures import (
     calibration_network_groups,
     calibration_networks,
     cost_groups,
-    network_op_groups,
     network_op_keys,
     required_ops,
 )
@@ -191,23 +191,19 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
         lut.check_groups(cost_groups(space)[3], space.name)
         measured = profile_ops({**nets, **extra}, backend, progress, rounds=rounds, samples_out=samples)
 
-    def row(arch: Architecture, name: str, where: str) -> dict[str, Any]:
-        keys = network_op_keys(space, arch, in_channels, num_classes)
-        plain = sum(lut.ms(k, where) for k in keys)
-        by_stage = [0.0] * cost_groups(space)[3]
-        for key, group in zip(keys, network_op_groups(space, arch)):
-            by_stage[group] += lut.ms(key, where)
-        kept, se_ops = arch_kept_ops(space, arch), arch_se_ops(space, arch)
-        entry = measured[name]
-        return {"architecture": arch.keys, "ops": len(keys), "kept_ops": kept, "se_ops": se_ops,
-                "predicted_plain_ms": plain, "stage_op_sum_ms": by_stage,
-                "predicted_ms": lut.network_ms(plain, kept, se_ops, by_stage),
-                "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms}
+    model = RuntimeModel(space, lut, in_channels, num_classes)  # the one price: RuntimeModel.predict
 
-    rows = [row(a, f"validation_{i}", f"network {i}") for i, a in enumerate(archs)]
+    def row(arch: Architecture, name: str) -> dict[str, Any]:
+        entry = measured[name]
+        return {"architecture": arch.keys, "ops": len(network_op_keys(space, arch, in_channels, num_classes)),
+                "kept_ops": arch_kept_ops(space, arch), "se_ops": arch_se_ops(space, arch),
+                "predicted_plain_ms": model.plain_sum(arch), "stage_op_sum_ms": model.group_sums(arch),
+                "predicted_ms": model.predict(arch), "measured_ms": entry.ms, "measured_iqr_ms": entry.iqr_ms}
+
+    rows = [row(a, f"validation_{i}") for i, a in enumerate(archs)]
     named_rows = {}
     for name, arch in named.items():
-        r = row(arch, f"named_{name}", name)
+        r = row(arch, f"named_{name}")
         named_rows[name] = {**r, "calibration_network": tuple(arch.keys) in {tuple(a.keys) for a in cal_archs},
                             "error_pct": 100 * (r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"],
                             "plain_error_pct": 100 * (r["predicted_plain_ms"] - r["measured_ms"]) / r["measured_ms"]}

@@ -3,14 +3,14 @@
     spnas export-ops out=ops_tiny                                 # tiny space, digits (1x32x32, 10 classes)
     spnas export-ops space=cifar data=cifar10 hardware.backend.threads=4 out=ops_cifar
 
-Then on the device (needs only onnxruntime and numpy): ``python3 device_runner.py ops_tiny --out lut.json``,
+The folder holds ``device_runner.py`` and the ``measurement_core.py`` it imports; copy it to the device, then there
+(needs only onnxruntime and numpy): ``python3 ops_tiny/device_runner.py ops_tiny --out lut.json``,
 and back here: ``python search.py hardware.lut_path=lut.json``. Threads, batch size, warm-up, repeats and cache
 flush come from the ``hardware=`` config and are recorded in the manifest (the runner can override them).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import hydra
@@ -18,9 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from nas.cli import CONFIG_DIR, hydra_entry, main_guard
-from nas.cost import device_runner
 from nas.cost.backends import build_backend
-from nas.cost.device_export import export_space_ops
+from nas.cost.device_export import RUNNER_FILES, export_space_ops
 from nas.space.search_space import SearchSpace
 
 
@@ -31,11 +30,11 @@ def export(cfg: DictConfig) -> Path:
     out = Path(str(cfg.out))
     manifest = export_space_ops(space, backend, datamodule.in_channels, datamodule.num_classes, out,
                                 rounds=int(cfg.rounds), progress=bool(cfg.progress))
-    runner = Path(device_runner.__file__)
-    shutil.copy2(runner, out / runner.name)
+    runner, core = RUNNER_FILES  # export_space_ops copied both beside the ops
     n_ops = len(list((out / "ops").glob("*.onnx")))
     print(f"exported {n_ops} ops of space '{space.name}' ({space.digest}) and {backend.calibration_networks} "
-          f"calibration networks to {out} (manifest {manifest.name}, runner {runner.name} copied alongside).\n"
+          f"calibration networks to {out} (manifest {manifest.name}, runner {runner.name} and {core.name} copied "
+          "alongside).\n"
           f"On the device: python3 {out.name}/device_runner.py {out.name} --out lut.json\n"
           f"Then: python search.py space={space.name} hardware.lut_path=lut.json")
     return manifest

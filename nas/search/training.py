@@ -189,13 +189,16 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
 
     ``predicted_latency_ms`` comes from the LUT the search uses for this space and hardware
     (``hardware.lut_path`` or the cache). The network is measured in the same interleaved rounds as its own ops,
-    re-measured now (``remeasured_prediction_ms``: the LUT's calibration applied to the fresh entries), so the
-    second comparison is free of any drift since the LUT was profiled; both are reported.
+    re-measured now (``remeasured_prediction_ms``: ``RuntimeModel.predict`` on the LUT with the fresh entries, its
+    calibration unchanged), so the second comparison is free of any drift since the LUT was profiled; both are
+    reported.
     """
+    import dataclasses
+
     from nas.cost.backends import build_backend
     from nas.cost.profiler import obtain_lut, profile_ops
     from nas.cost.runtime_model import RuntimeModel
-    from nas.cost.signatures import OpSpec, cost_groups, network_op_groups, network_op_keys, required_ops
+    from nas.cost.signatures import OpSpec, network_op_keys, required_ops
 
     backend = build_backend(cfg.hardware.backend)
     lut = obtain_lut(space, backend, in_channels, num_classes, cache_dir=cfg.paths.cache_dir,
@@ -208,12 +211,8 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
                             "trained network")
     measured = profile_ops(ops, backend, progress=False, rounds=backend.repeats)
     entry = measured["network"]
-    kept = [c for c in arch.layers if not c.is_skip]
-    by_stage = [0.0] * cost_groups(space)[3]
-    for key, group in zip(keys, network_op_groups(space, arch)):
-        by_stage[group] += measured[key].ms
-    remeasured = lut.network_ms(sum(measured[k].ms for k in keys), len(kept), sum(c.se_ratio > 0 for c in kept),
-                                by_stage)
+    fresh = dataclasses.replace(lut, entries={**lut.entries, **{k: measured[k] for k in keys}})
+    remeasured = RuntimeModel(space, fresh, in_channels, num_classes).predict(arch)
     return {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
             "predicted_latency_ms": predicted, "measured_latency_ms": entry.ms,
             "measured_latency_iqr_ms": entry.iqr_ms,

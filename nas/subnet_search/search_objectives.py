@@ -89,8 +89,10 @@ class AdditiveTable:
 def latency_table(codec: GenomeCodec, target: Target) -> AdditiveTable:
     """The runtime model of ``target`` as an additive table (equals ``RuntimeModel.predict``).
 
-    The LUT's network calibration is additive over layers too (each entry times its stage's scale, ``per_op_ms``
-    for each kept layer, ``per_se_op_ms`` for each kept SE layer), so it is folded into the entries.
+    The LUT's network calibration (``nas.cost.measurement_core.calibrated_ms``) is additive over layers too (each
+    entry times its stage's scale, ``per_op_ms`` for each kept layer, ``per_se_op_ms`` for each kept SE layer), so
+    it is folded into the entries: the vectorised form of the one price, tested equal to ``RuntimeModel.predict``
+    (tests/test_cost_model.py).
     """
     runtime = target.runtime
     lut, space = runtime.lut, codec.space
