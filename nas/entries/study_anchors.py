@@ -9,24 +9,20 @@ paths are relative to it) after spnas study-solvers.
 
 from __future__ import annotations
 
-import sys
+from typing import Any
+
+from nas.entries.study_solvers import study_command
+
+
+def run_anchor_study(cfg: Any) -> None:
+    """Run or continue Study B, then print its table."""
+    from nas.studies.anchor_study import AnchorStudy, write_anchor_report
+
+    records = AnchorStudy(cfg).run()
+    print(write_anchor_report(records, cfg))
+    print(f"records {cfg.records}; table {cfg.table}")
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return
-
-    from nas.cli import compose_config, main_guard
-    from nas.studies.anchor_study import AnchorStudy, write_anchor_report
-    from nas.studies.solver_study import study_config
-
-    def run() -> None:
-        cfg = study_config(compose_config("study_anchors", args, with_choices=True), args)
-        records = AnchorStudy(cfg).run()
-        print(write_anchor_report(records, cfg))
-        print(f"records {cfg.records}; table {cfg.table}")
-
-    main_guard(run)
-
+    """``spnas study-anchors [key=value ...]``."""
+    study_command(__doc__, "study_anchors", run_anchor_study)

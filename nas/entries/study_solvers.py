@@ -11,26 +11,34 @@ Overrides are Hydra's ``key=value`` on nas/conf/study_solvers.yaml. Every finish
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def study_command(doc: str, config_name: str, run: Callable[[Any], None]) -> None:
+    """The command line of a study: ``--help`` prints ``doc``; otherwise ``nas/conf/<config_name>.yaml`` composed
+    with the arguments (:func:`nas.studies.solver_study.study_config`) is handed to ``run``, bad input ending in one
+    ``error:`` line."""
+    args = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in args):
+        print(doc)
+        return
+    from nas.cli import compose_config, main_guard
+    from nas.studies.solver_study import study_config
+
+    main_guard(lambda: run(study_config(compose_config(config_name, args, with_choices=True), args)))
+
+
+def run_solver_study(cfg: Any) -> None:
+    """Run or continue Study A (or only rebuild its report), then print the table."""
+    from nas.io import read_jsonl
+    from nas.studies.solver_study import SolverStudy, write_report
+
+    records = read_jsonl(cfg.records, "study network") if cfg.report_only else SolverStudy(cfg).run()
+    print(write_report(records, cfg))
+    print(f"records {cfg.records}; table {cfg.table}; figure {cfg.figure}")
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return
-
-    from nas.cli import compose_config, main_guard
-    from nas.io import read_jsonl
-    from nas.studies.solver_study import SolverStudy, study_config, write_report
-
-    def run() -> None:
-        cfg = study_config(compose_config("study_solvers", args, with_choices=True), args)
-        if cfg.report_only:
-            records = read_jsonl(cfg.records, "study network")
-        else:
-            records = SolverStudy(cfg).run()
-        print(write_report(records, cfg))
-        print(f"records {cfg.records}; table {cfg.table}; figure {cfg.figure}")
-
-    main_guard(run)
-
+    """``spnas study-solvers [key=value ...]``."""
+    study_command(__doc__, "study_solvers", run_solver_study)
