@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import shlex
 import signal
 import time
@@ -21,7 +20,7 @@ from nas.cost.backends import build_backend
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import obtain_lut_once
 from nas.errors import Interrupted
-from nas.io import atomic_write_json, atomic_write_text
+from nas.io import atomic_write_json, atomic_write_text, finite_or_none
 from nas.search.callbacks import PreemptionCheckpoint, RankAgreement, SearchClock
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.global_batchnorm import sync_batchnorm_arguments
@@ -88,11 +87,6 @@ def resume_command(ckpt: str) -> str:
         overrides = []
     kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
     return " ".join(["python search.py", *map(shlex.quote, kept), shlex.quote(f"ckpt_path={ckpt}")])
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """``None`` for a metric that does not exist (NaN, infinite); JSON files never hold NaN."""
-    return value if value is not None and math.isfinite(value) else None
 
 
 def run_search(cfg: DictConfig) -> dict[str, Any]:
