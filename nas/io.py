@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,29 @@ def current_umask() -> int:
     return mask
 
 
+def finite_or_none(value: Any) -> float | None:
+    """``float(value)``, or ``None`` for a metric that does not exist (``None``, NaN, infinite): JSON holds no NaN."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def null_non_finite(obj: Any) -> Any:
     """``obj`` with every NaN / infinite float replaced by ``None``: for reports where NaN means "not defined"
-    (e.g. Kendall's tau of constant values, a metric of a failed trial)."""
+    (e.g. Kendall's tau of constant values, a metric of a failed trial).
+
+    Numpy scalars (values and dictionary keys) become Python numbers, tuples become lists: the result is what
+    :func:`json.dumps` writes with ``allow_nan=False``. The one NaN-to-null helper of the package.
+    """
+    numpy = sys.modules.get("numpy")  # a numpy scalar exists only when numpy was imported: never import it here
+    if numpy is not None and isinstance(obj, numpy.generic):
+        obj = obj.item()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: null_non_finite(v) for k, v in obj.items()}
+        return {(k.item() if numpy is not None and isinstance(k, numpy.generic) else k): null_non_finite(v)
+                for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [null_non_finite(v) for v in obj]
     return obj

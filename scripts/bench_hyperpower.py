@@ -213,13 +213,13 @@ def main() -> None:
                     "load_average_at_end": os.getloadavg(), "torch_threads": torch.get_num_threads()},
         "wall_time_s": round(time.perf_counter() - start, 1), "summary": summary,
     }
-    from nas.hyperpower.study import sanitize
+    from nas.io import null_non_finite
 
-    atomic_write_json(out / "bench.json", sanitize(report))
+    atomic_write_json(out / "bench.json", null_non_finite(report))
     atomic_write_text(out / "results.md", markdown(report))
     plots(runs, limit, out)
     (out / "bench_partial.json").unlink(missing_ok=True)
-    print(json.dumps(sanitize({k: v for k, v in report.items() if k != "summary"}), indent=1))
+    print(json.dumps(null_non_finite({k: v for k, v in report.items() if k != "summary"}), indent=1))
     for row in summary:
         print(f"{row['method']:12s} seed {row['seed']}: best {row['best_val_error']}, violating proposals "
               f"{row['violating_proposals']}, violating trained {row['violating_trained']}, evals to own best+1pt "

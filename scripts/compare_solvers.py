@@ -5,7 +5,8 @@
 
 For every solver and seed it runs ``search.py`` (a separate process, so its peak memory is its own; the LUT is
 profiled once and shared through the cache), then retrains the derived network from scratch with one fixed
-recipe (same epochs, optimiser, seed for every solver), measures its latency on the same backend, and writes:
+recipe (``recipe=default`` for ``--retrain-epochs`` epochs, the same seed for every solver), measures its latency
+on the same backend, and writes:
 
 * ``runs.json``: one record per (solver, seed);
 * ``comparison.md``: per solver, retrained validation and test accuracy (mean ± std over seeds), predicted
@@ -27,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,28 +60,23 @@ def run_search_process(overrides: list[str], log_path: Path) -> tuple[int, float
 
 
 def retrain(space: Any, arch: Any, cfg: Any, epochs: int, seed: int) -> dict[str, float]:
-    """Train ``arch`` from scratch with one fixed recipe (SGD 0.1, Nesterov, cosine); val and test accuracy."""
+    """Train ``arch`` from scratch with ``recipe=default`` (what ``train.py`` uses) for ``epochs`` epochs, through
+    :func:`nas.search.training.train_child`; val and test accuracy."""
     import pytorch_lightning as pl
-    import torch
     from hydra.utils import instantiate
 
-    from nas.search.optimization import warmup_cosine
-    from nas.search.training import ChildTrainingModule
+    from nas.search.training import load_recipe, recipe_arguments, train_child
     from nas.space.networks import build_child
 
+    recipe = load_recipe("default")
     pl.seed_everything(seed, verbose=False)
     datamodule = instantiate(cfg.data)
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
-    module = ChildTrainingModule(net, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True,
-                                                        weight_decay=4e-5),
-                                 lr_scheduler=partial(warmup_cosine, warmup_steps=0), label_smoothing=0.1)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, datamodule=datamodule)
-    val = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/acc"])
-    test = float(trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"])
-    return {"retrained_val_acc": val, "retrained_test_acc": test,
-            "parameters": sum(p.numel() for p in net.parameters())}
+    trained = train_child(net, datamodule, **recipe_arguments(recipe.train), trainer=trainer)
+    return {"retrained_val_acc": trained["val_acc"], "retrained_test_acc": trained["test_acc"],
+            "parameters": trained["parameters"]}
 
 
 def mean_std(values: list[float]) -> str:

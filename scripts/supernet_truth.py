@@ -5,7 +5,7 @@
         --n-front 4 --n-random 4 --epochs 6 --out outputs/truth --docs docs
 
 Picks ``--n-front`` members of a ``pareto.json`` front (spread over it) and ``--n-random`` seeded random
-sub-networks, retrains each from scratch once (``nas.search.training.ChildTrainingModule``, the recipe of ``train.py``)
+sub-networks, retrains each from scratch once (``nas.search.training.train_child``, ``train.py``'s ``recipe=default``)
 and measures its validation error; then measures each sub-network's error with every checkpoint's shared weights
 (BatchNorm statistics re-estimated per sub-network, as ``subnet_search.py`` does) and reports Kendall's τ between
 the two rankings per checkpoint. Writes ``truth.json`` and a scatter plot.
@@ -27,8 +27,8 @@ from omegaconf import OmegaConf
 from scipy.stats import kendalltau
 
 from nas.cli import CONFIG_DIR
-from nas.io import atomic_write_json
-from nas.search.training import ChildTrainingModule
+from nas.io import atomic_write_json, finite_or_none
+from nas.search.training import load_recipe, recipe_arguments, train_child
 from nas.space.architecture import Architecture, LayerChoice
 from nas.space.networks import build_child
 from nas.space.search_space import SearchSpace
@@ -62,19 +62,15 @@ def pick_architectures(space: SearchSpace, pareto: str | None, n_front: int, n_r
 
 
 def retrain(space: SearchSpace, arch: Architecture, data_cfg, epochs: int, seed: int) -> float:  # noqa: ANN001
-    """Validation error of ``arch`` trained from scratch (``train.py``'s module and default recipe)."""
+    """Validation error of ``arch`` trained from scratch (``train.py``'s ``recipe=default``, ``epochs`` epochs)."""
+    recipe = load_recipe("default")
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = instantiate(data_cfg)
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
-    train = OmegaConf.load(CONFIG_DIR / "train.yaml").train  # train.py's default recipe
-    module = ChildTrainingModule(net, optimizer=instantiate(train.optimizer),
-                                 lr_scheduler=instantiate(train.lr_scheduler),
-                                 label_smoothing=float(train.label_smoothing))
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=1, deterministic=True)
-    trainer.fit(module, datamodule=datamodule)
-    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)
-    return 1.0 - float(metrics[0]["val/acc"])
+    trained = train_child(net, datamodule, **recipe_arguments(recipe.train), trainer=trainer, test=False)
+    return 1.0 - trained["val_acc"] if trained["val_acc"] is not None else float("nan")
 
 
 def main() -> None:
@@ -125,8 +121,8 @@ def main() -> None:
         solver = (ckpt.get("hyper_parameters") or {}).get("solver")
         report["checkpoints"][label] = {"path": path, "digest": file_digest(path), "solver": solver,
                                         "supernet_error": measured.tolist(),
-                                        "kendall_tau": None if np.isnan(tau) else float(tau),
-                                        "p_value": None if np.isnan(p) else float(p)}
+                                        "kendall_tau": finite_or_none(tau),
+                                        "p_value": finite_or_none(p)}
         print(f"{label} ({solver}): Kendall tau {tau:.3f} (p {p:.3f}) over {len(archs)} sub-networks", flush=True)
     atomic_write_json(out / "truth.json", report)
     if args.docs:

@@ -142,3 +142,45 @@ def test_onnxruntime_loads_each_op_in_separate_sessions(micro_space):
     assert all(len(samples[k]) == 2 and [len(t) for t in samples[k]] == [3, 3] for k in some)
     assert all(entries[k].runs == 6 and entries[k].ms > 0 for k in some)
     assert backend.hardware_record()["sessions"] == 2
+
+
+def test_onnx_export_keeps_its_graph_and_hides_no_other_warning():
+    """``export_onnx`` keeps the TorchScript exporter (see its docstring for why): the graph of a small network
+    is the one every cached LUT was profiled with, only torch's two notices about that exporter are hidden, only
+    inside the call, and no module of the package hides DeprecationWarnings (or all warnings) for its callers."""
+    import collections
+    import hashlib
+    import re
+    import warnings
+
+    import onnx
+
+    from nas.cost.backends import export_onnx
+    from nas.space.networks import build_child
+    from tests.conftest import ROOT, load_space
+
+    space = load_space("tiny")
+    pinned = {  # architecture: node count, op types, sha256 of the op sequence (16 hex)
+        "smallest": (30, {"Add": 1, "Conv": 13, "Gemm": 1, "Identity": 5, "ReduceMean": 1, "Relu": 9},
+                     "b5640dda1a71bc58"),
+        "largest": (85, {"Add": 3, "Conv": 29, "Gemm": 1, "Identity": 18, "Mul": 5, "ReduceMean": 6, "Relu": 18,
+                         "Sigmoid": 5}, "e5d0f724c7c337c1"),
+    }
+    for name, (count, ops, digest) in pinned.items():
+        net = build_child(space, getattr(space, name)(), 1, 10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # a notice that escaped would raise here
+            before = list(warnings.filters)
+            model = onnx.load_from_string(export_onnx(net, (1, 1, space.resolution, space.resolution)))
+            assert warnings.filters == before  # the caller's filters are restored
+        sequence = [n.op_type for n in model.graph.node]
+        assert (len(sequence), dict(collections.Counter(sequence))) == (count, ops), name
+        assert hashlib.sha256(" ".join(sequence).encode()).hexdigest()[:16] == digest, name
+        assert model.opset_import[0].version == 17
+    blanket = re.compile(r"simplefilter\(\s*[\"']ignore[\"']\s*\)|filterwarnings\(\s*[\"']ignore[\"']\s*\)|"
+                         r"(?:simplefilter|filterwarnings)\([^)]*DeprecationWarning")
+    hiding = [str(p.relative_to(ROOT)) for folder in ("nas", "models") for p in (ROOT / folder).rglob("*.py")
+              if blanket.search(p.read_text()) and p.name != "backends.py"]
+    assert not hiding, hiding
+    source = (ROOT / "nas" / "cost" / "backends.py").read_text()
+    assert not re.search(r"simplefilter\(\s*[\"']ignore", source)

@@ -138,3 +138,39 @@ def test_csv_logger_and_no_logger(tmp_path):
     assert "val/acc" in metrics.splitlines()[0] and len(metrics.splitlines()) > 1
     assert not (tmp_path / "csv" / "tb").exists() and (tmp_path / "csv" / "arch.json").is_file()
     assert build_logger(compose_config("search", ["~logger"])) is False
+
+
+def test_one_child_training_function_with_the_recipe_group(tmp_path):
+    """``train_child`` is the package's one child training (train.py, HyperPower, the benchmark scripts); the
+    scripts read their recipe from ``recipe=default`` instead of writing SGD settings by hand."""
+    import re
+
+    import pytorch_lightning as pl
+
+    from nas.errors import ConfigError
+    from nas.search.training import load_recipe, recipe_arguments, train_child
+
+    recipe = load_recipe("default")
+    args = recipe_arguments(recipe.train)
+    assert args["optimizer"].func is torch.optim.SGD and args["optimizer"].keywords["lr"] == 0.1
+    assert args["label_smoothing"] == 0.1 and recipe.trainer.max_epochs == 20
+    assert load_recipe("fashion_mnist_long").trainer.max_epochs == 40
+    with pytest.raises(ConfigError):
+        load_recipe("no_such_recipe")
+
+    space = load_space("tiny")
+    net = build_child(space, space.smallest(), 1, 10).eval()  # left in eval mode: train_child trains it anyway
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    datamodule = DigitsDataModule(batch_size=32, image_size=space.resolution, limit=120, num_workers=0)
+    out = train_child(net, datamodule, **args, trainer=trainer)
+    assert set(out) == {"val_acc", "test_acc", "epochs", "parameters"}
+    assert 0.0 <= out["val_acc"] <= 1.0 and 0.0 <= out["test_acc"] <= 1.0 and out["epochs"] == 1
+    assert out["parameters"] == sum(p.numel() for p in net.parameters())
+
+    builders = [str(p.relative_to(ROOT)) for folder in ("nas", "scripts") for p in (ROOT / folder).rglob("*.py")
+                if re.search(r"ChildTrainingModule\(", p.read_text())]
+    assert builders == ["nas/search/training.py"], builders
+    for script in ("compare_solvers.py", "supernet_truth.py"):
+        assert "torch.optim.SGD" not in (ROOT / "scripts" / script).read_text()

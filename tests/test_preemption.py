@@ -150,3 +150,26 @@ def test_json_files_never_hold_nan(tmp_path):
     with pytest.raises(ValueError, match="NaN / Infinity are not JSON"):
         atomic_write_json(tmp_path / "summary.json", {"val_acc": float("nan")})
     assert not list(tmp_path.iterdir())  # nothing written, no temporary file left
+
+
+def test_one_nan_to_null_helper_for_every_report():
+    """``nas.io.null_non_finite`` / ``finite_or_none`` are the package's only NaN-to-null helpers: they turn NaN,
+    infinities and numpy scalars into what strict JSON writes, and nothing else defines its own copy."""
+    import math
+    import re
+
+    import numpy as np
+
+    from nas.io import finite_or_none, null_non_finite
+
+    report = {"tau": float("nan"), "n": np.int64(3), np.int64(4): [np.float32(0.5), float("inf"), (1, None)],
+              "ok": np.bool_(True), "s": "x"}
+    assert null_non_finite(report) == {"tau": None, "n": 3, 4: [0.5, None, [1, None]], "ok": True, "s": "x"}
+    json.dumps(null_non_finite(report), allow_nan=False)
+    assert [finite_or_none(v) for v in (None, float("nan"), -math.inf, np.float64(2.0), 1)] == [None, None, None,
+                                                                                               2.0, 1.0]
+    root = Path(__file__).resolve().parents[1]
+    copies = [f"{p.relative_to(root)}: {m}" for folder in ("nas", "scripts") for p in (root / folder).rglob("*.py")
+              if p.name != "io.py"
+              for m in re.findall(r"def \w*(?:finite_or_none|non_finite|sanitize)\w*", p.read_text())]
+    assert not copies, copies

@@ -189,3 +189,28 @@ def test_subset_dropout_drops_and_derivation_ignores_it(micro_space):
     # a forward pass with rescaled (1.667) indicators runs, and the derived architecture is still valid
     net(torch.randn(2, 1, 16, 16), dropped)
     assert net.derive().validate(micro_space) == micro_space.largest()
+
+
+def test_reestimate_batchnorm_sets_the_calibration_batches_statistics():
+    """The one BN re-estimation (search and sub-network search): running mean / variance become the average of
+    the calibration batches' statistics; momenta, the training mode and the global RNG are left as they were."""
+    from nas.supernets.bn_calibration import reestimate_batchnorm
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    net = nn.Sequential(conv, nn.BatchNorm2d(4, momentum=0.3), nn.Dropout(0.5), nn.ReLU()).eval()
+    net[1].running_mean.fill_(5.0)
+    net[1].running_var.fill_(7.0)
+    batches = [torch.randn(8, 3, 6, 6) * (i + 1) + i for i in range(3)]
+    rng = torch.get_rng_state()
+    assert reestimate_batchnorm(net, net, batches) == 3
+    with torch.no_grad():
+        feats = [conv(x) for x in batches]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(net[1].running_mean, mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net[1].running_var, var, rtol=1e-5, atol=1e-5)
+    assert int(net[1].num_batches_tracked) == 3 and net[1].momentum == 0.3 and not net.training
+    assert torch.equal(torch.get_rng_state(), rng)  # the dropout in the passes drew from a forked RNG
+    assert reestimate_batchnorm(net, net, []) == 0  # no batch: nothing changes
+    torch.testing.assert_close(net[1].running_mean, mean, rtol=1e-5, atol=1e-5)

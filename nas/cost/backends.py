@@ -31,19 +31,28 @@ from nas.cost.lut import LatencyEntry
 from nas.cost.measurement_core import STATISTICS, cpu_fingerprint, fingerprint_id, session_options, summary
 from nas.errors import ConfigError
 
+#: the deprecation notices of torch's TorchScript-based ONNX exporter (torch 2.14), hidden inside export_onnx only
+LEGACY_EXPORTER_NOTICES = ("You are using the legacy TorchScript-based ONNX export",
+                           "The feature will be removed. Please remove usage of this function")
+
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike | None = None,
                 opset: int = 17) -> bytes:
     """Export ``module`` (eval mode, fixed input shape) to ONNX; return the bytes and optionally write them.
 
-    Uses the TorchScript-based exporter: it is fast (~0.1 s per small op) and deterministic, which matters when
-    a LUT needs hundreds of exports.
+    Uses the TorchScript-based exporter (``dynamo=False``), not the ``torch.export``-based one torch recommends
+    since 2.9, because the latter needs ``onnxscript`` (not a dependency), takes seconds per export where a LUT
+    needs hundreds, and writes another graph for the same op, so every cached LUT would be re-profiled. The
+    exported graph is pinned by a test (tests/test_backends.py). torch announces the exporter's deprecation on
+    every call; only those two messages are hidden, and only inside this call (``catch_warnings`` restores the
+    caller's filters), so every other warning, DeprecationWarnings included, still reaches the caller.
     """
     module = module.eval()
     example = torch.randn(*input_shape)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+        for message in LEGACY_EXPORTER_NOTICES:
+            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
         torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=["output"],
                           opset_version=opset, dynamo=False, do_constant_folding=True)
     data = buffer.getvalue()

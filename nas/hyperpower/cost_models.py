@@ -10,7 +10,6 @@ linear in the coefficients; ``Ridge`` on standardised features) for costs that g
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,8 +139,3 @@ class CostModels:
 
     def summary(self) -> dict[str, float]:
         return {m: model.rmspe_cv for m, model in self.models.items()}
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """JSON-safe numbers: NaN and infinities become ``None``."""
-    return None if value is None or not math.isfinite(float(value)) else float(value)

@@ -44,11 +44,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.child import ChildNet
 from nas.errors import ConfigError
-from nas.hyperpower.cost_models import CostModels, check_samples, finite_or_none
+from nas.hyperpower.cost_models import CostModels, check_samples
 from nas.hyperpower.measure import GPU_METRICS, METRICS, UNITS, measure, require_gpu
 from nas.hyperpower.samplers import ConstraintAwareSampler, RandomWalkSampler
 from nas.hyperpower.structure import StructureSpace
-from nas.io import atomic_write_json
+from nas.io import atomic_write_json, null_non_finite
 from nas.search.objectives import Measurements, Objective, build_objective
 from nas.space.networks import build_child
 
@@ -238,19 +238,18 @@ def make_sampler(method: str, structure: StructureSpace, models: CostModels, con
 
 def train_candidate(cfg: DictConfig, net: ChildNet, optimizer: Any, datamodule: Any,
                     callbacks: list[pl.Callback]) -> float:
-    """Train ``net`` for ``trainer.max_epochs`` (or until pruned); its final validation accuracy."""
+    """Train ``net`` for ``trainer.max_epochs`` (or until pruned) with the trial's ``optimizer`` (its searched
+    hyperparameters), ``hyperpower.label_smoothing`` and a cosine schedule; its final validation accuracy (0 when
+    it is not finite). The training itself is :func:`nas.search.training.train_child`."""
     from nas.search.optimization import warmup_cosine
-    from nas.search.training import ChildTrainingModule
+    from nas.search.training import train_child
 
-    net.train()  # the cost measurements left it in eval mode, and Lightning keeps the modes it finds
-    module = ChildTrainingModule(net, optimizer=optimizer, lr_scheduler=partial(warmup_cosine, warmup_steps=0),
-                                 label_smoothing=float(cfg.hyperpower.label_smoothing))
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks, enable_checkpointing=False,
                                       num_sanity_val_steps=0, enable_progress_bar=False,
                                       enable_model_summary=False)
-    trainer.fit(module, datamodule=datamodule)
-    acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
-    return acc if math.isfinite(acc) else 0.0
+    trained = train_child(net, datamodule, optimizer=optimizer, lr_scheduler=partial(warmup_cosine, warmup_steps=0),
+                          label_smoothing=float(cfg.hyperpower.label_smoothing), trainer=trainer, test=False)
+    return trained["val_acc"] if trained["val_acc"] is not None else 0.0
 
 
 def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
@@ -351,7 +350,7 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
                  "-" if best_error is None else f"{best_error:.4f}", record["wall_s"])
     result = summarise(trials, method, seed, constraints, models, best_pred, objective)
     result["wall_time_s"] = round(time.perf_counter() - start, 2)
-    atomic_write_json(out / "hyperpower.json", sanitize(result))
+    atomic_write_json(out / "hyperpower.json", null_non_finite(result))
     print(format_summary(result, out))
     return result
 
@@ -384,21 +383,6 @@ def summarise(trials: list[dict[str, Any]], method: str, seed: int, constraints:
         "evaluations_to_within_1pct": None if final is None else evaluations_to_reach(curve, final + 0.01),
         "trials": trials,
     }
-
-
-def sanitize(obj: Any) -> Any:
-    """Replace NaN / infinities by ``None`` and numpy scalars by Python numbers (no NaN is written)."""
-    if isinstance(obj, dict):
-        return {str(k): sanitize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [sanitize(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return finite_or_none(float(obj))
-    return obj
 
 
 def format_summary(result: dict[str, Any], out: Path) -> str:

@@ -189,3 +189,27 @@ def log_final_hparams(logger: Any, params: Mapping[str, Any], metrics: Mapping[s
         logger.log_hyperparams(dict(params))
         logger.log_metrics(finite)
     logger.finalize("success")
+
+
+def build_logger(cfg: Any) -> Any:
+    """The ``logger=`` group's Lightning logger of a run's config ``cfg`` (TensorBoard by default), or ``False``
+    without one (``~logger``).
+
+    A logger whose package is missing (MLflow, W&B) is a :class:`ConfigError` naming the package to install.
+    """
+    node = cfg.get("logger")
+    if not node:
+        return False
+    from hydra.utils import instantiate
+
+    from nas.errors import ConfigError
+
+    try:
+        return instantiate(node)
+    except Exception as err:  # noqa: BLE001 - Lightning raises ModuleNotFoundError/RuntimeError for a missing package
+        cause = err.__cause__ or err
+        if isinstance(cause, (ImportError, ModuleNotFoundError)) or "not installed" in str(cause).lower() or \
+                "not available" in str(cause).lower():
+            raise ConfigError(f"the logger {node._target_} needs a package that is not installed ({cause}); install "
+                              "it, or choose logger=tensorboard or logger=csv") from None
+        raise

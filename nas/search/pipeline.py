@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import shlex
 import signal
 import time
@@ -19,12 +18,12 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from nas.cost.backends import build_backend
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import obtain_lut_once
-from nas.errors import ConfigError, Interrupted
-from nas.io import atomic_write_json, atomic_write_text
+from nas.errors import Interrupted
+from nas.io import atomic_write_json, atomic_write_text, finite_or_none
 from nas.search.callbacks import PreemptionCheckpoint, RankAgreement, SearchClock
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.global_batchnorm import sync_batchnorm_arguments
-from nas.search.monitoring import log_final_hparams
+from nas.search.monitoring import build_logger, log_final_hparams
 from nas.search.objectives import Measurements, build_objective
 from nas.search.preflight import check_search_config, check_trainer_config
 from nas.search.solvers.base import SearchModule
@@ -63,25 +62,6 @@ def build_search(cfg: DictConfig) -> dict[str, Any]:
     return {"space": space, "datamodule": datamodule, "backend": backend, "lut": lut, "solver": solver}
 
 
-def build_logger(cfg: DictConfig) -> Any:
-    """The ``logger=`` group's Lightning logger (TensorBoard by default), or ``False`` for ``logger=null``.
-
-    A logger whose package is missing (MLflow, W&B) is a :class:`ConfigError` naming the package to install.
-    """
-    node = cfg.get("logger")
-    if not node:
-        return False
-    try:
-        return instantiate(node)
-    except Exception as err:  # noqa: BLE001 - Lightning raises ModuleNotFoundError/RuntimeError for a missing package
-        cause = err.__cause__ or err
-        if isinstance(cause, (ImportError, ModuleNotFoundError)) or "not installed" in str(cause).lower() or \
-                "not available" in str(cause).lower():
-            raise ConfigError(f"the logger {node._target_} needs a package that is not installed ({cause}); install "
-                              "it, or choose logger=tensorboard or logger=csv") from None
-        raise
-
-
 def checkpoint_callbacks(out: Path, every_n_train_steps: int | None) -> list[ModelCheckpoint]:
     """End-of-epoch checkpoints ``epochNNN.ckpt`` and, with ``every_n_train_steps``, mid-epoch ``stepNNNNNN.ckpt``.
 
@@ -106,11 +86,6 @@ def resume_command(ckpt: str) -> str:
         overrides = []
     kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
     return " ".join(["python search.py", *map(shlex.quote, kept), shlex.quote(f"ckpt_path={ckpt}")])
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """``None`` for a metric that does not exist (NaN, infinite); JSON files never hold NaN."""
-    return value if value is not None and math.isfinite(value) else None
 
 
 def run_search(cfg: DictConfig) -> dict[str, Any]:

@@ -8,8 +8,8 @@ runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i``, with the LUT
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from models.child import ChildNet
 from nas.errors import ConfigError
-from nas.io import atomic_write_json
+from nas.io import atomic_write_json, finite_or_none
 from nas.search.checkpoint import AtomicCheckpointIO
+from nas.search.monitoring import build_logger
 from nas.search.optimization import OptimizerFactory, SchedulerFactory, build_optimizer, step_schedule
 from nas.search.preflight import check_train_config, check_trainer_config
 from nas.space.architecture import Architecture
@@ -86,6 +86,43 @@ class ChildTrainingModule(pl.LightningModule):
         return {"optimizer": optimizer, **({"lr_scheduler": schedule[0]} if schedule else {})}
 
 
+def recipe_arguments(train: DictConfig) -> dict[str, Any]:
+    """The ``train`` node of a recipe (``nas/conf/recipe/``) as :func:`train_child`'s keyword arguments:
+    ``optimizer`` and ``lr_scheduler`` instantiated (``_partial_``), ``label_smoothing`` a float."""
+    return {"optimizer": instantiate(train.optimizer), "lr_scheduler": instantiate(train.lr_scheduler),
+            "label_smoothing": float(train.label_smoothing)}
+
+
+def load_recipe(name: str = "default", overrides: Sequence[str] = ()) -> DictConfig:
+    """``recipe=<name>`` composed as ``train.py`` composes it: ``train.*`` (give it to :func:`recipe_arguments`)
+    and ``trainer.max_epochs``; a bad name is one :class:`~nas.errors.ConfigError` line."""
+    from nas.cli import compose_config
+
+    return compose_config("train", [f"recipe={name}", *overrides])
+
+
+def train_child(net: ChildNet, datamodule: pl.LightningDataModule, *, optimizer: OptimizerFactory,
+                lr_scheduler: SchedulerFactory | None, label_smoothing: float, trainer: pl.Trainer,
+                test: bool = True, ckpt_path: str | None = None) -> dict[str, Any]:
+    """Train ``net`` from scratch with one recipe: the one child-training function of the package.
+
+    ``trainer`` decides epochs, device, logging and callbacks (e.g. a pruning callback, which may end the fit by
+    raising). Returns ``val_acc`` (the last validation of the fit), ``test_acc`` (``None`` without ``test``),
+    ``epochs`` and ``parameters``; a metric that does not exist or is not finite is ``None``.
+    """
+    net.train()  # a caller may have measured it in eval mode, and Lightning keeps the modes it finds
+    module = ChildTrainingModule(net, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                 label_smoothing=float(label_smoothing))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    val_acc = finite_or_none(trainer.callback_metrics.get("val/acc"))  # JSON holds no NaN
+    test_acc = None
+    if test:
+        metrics = trainer.test(module, datamodule=datamodule, verbose=False)
+        test_acc = finite_or_none(metrics[0].get("test/acc")) if metrics else None
+    return {"val_acc": val_acc, "test_acc": test_acc, "epochs": int(trainer.current_epoch),
+            "parameters": sum(p.numel() for p in net.parameters())}
+
+
 def load_architecture(path: str, space: SearchSpace, in_channels: int = 3, num_classes: int = 1000) -> Architecture:
     """``arch=``: an arch.json, block strings of any length, timm's arch_def or ``timm:<model>``
     (:func:`nas.space.references.load_architecture`)."""
@@ -106,24 +143,19 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         check()
     arch = load_architecture(str(cfg.arch), space, datamodule.in_channels, datamodule.num_classes)
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
-    module = ChildTrainingModule(net, optimizer=instantiate(cfg.train.optimizer),
-                                 lr_scheduler=instantiate(cfg.train.lr_scheduler),
-                                 label_smoothing=cfg.train.label_smoothing)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="epoch{epoch:03d}",
                                  auto_insert_metric_name=False, save_last=True, monitor="val/acc", mode="max")
-    logger = TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False)
+    logger = build_logger(cfg)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint],
                                       plugins=[AtomicCheckpointIO()])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    val = trainer.callback_metrics.get("val/acc")
-    val_acc = None if val is None or not math.isfinite(float(val)) else float(val)  # JSON holds no NaN
-    test = trainer.test(module, datamodule=datamodule, verbose=False)
+    trained = train_child(net, datamodule, **recipe_arguments(cfg.train), trainer=trainer,
+                          ckpt_path=cfg.get("ckpt_path"))
     result = {
         "architecture": arch.keys,
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "val_acc": val_acc,
-        "test_acc": float(test[0]["test/acc"]) if test and math.isfinite(test[0].get("test/acc", math.nan)) else None,
-        "epochs": int(trainer.current_epoch),
+        "parameters": trained["parameters"],
+        "val_acc": trained["val_acc"],
+        "test_acc": trained["test_acc"],
+        "epochs": trained["epochs"],
         "wall_time_s": round(time.perf_counter() - start, 2),
         "checkpoint": str(out / "checkpoints" / "last.ckpt"),
     }

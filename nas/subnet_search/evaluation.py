@@ -22,6 +22,7 @@ from nas.errors import ConfigError
 from nas.search.checkpoint import load_checkpoint
 from nas.space.architecture import Architecture
 from nas.space.search_space import SearchSpace
+from nas.supernets.bn_calibration import reestimate_batchnorm
 from nas.supernets.single_path_supernet import SinglePathSupernet
 
 
@@ -134,7 +135,8 @@ class SupernetEvaluator:
     def recalibrate(self, arch: Architecture) -> None:
         """Re-estimate every BatchNorm's running statistics for ``arch`` (cumulative average over the batches)."""
         decisions = self.supernet.fixed_decisions(arch)
-        _recalibrate(self.supernet, lambda x: self.supernet(x, decisions), self.calibration)
+        reestimate_batchnorm(self.supernet, lambda x: self.supernet(x, decisions), self.calibration)
+        self.supernet.eval()
 
     @torch.no_grad()
     def logits(self, arch: Architecture, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +149,7 @@ class SupernetEvaluator:
         """``{"error": top-1 error, "ce": mean cross-entropy}`` on the validation split."""
         if self.via == "child":
             child = self.supernet.extract_child(arch)
-            _recalibrate(child, child, self.calibration)
+            reestimate_batchnorm(child, child, self.calibration)
             run = child.eval()
         else:
             self.recalibrate(arch)
@@ -162,23 +164,3 @@ class SupernetEvaluator:
             ce += float(F.cross_entropy(out.double(), y, reduction="sum"))
             n += len(y)
         return {"error": wrong / n, "ce": ce / n}
-
-
-@torch.no_grad()
-def _recalibrate(module: torch.nn.Module, forward: Any, batches: list[torch.Tensor]) -> None:
-    """Reset ``module``'s BatchNorm statistics and average them over ``batches`` (train mode, then eval)."""
-    if not batches:
-        return
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    module.train()
-    try:
-        for x in batches:
-            forward(x)
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        module.eval()

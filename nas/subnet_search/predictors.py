@@ -34,7 +34,7 @@ import numpy as np
 from hydra.utils import instantiate
 
 from nas.errors import ConfigError
-from nas.io import atomic_write_bytes, check_document
+from nas.io import atomic_write_bytes, check_document, finite_or_none
 from nas.subnet_search.encoding import GenomeCodec
 
 PREDICTOR_FORMAT = "spnas-predictor"
@@ -214,7 +214,7 @@ class ObjectivePredictor:
 
             pred = cross_val_predict(self._estimator(), X, y,
                                      cv=KFold(self.cv_folds, shuffle=True, random_state=self.seed))
-            self.meta["cv"] = {"folds": self.cv_folds, "mape_pct": _finite_or_none(self._mape(y, pred)),
+            self.meta["cv"] = {"folds": self.cv_folds, "mape_pct": finite_or_none(self._mape(y, pred)),
                                "kendall_tau": kendall_tau(y, pred)}
         self.model = self._estimator().fit(X, y)
         if hasattr(self.model, "best_params_"):
@@ -271,10 +271,6 @@ class ObjectivePredictor:
         out = cls(meta["objective"], codec, doc["config"], doc.get("seed", 0))
         out.model, out.meta = doc["model"], meta
         return out
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def check_predictor_config(config: Mapping[str, Any]) -> None:

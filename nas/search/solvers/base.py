@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,6 +21,7 @@ from nas.search.loaders import capture_rng_state, restore_loader_position, resto
 from nas.search.monitoring import SearchMonitor
 from nas.space.architecture import Architecture
 from nas.space.search_space import SearchSpace
+from nas.supernets.bn_calibration import reestimate_batchnorm
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -110,23 +112,15 @@ class SearchModule(pl.LightningModule):
         dataset = getattr(datamodule, "train_set", None) if datamodule is not None else None
         if num_batches <= 0 or dataset is None:
             return
-        norms = [m for m in self.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in norms]
-        was_training = self.training
-        loader = DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=False)
-        with torch.random.fork_rng(devices=[]):
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the calibration batches
-            self.train()
-            for i, (x, _) in enumerate(loader):
-                if i >= num_batches:
-                    break
-                # the trainer's precision applies to these batches too (e.g. float64 with precision=64-true)
-                forward(self.trainer.precision_plugin.convert_input(x.to(self.device)))
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        self.train(was_training)
+        convert = self.trainer.precision_plugin.convert_input
+
+        def batches() -> Iterator[torch.Tensor]:
+            # a generator: the loader (which draws a seed from the global RNG) starts inside the forked RNG;
+            # the trainer's precision applies to these batches too (e.g. float64 with precision=64-true)
+            for x, _ in islice(DataLoader(dataset, batch_size=datamodule.batch_size, shuffle=False), num_batches):
+                yield convert(x.to(self.device))
+
+        reestimate_batchnorm(self, forward, batches())
 
     def log_architecture(self, arch: Architecture, prefix: str = "arch") -> None:
         """Per-layer decisions as scalars (kernel, expansion with 0 = skip, SE ratio) and as text."""
