@@ -40,44 +40,14 @@ from typing import Any
 import numpy as np
 
 try:  # part of the framework: nas.cost.device_runner
-    from nas.cost.measurement_core import (
-        BACKEND,
-        LUT_FORMAT,
-        LUT_VERSION,
-        MANIFEST_FORMAT,
-        MANIFEST_VERSION,
-        STATISTICS,
-        cpu_fingerprint,
-        fingerprint_id,
-        fit_network_calibration,
-        network_counts,
-        session_options,
-        stage_sums,
-        summary,
-        time_interleaved,
-    )
+    from nas.cost import measurement_core as core
 except ImportError:  # a script on the device: measurement_core.py was shipped beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if not (Path(__file__).resolve().parent / "measurement_core.py").is_file():
         print(f"error: measurement_core.py is missing beside {Path(__file__).name}; copy the whole folder written by "
               "spnas export-ops (it holds both files)", file=sys.stderr)
         sys.exit(2)
-    from measurement_core import (  # type: ignore[no-redef]
-        BACKEND,
-        LUT_FORMAT,
-        LUT_VERSION,
-        MANIFEST_FORMAT,
-        MANIFEST_VERSION,
-        STATISTICS,
-        cpu_fingerprint,
-        fingerprint_id,
-        fit_network_calibration,
-        network_counts,
-        session_options,
-        stage_sums,
-        summary,
-        time_interleaved,
-    )
+    import measurement_core as core  # type: ignore[no-redef]
 
 
 
@@ -106,12 +76,12 @@ def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ManifestError(f"{path}: corrupt manifest, not valid JSON ({err}); {fix}") from None
     _require(isinstance(manifest, dict), f"{path}: expected a JSON object; {fix}")
-    _require(manifest.get("format") == MANIFEST_FORMAT,
-             f"{path}: 'format' is {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}; this is not an op "
+    _require(manifest.get("format") == core.MANIFEST_FORMAT,
+             f"{path}: 'format' is {manifest.get('format')!r}, expected {core.MANIFEST_FORMAT!r}; this is not an op "
              "export of scripts/export_ops.py")
-    _require(manifest.get("version") == MANIFEST_VERSION,
+    _require(manifest.get("version") == core.MANIFEST_VERSION,
              f"{path}: manifest version {manifest.get('version')!r} is not supported by this runner (expected "
-             f"{MANIFEST_VERSION}); use the device_runner.py of the same framework version")
+             f"{core.MANIFEST_VERSION}); use the device_runner.py of the same framework version")
     for field in ("space", "settings", "ops", "in_channels", "num_classes"):
         _require(field in manifest, f"{path}: missing field {field!r}; {fix}")
     settings = manifest["settings"]
@@ -162,13 +132,13 @@ def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, ca
     """The LUT's ``hardware`` block; the fingerprint equals ``OnnxRuntimeCPU.fingerprint()`` on this machine."""
     import onnxruntime
 
-    fingerprint = cpu_fingerprint(BACKEND, threads, batch_size, cache_flush_mb, statistic,
+    fingerprint = core.cpu_fingerprint(core.BACKEND, threads, batch_size, cache_flush_mb, statistic,
                                   {"onnxruntime": onnxruntime.__version__})
-    fingerprint_id_ = fingerprint_id(fingerprint)
-    return {"backend": BACKEND, "threads": threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,
+    fingerprint_id_ = core.fingerprint_id(fingerprint)
+    return {"backend": core.BACKEND, "threads": threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,
             "sessions": sessions, "cache_flush_mb": float(cache_flush_mb), "statistic": statistic,
             "fingerprint": fingerprint,
-            "fingerprint_id": fingerprint_id_,
+            "core.fingerprint_id": fingerprint_id_,
             "measured_by": "device_runner.py"}
 
 
@@ -184,7 +154,7 @@ class Runner:
         self.scratch = np.zeros(max(1, int(cache_flush_mb * 2**20) // 8)) if cache_flush_mb > 0 else None
 
     def prepare(self, path: Path, shape: list[int]):  # noqa: ANN201
-        options = session_options(self.ort, self.threads)
+        options = core.session_options(self.ort, self.threads)
         try:
             session = self.ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
@@ -208,7 +178,7 @@ class Runner:
 def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, repeats: int, rounds: int,
             cache_flush_mb: float, statistic: str = "median", progress: bool = True,
             sessions: int = 1) -> dict[str, Any]:
-    """Time every op and calibration network of the export (:func:`time_interleaved`); return the LUT as a
+    """Time every op and calibration network of the export (:func:`core.time_interleaved`); return the LUT as a
     JSON-ready dict."""
     start = time.perf_counter()
     runner = Runner(threads, cache_flush_mb)
@@ -226,27 +196,27 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
             print(f"\rmeasuring: round {r + 1}/{min(rounds, repeats)} of {len(runs)} files x {sessions} session(s)",
                   end="", file=sys.stderr, flush=True)
 
-    by_session = time_interleaved(runs, runner.time_calls, repeats, rounds, on_round=report)
+    by_session = core.time_interleaved(runs, runner.time_calls, repeats, rounds, on_round=report)
     samples = {name: [t for session in times for t in session] for name, times in by_session.items()}
     if progress:
         print(file=sys.stderr)
-    entries = {op["key"]: summary(samples[op["key"]], statistic) for op in manifest["ops"]}
+    entries = {op["key"]: core.summary(samples[op["key"]], statistic) for op in manifest["ops"]}
     networks = manifest.get("networks") or []
     # rounded as recorded in the LUT's meta, so that the fit can be reproduced from the file exactly
     sums = [round(sum(entries[k]["ms"] for k in n["ops"]), 6) for n in networks]
-    kept, se_ops = (list(c) for c in zip(*(network_counts(n["ops"]) for n in networks))) if networks else ([], [])
-    measured = [round(summary(samples[n["name"]], statistic)["ms"], 6) for n in networks]
+    kept, se_ops = (list(c) for c in zip(*(core.network_counts(n["ops"]) for n in networks))) if networks else ([], [])
+    measured = [round(core.summary(samples[n["name"]], statistic)["ms"], 6) for n in networks]
     # per-stage sums where the export names each op's stage (cost group); older exports: one scale
     by_stage = None
     if networks and all(isinstance(n.get("groups"), list) and len(n["groups"]) == len(n["ops"]) for n in networks):
         count = 1 + max(max(n["groups"]) for n in networks)
-        by_stage = [[round(v, 6) for v in stage_sums([entries[k]["ms"] for k in n["ops"]], n["groups"], count)]
+        by_stage = [[round(v, 6) for v in core.stage_sums([entries[k]["ms"] for k in n["ops"]], n["groups"], count)]
                     for n in networks]
-    calibration = fit_network_calibration(sums, measured, kept, se_ops, by_stage)
+    calibration = core.fit_network_calibration(sums, measured, kept, se_ops, by_stage)
     batch = int(manifest["settings"]["batch_size"])
     return {
-        "format": LUT_FORMAT,
-        "version": LUT_VERSION,
+        "format": core.LUT_FORMAT,
+        "version": core.LUT_VERSION,
         "unit": "ms",
         "space": manifest["space"],
         "hardware": hardware_record(threads, batch, warmup, repeats, cache_flush_mb, statistic, sessions),
@@ -290,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default: the manifest's)")
     parser.add_argument("--sessions", type=int, help="sessions each file is loaded in (default: the manifest's)")
     parser.add_argument("--cache-flush-mb", type=float, help="buffer streamed before each timed run (0: off)")
-    parser.add_argument("--statistic", choices=sorted(STATISTICS), help="per-op statistic (default: the manifest's)")
+    parser.add_argument("--statistic", choices=sorted(core.STATISTICS),
+                        help="per-op statistic (default: the manifest's)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -303,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         flush = args.cache_flush_mb if args.cache_flush_mb is not None else float(settings.get("cache_flush_mb", 0))
         _require(0 <= flush <= 1024, f"--cache-flush-mb must be in [0, 1024], got {flush}")
         statistic = args.statistic or settings.get("statistic", "median")
-        _require(statistic in STATISTICS, f"{args.folder}/manifest.json: settings.statistic must be one of "
-                                          f"{sorted(STATISTICS)}, got {statistic!r}")
+        _require(statistic in core.STATISTICS, f"{args.folder}/manifest.json: settings.statistic must be one of "
+                                          f"{sorted(core.STATISTICS)}, got {statistic!r}")
         lut = measure(args.folder, manifest, cache_flush_mb=flush, statistic=statistic,
                       progress=not args.no_progress, **chosen)
     except ManifestError as err:
@@ -317,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{lut['overhead_ms']:+.4f} ms"
           + (f", stage scales {', '.join(f'{v:.3f}' for v in lut['stage_scales'])}" if lut["stage_scales"] else "")
           + ", fingerprint "
-          f"{lut['hardware']['fingerprint_id']}); "
+          f"{lut['hardware']['core.fingerprint_id']}); "
           f"wrote {args.out}")
     return 0
 

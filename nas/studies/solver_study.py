@@ -485,7 +485,9 @@ def plot_records(records: list[dict[str, Any]], anchors: dict[str, float], targe
     hidden = [f"{n} {100 * v:.1f} %" for n, v in anchors.items() if not accs or 100 * v > max(accs) + 1]
     title = "Fashion-MNIST, space tiny, one retraining recipe"
     if hidden:
-        title += "\nabove the plot: " + "; ".join(hidden)
+        import textwrap
+
+        title += "\n" + textwrap.fill("above the plot: " + "; ".join(hidden), 100)
     ax.set_title(title, fontsize=8)
     ax.set_xlabel("measured latency (ms, ONNX Runtime CPU, batch 1)")
     ax.set_ylabel("test accuracy (%)")
