@@ -138,7 +138,7 @@ def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, ca
     return {"backend": core.BACKEND, "threads": threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,
             "sessions": sessions, "cache_flush_mb": float(cache_flush_mb), "statistic": statistic,
             "fingerprint": fingerprint,
-            "core.fingerprint_id": fingerprint_id_,
+            "fingerprint_id": fingerprint_id_,
             "measured_by": "device_runner.py"}
 
 
@@ -178,8 +178,8 @@ class Runner:
 def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, repeats: int, rounds: int,
             cache_flush_mb: float, statistic: str = "median", progress: bool = True,
             sessions: int = 1) -> dict[str, Any]:
-    """Time every op and calibration network of the export (:func:`core.time_interleaved`); return the LUT as a
-    JSON-ready dict."""
+    """Time every op and calibration network of the export (:func:`measurement_core.time_interleaved`); return the
+    LUT as a JSON-ready dict."""
     start = time.perf_counter()
     runner = Runner(threads, cache_flush_mb)
     items = [(op["key"], op) for op in manifest["ops"]] + [(n["name"], n) for n in manifest.get("networks") or []]
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{lut['overhead_ms']:+.4f} ms"
           + (f", stage scales {', '.join(f'{v:.3f}' for v in lut['stage_scales'])}" if lut["stage_scales"] else "")
           + ", fingerprint "
-          f"{lut['hardware']['core.fingerprint_id']}); "
+          f"{lut['hardware']['fingerprint_id']}); "
           f"wrote {args.out}")
     return 0
 
