@@ -80,7 +80,8 @@ def _study(tmp_path: Path, *overrides: str, real: bool = False) -> SolverStudy:
               "hardware.backend.warmup=1", "hardware.backend.repeats=3", "hardware.backend.calibration_networks=3"]
     cfg = compose_config("study_solvers", with_choices=True, overrides=[
         f"records={tmp_path}/r.jsonl", f"work_dir={tmp_path}/work", f"table={tmp_path}/t.md",
-        f"figure={tmp_path}/f.png", f"common={json.dumps(common)}", *overrides])
+        f"figure={tmp_path}/f.png", f"common={json.dumps(common)}", "lambda_search.file=null", "cloud.file=null",
+        *overrides])
     return SolverStudy(study_config(cfg))
 
 

@@ -164,7 +164,7 @@ class SolverStudy:
         from nas.io import atomic_write_json
         from nas.space.architecture import LayerChoice
 
-        path = self.work / "cloud.json"
+        path = Path(self.cfg.cloud.file) if self.cfg.cloud.get("file") else self.work / "cloud.json"
         size, seed = int(self.cfg.cloud.size), int(self.cfg.cloud.seed)
         if path.is_file():
             saved = json.loads(path.read_text())
@@ -283,6 +283,11 @@ class SolverStudy:
         sweep = self.cfg.lambda_search
         lo, hi = (float(v) for v in sweep.range)
         folder = self.work / "lambda" / solver
+        record = Path(sweep.file) if sweep.get("file") else folder / "lambda.json"
+        if record.is_file():  # calibrated before (kept with the study's records, so other machines reuse it)
+            saved = json.loads(record.read_text())
+            if saved.get("solver") == solver:
+                return float(saved["chosen"]["lambda"])
         while True:
             probes = self.lambda_probes(solver)
             above = [p["lambda"] for p in probes if p["predicted_latency_ms"] > self.target_ms]
@@ -304,7 +309,7 @@ class SolverStudy:
                   else min(probes, key=lambda p: p["predicted_latency_ms"]))
         from nas.io import atomic_write_json
 
-        atomic_write_json(folder / "lambda.json", {"solver": solver, "target_ms": self.target_ms,
+        atomic_write_json(record, {"solver": solver, "target_ms": self.target_ms,
                                                    "chosen": chosen, "probes": probes})
         return chosen["lambda"]
 
@@ -393,6 +398,10 @@ def study_config(cfg: DictConfig, args: list[str] | None = None) -> DictConfig:
     for key in ("records", "figure", "table", "work_dir", "source"):
         if key in plain:  # type: ignore[operator]
             plain[key] = str(Path(plain[key]).absolute())  # type: ignore[index]
+    for group in ("lambda_search", "cloud"):
+        node = plain.get(group) or {}  # type: ignore[union-attr]
+        if node.get("file"):
+            node["file"] = str(Path(node["file"]).absolute())
     return OmegaConf.create(plain)
 
 
