@@ -300,3 +300,21 @@ def resume_command(setting: str, value: str) -> str:
     prefix = "python " + program if program.endswith(".py") else program
     kept = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+") != setting]
     return " ".join([prefix, *map(shlex.quote, kept), f"{setting}={shlex.quote(str(value))}"])
+
+
+def hydra_command(task: Callable[[DictConfig], object], config_name: str) -> tuple[Callable[[], object],
+                                                                                    Callable[[], None]]:
+    """The two entry functions of a Hydra command that runs ``task(cfg)`` on ``nas/conf/<config_name>.yaml``:
+    ``main``, the ``@hydra.main`` app (bad input inside ``task`` is one ``error:`` line, :func:`main_guard`), and
+    ``run_command``, which checks the command line first (:func:`hydra_entry`) and then runs ``main``. The config
+    sets ``hydra.job.name``, so the log file is named after the command whichever module defines it."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    def main(cfg: DictConfig) -> None:
+        main_guard(lambda: task(cfg))
+
+    def run_command() -> None:
+        hydra_entry(main, config_name)
+
+    return main, run_command

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from nas.cli import CONFIG_DIR, hydra_entry, main_guard
+from nas.cli import hydra_command
 from nas.cost.backends import build_backend
 from nas.cost.device_export import RUNNER_FILES, export_space_ops
 from nas.space.search_space import SearchSpace
@@ -40,11 +39,5 @@ def export(cfg: DictConfig) -> Path:
     return manifest
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export_ops")
-def main(cfg: DictConfig) -> None:
-    main_guard(lambda: export(cfg))
-
-
-def run_command() -> None:
-    """``spnas export-ops [overrides]``: check the command line (one ``error:`` line if it is bad), then run."""
-    hydra_entry(main, "export_ops")
+#: ``main`` (the Hydra app) and ``run_command`` (``spnas export-ops``: the command line checked first, then run)
+main, run_command = hydra_command(export, "export_ops")

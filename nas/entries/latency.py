@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from nas.cli import CONFIG_DIR, hydra_entry, main_guard
+from nas.cli import hydra_command
 from nas.cost.backends import build_backend, summarize
 from nas.cost.profiler import obtain_lut, profile_ops
 from nas.cost.runtime_model import RuntimeModel
@@ -114,11 +113,5 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="latency")
-def main(cfg: DictConfig) -> None:
-    main_guard(lambda: latency(cfg))
-
-
-def run_command() -> None:
-    """``spnas latency [overrides]``: check the command line (one ``error:`` line if it is bad), then run."""
-    hydra_entry(main, "latency")
+#: ``main`` (the Hydra app) and ``run_command`` (``spnas latency``: the command line checked first, then run)
+main, run_command = hydra_command(latency, "latency")

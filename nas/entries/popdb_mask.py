@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from nas.cli import CONFIG_DIR, hydra_entry, main_guard
+from nas.cli import hydra_command
 from nas.io import atomic_write_json
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
@@ -31,11 +30,5 @@ def popdb(cfg: DictConfig) -> dict[str, Any]:
     return doc
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="popdb")
-def main(cfg: DictConfig) -> None:
-    main_guard(lambda: popdb(cfg))
-
-
-def run_command() -> None:
-    """``spnas popdb [overrides]``: check the command line (one ``error:`` line if it is bad), then run."""
-    hydra_entry(main, "popdb")
+#: ``main`` (the Hydra app) and ``run_command`` (``spnas popdb``: the command line checked first, then run)
+main, run_command = hydra_command(popdb, "popdb")

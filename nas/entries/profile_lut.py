@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import time
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from nas.cli import CONFIG_DIR, hydra_entry, main_guard
+from nas.cli import hydra_command
 from nas.cost.backends import build_backend
 from nas.cost.profiler import cache_path, obtain_lut
 from nas.errors import ConfigError
@@ -56,11 +55,5 @@ def profile(cfg: DictConfig) -> None:
           + (f" and {cfg.out}" if cfg.out else ""))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="profile")
-def main(cfg: DictConfig) -> None:
-    main_guard(lambda: profile(cfg))
-
-
-def run_command() -> None:
-    """``spnas profile-lut [overrides]``: check the command line (one ``error:`` line if it is bad), then run."""
-    hydra_entry(main, "profile")
+#: ``main`` (the Hydra app) and ``run_command`` (``spnas profile-lut``: the command line checked first, then run)
+main, run_command = hydra_command(profile, "profile")

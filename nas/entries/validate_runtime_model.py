@@ -20,10 +20,9 @@ import os
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from nas.cli import CONFIG_DIR, hydra_entry, main_guard
+from nas.cli import hydra_command
 from nas.cost.backends import build_backend
 from nas.cost.lut import LatencyLUT
 from nas.cost.signatures import calibration_architectures
@@ -99,11 +98,6 @@ def validate(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="validate")
-def main(cfg: DictConfig) -> None:
-    main_guard(lambda: validate(cfg))
-
-
-def run_command() -> None:
-    """``spnas validate-runtime-model [overrides]``: check the command line (one ``error:`` line if bad), then run."""
-    hydra_entry(main, "validate")
+#: ``main`` (the Hydra app) and ``run_command`` (``spnas validate-runtime-model``: the command line checked
+#: first, then run)
+main, run_command = hydra_command(validate, "validate")
