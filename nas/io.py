@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +143,13 @@ def append_jsonl(path: str | os.PathLike, record: Any) -> None:
         os.fsync(handle.fileno())
 
 
-def read_jsonl(path: str | os.PathLike, what: str = "record") -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike, what: str = "record",
+               check: Callable[[dict[str, Any], int], None] | None = None) -> list[dict[str, Any]]:
     """The JSON objects of a JSONL file, one per line (none if the file does not exist).
 
-    A torn last line (a writer killed mid-line) is ignored; a damaged line elsewhere, or a line that is not an
-    object, is a ``ConfigError`` naming the file and line.
+    A torn last line (no newline after it: a writer killed mid-line) is ignored; a damaged line elsewhere, or a
+    line that is not an object, is a ``ConfigError`` naming the file and line. ``check(record, line_number)`` may
+    refuse a record by raising.
     """
     from nas.errors import ConfigError
 
@@ -163,9 +166,11 @@ def read_jsonl(path: str | os.PathLike, what: str = "record") -> list[dict[str, 
         except json.JSONDecodeError:
             if number == len(lines):  # no newline after it: the last write was cut short
                 break
-            raise ConfigError(f"{path}: line {number} is not valid JSON; remove that line (the {what} it held is "
-                              "then made again)") from None
+            raise ConfigError(f"{path}: line {number} is not valid JSON; the file is damaged (remove that line: the "
+                              f"{what} it held is then missing)") from None
         if not isinstance(record, dict):
             raise ConfigError(f"{path}: line {number} is not a JSON object ({what})")
+        if check is not None:
+            check(record, number)
         records.append(record)
     return records

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import ConfigError
+from nas.io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -119,22 +120,14 @@ def read_records(path: str | os.PathLike, space_name: str, space_digest: str, se
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{setting}={path} does not exist; pass a subnet_search run's validations.jsonl")
-    lines = path.read_text().splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # the torn last line of a killed run
-            raise ConfigError(f"{path}: line {number} is not valid JSON; the file is damaged") from None
+
+    def same_space(record: dict[str, Any], number: int) -> None:
         if record.get("space_digest") != space_digest:
             raise ConfigError(f"{path}: line {number} was searched in space digest {record.get('space_digest')}, "
                               f"but space '{space_name}' (digest {space_digest}) is selected; pass the space=... "
                               "of that search")
-        records.append(record)
+
+    records = read_jsonl(path, "validated sub-network", check=same_space)
     if not records:
         raise ConfigError(f"{setting}={path} holds no validated sub-network")
     return records
