@@ -169,6 +169,21 @@ def test_one_child_training_function_with_the_recipe_group(tmp_path):
     assert 0.0 <= out["val_acc"] <= 1.0 and 0.0 <= out["test_acc"] <= 1.0 and out["epochs"] == 1
     assert out["parameters"] == sum(p.numel() for p in net.parameters())
 
+    # a retraining killed after its last epoch's checkpoint resumes to a validation accuracy too (the fit has
+    # nothing left to run, so no validation of its own)
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def trainer_with_checkpoints() -> pl.Trainer:
+        return pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, default_root_dir=tmp_path,
+                          callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+
+    train_child(build_child(space, space.smallest(), 1, 10), datamodule, **args, trainer=trainer_with_checkpoints(),
+                test=False)
+    resumed = train_child(build_child(space, space.smallest(), 1, 10), datamodule, **args, test=False,
+                          trainer=trainer_with_checkpoints(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed["val_acc"] is not None and 0.0 <= resumed["val_acc"] <= 1.0 and resumed["test_acc"] is None
+
     builders = [str(p.relative_to(ROOT)) for folder in ("nas", "scripts") for p in (ROOT / folder).rglob("*.py")
                 if re.search(r"ChildTrainingModule\(", p.read_text())]
     assert builders == ["nas/search/training.py"], builders

@@ -152,6 +152,18 @@ def test_study_runs_searches_and_cloud_then_resumes_without_work(tmp_path, monke
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and "random cloud" in (tmp_path / "t.md").read_text()
 
 
+def test_a_step_that_ends_without_its_summary_stops_the_study_with_the_resume_hint(tmp_path, monkeypatch):
+    """Lightning turns SIGTERM into a clean exit: a search or retraining that exits 0 without its summary is a
+    named study error (re-run to resume), not a FileNotFoundError traceback."""
+    from nas.studies.solver_study import Job, StudyStepFailed
+
+    study = _study(tmp_path, "seeds=[0]", "solvers=[random]")
+    study.target_ms = 0.1  # set by run() from the LUT
+    monkeypatch.setattr(SolverStudy, "_run", lambda *a: None)  # the step "ran" and wrote nothing
+    with pytest.raises(StudyStepFailed, match=r"search/random/seed0 ended without writing summary.json .*resume"):
+        study.search(Job(key="search/random/seed0", kind="search", solver="random", seed=0))
+
+
 @pytest.mark.parametrize("args, message", [
     (["solvers=[nope]"], "unknown solver(s) ['nope']"),
     (["sedes=[0]"], "Could not override 'sedes'"),

@@ -115,6 +115,10 @@ def train_child(net: ChildNet, datamodule: pl.LightningDataModule, *, optimizer:
                                  label_smoothing=float(label_smoothing))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     val_acc = finite_or_none(trainer.callback_metrics.get("val/acc"))  # JSON holds no NaN
+    if val_acc is None and ckpt_path is not None and trainer.limit_val_batches:
+        # resumed from a checkpoint taken after the last epoch: the fit ran no validation, so measure it here
+        metrics = trainer.validate(module, datamodule=datamodule, verbose=False)
+        val_acc = finite_or_none(metrics[0].get("val/acc")) if metrics else None
     test_acc = None
     if test:
         metrics = trainer.test(module, datamodule=datamodule, verbose=False)
@@ -157,6 +161,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         "test_acc": trained["test_acc"],
         "epochs": trained["epochs"],
         "wall_time_s": round(time.perf_counter() - start, 2),
+        "resumed_from": cfg.get("ckpt_path"),  # wall_time_s is then this process's share only
         "checkpoint": str(out / "checkpoints" / "last.ckpt"),
     }
     export_cfg = cfg.train.get("export") or {}

@@ -327,7 +327,7 @@ class SolverStudy:
             if last.is_file():
                 overrides.append(f"ckpt_path={last}")
             self._run("search", overrides, run_dir.with_suffix(".log"), job.key)
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads(self._summary(summary_path, job.key, run_dir).read_text())
         return {"run_dir": str(run_dir), "lambda": lam, "search_val_acc": summary.get("val_acc"),
                 "search_wall_s": summary.get("wall_time_s"),
                 "search_predicted_latency_ms": summary.get("predicted_latency_ms"),
@@ -345,13 +345,23 @@ class SolverStudy:
             if last.is_file():
                 overrides.append(f"ckpt_path={last}")
             self._run("train", overrides, run_dir.with_suffix(".log"), f"retraining of {key}")
-        s = json.loads(summary_path.read_text())
+        s = json.loads(self._summary(summary_path, f"retraining of {key}", run_dir).read_text())
         return {"val_acc": s.get("val_acc"), "test_acc": s.get("test_acc"), "params": s.get("parameters"),
                 "retrain_epochs": s.get("epochs"), "retrain_wall_s": s.get("wall_time_s"),
+                "retrain_resumed": s.get("resumed_from") is not None,  # wall and CPU time: the last process's
                 "measured_latency_ms": s.get("measured_latency_ms"),
                 "measured_latency_iqr_ms": s.get("measured_latency_iqr_ms"),
                 "train_predicted_latency_ms": s.get("predicted_latency_ms"),
                 "retrain_cpu_s": cpu_seconds(run_dir.with_suffix(".log"))}
+
+    @staticmethod
+    def _summary(path: Path, what: str, run_dir: Path) -> Path:
+        """``path`` if the step wrote it; a step that ended cleanly without its summary (stopped by SIGTERM,
+        which Lightning turns into a clean exit) is :class:`StudyStepFailed`, and a re-run resumes it."""
+        if not path.is_file():
+            raise StudyStepFailed(f"{what} ended without writing {path.name} (interrupted?); run the study again "
+                                  f"to resume it from {run_dir / 'checkpoints'}")
+        return path
 
     def _run(self, entry: str, overrides: list[str], log_path: Path, what: str) -> None:
         """Run an entry point in a new process, its output into ``log_path``; its CPU time (user + system, in
