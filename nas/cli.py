@@ -30,6 +30,8 @@ from nas.errors import ConfigError, Interrupted, NASError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from nas.run_shell import Task
+
 T = TypeVar("T")
 log = logging.getLogger("nas")
 
@@ -302,19 +304,26 @@ def resume_command(setting: str, value: str) -> str:
     return " ".join([prefix, *map(shlex.quote, kept), f"{setting}={shlex.quote(str(value))}"])
 
 
-def hydra_command(task: Callable[[DictConfig], object], config_name: str) -> tuple[Callable[[], object],
-                                                                                    Callable[[], None]]:
-    """The two entry functions of a Hydra command that runs ``task(cfg)`` on ``nas/conf/<config_name>.yaml``:
-    ``main``, the ``@hydra.main`` app (bad input inside ``task`` is one ``error:`` line, :func:`main_guard`), and
-    ``run_command``, which checks the command line first (:func:`hydra_entry`) and then runs ``main``. The config
-    sets ``hydra.job.name``, so the log file is named after the command whichever module defines it."""
+def hydra_command(task: Task | Callable[[DictConfig], object], config_name: str) -> tuple[Callable[[], object],
+                                                                                           Callable[[], None]]:
+    """The two entry functions of a Hydra command that runs ``task`` on ``nas/conf/<config_name>.yaml`` in the run
+    shell (:func:`nas.run_shell.run_task`: seeding, timing, summary file): ``main``, the ``@hydra.main`` app (bad
+    input inside the task is one ``error:`` line, :func:`main_guard`; it returns ``task.returns(result)`` to a
+    sweeper), and ``run_command``, which checks the command line first (:func:`hydra_entry`) and then runs
+    ``main``. A plain function is a :class:`~nas.run_shell.Task` without a summary file. The config sets
+    ``hydra.job.name``, so the log file is named after the command whichever module defines it."""
     import hydra
 
+    from nas.run_shell import Task, run_task
+
+    shelled = task if isinstance(task, Task) else Task(task)
+
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
-    def main(cfg: DictConfig) -> None:
-        main_guard(lambda: task(cfg))
+    def main(cfg: DictConfig) -> object:
+        return shelled.returns(main_guard(lambda: run_task(shelled, cfg)))
 
     def run_command() -> None:
         hydra_entry(main, config_name)
 
+    main.task = shelled  # type: ignore[attr-defined]  # what it runs (tests check every command has one)
     return main, run_command

@@ -189,3 +189,49 @@ def test_one_child_training_function_with_the_recipe_group(tmp_path):
     assert builders == ["nas/search/training.py"], builders
     for script in ("compare_solvers.py", "supernet_truth.py"):
         assert "torch.optim.SGD" not in (ROOT / "scripts" / script).read_text()
+
+
+def test_the_run_shell_seeds_times_and_writes_one_summary_file(tmp_path):
+    """:func:`nas.run_shell.run_task`: seeding, timing and the summary file, the same for every command."""
+    from omegaconf import OmegaConf
+
+    from nas.run_shell import Task, run_task
+
+    def task(cfg):
+        return {"draw": float(torch.rand(1)), "loss": float("nan"), "output_dir": cfg.get("elsewhere")}
+
+    cfg = OmegaConf.create({"seed": 3, "paths": {"output_dir": str(tmp_path / "run")}, "elsewhere": None})
+    first = run_task(Task(task, summary="s.json"), cfg)
+    again = run_task(Task(task, summary="again.json"), cfg)
+    assert first["draw"] == again["draw"]  # seeded before the task ran
+    written = json.loads((tmp_path / "run" / "s.json").read_text())  # strict JSON: NaN became null
+    assert written["loss"] is None and written["wall_time_s"] >= 0
+    assert written["run"]["seed"] == 3 and written["run"]["format"] == "spnas-run"
+    assert written["run"]["command"] and written["run"]["started_utc"].endswith("+00:00")
+
+    kept = run_task(Task(lambda c: {"wall_time_s": 123.0}, summary="kept.json"), cfg)  # e.g. a resumed search's
+    assert kept["wall_time_s"] == 123.0
+    assert json.loads((tmp_path / "run" / "kept.json").read_text())["wall_time_s"] == 123
+    moved = OmegaConf.merge(cfg, {"elsewhere": str(tmp_path / "resumed")})  # a run continuing another's folder
+    run_task(Task(task, summary="s.json"), moved)
+    assert (tmp_path / "resumed" / "s.json").is_file()
+    assert run_task(Task(lambda c: {"x": 1}), cfg) == {"x": 1} and not (tmp_path / "run" / "None").exists()
+
+
+def test_every_hydra_command_runs_in_the_run_shell():
+    """Each ``spnas`` command with a Hydra config is built by :func:`nas.cli.hydra_command` around a Task; the
+    commands that leave a summary name its file."""
+    import importlib
+
+    from nas.command import COMMANDS
+    from nas.run_shell import Task
+
+    summaries = {}
+    for name, (module, function, config_name, _) in COMMANDS.items():
+        if config_name is None:
+            continue
+        app = getattr(importlib.import_module(f"nas.entries.{module}"), function)
+        assert isinstance(getattr(app, "task", None), Task), name
+        summaries[name] = app.task.summary
+    assert summaries["search"] == "summary.json" and summaries["train"] == "train_summary.json"
+    assert summaries["hyperpower"] == "hyperpower.json" and summaries["latency"] == "latency.json"

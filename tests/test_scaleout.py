@@ -10,10 +10,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nas.cli import CONFIG_DIR
+from nas.entries.hydra_apps import SEARCH
 from nas.errors import ConfigError
+from nas.run_shell import run_task
 from nas.search.checkpoint import load_checkpoint
 from nas.search.global_batchnorm import GlobalBatchNorm2d, ProcessSyncBatchNorm
-from nas.search.pipeline import run_search
 from nas.search.preflight import check_trainer_config
 from tests.test_entry import run
 
@@ -38,7 +39,7 @@ def test_ddp_two_cpu_processes_agree_with_each_other_and_with_one_process(tmp_pa
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("search", overrides=[*COMMON, "data.batch_size=32", f"paths.output_dir={tmp_path}/single",
                                            cache])
-    run_search(cfg)
+    run_task(SEARCH, cfg)  # the run shell writes summary.json
     ddp = run("search.py", *COMMON, "trainer=ddp_cpu", "data.batch_size=16", f"hydra.run.dir={tmp_path}/ddp",
               cache)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

@@ -13,10 +13,11 @@ from hydra.utils import instantiate
 from models.blocks import MBConv
 from nas.cli import CONFIG_DIR
 from nas.cost.runtime_model import RuntimeModel, level_probabilities
+from nas.entries.hydra_apps import SEARCH
 from nas.errors import ConfigError
+from nas.run_shell import run_task
 from nas.search.checkpoint import load_checkpoint
 from nas.search.data import DigitsDataModule
-from nas.search.pipeline import run_search
 from nas.search.solvers import (
     MultiPathSearch,
     ProxylessSearch,
@@ -305,12 +306,14 @@ def test_each_solver_writes_the_same_output_files(solver, extra, tmp_path):
                          "trainer.limit_val_batches=1",
                          "solver.bn_calibration_batches=1" if solver != "random" else "seed=0",
                          f"paths.output_dir={out}", f"paths.cache_dir={tmp_path}/cache", *extra)
-    result = run_search(cfg)
+    result = run_task(SEARCH, cfg)  # as spnas search runs it: the run shell writes summary.json
     for name in ("arch.json", "arch_timm.txt", "lut.json", "summary.json", "checkpoints/last.ckpt"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     expected = "multi_path_gumbel" if solver == "multi_path" else solver
     assert summary["solver"] == result["solver"] == expected
+    run = summary["run"]  # the run shell's block: how to run it again, and how long it took
+    assert run["format"] == "spnas-run" and run["seed"] == cfg.seed and run["wall_time_s"] >= summary["wall_time_s"]
     arch = Architecture.load(out / "arch.json")
     assert arch.keys == summary["architecture"] and arch.meta["predicted_latency_ms"] > 0
     ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")

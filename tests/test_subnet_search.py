@@ -20,7 +20,9 @@ from omegaconf import OmegaConf, open_dict
 from nas.cli import CONFIG_DIR
 from nas.cost.backends import MacsProxy
 from nas.cost.profiler import profile_space
+from nas.entries.hydra_apps import SUBNET_SEARCH
 from nas.errors import ConfigError
+from nas.run_shell import run_task
 from nas.search.solvers.supernet_training import sample_step_architectures
 from nas.search.training import load_architecture
 from nas.space.architecture import Architecture
@@ -225,7 +227,7 @@ def test_constraints_are_hard_and_infeasible_networks_are_never_validated(tiny_s
 
 # ---------------------------------------------------------------------- runs, outputs, resume
 def test_same_seed_gives_an_identical_pareto_json_and_members_load_in_train_py(micro_space, micro_ckpt, tmp_path):
-    first = run_subnet_search(subnet_cfg(tmp_path, micro_ckpt, "budget=20", out="a"))
+    first = run_task(SUBNET_SEARCH, subnet_cfg(tmp_path, micro_ckpt, "budget=20", out="a"))  # + summary.json
     run_subnet_search(subnet_cfg(tmp_path, micro_ckpt, "budget=20", out="b"))
     a, b = (tmp_path / "a" / "pareto.json").read_bytes(), (tmp_path / "b" / "pareto.json").read_bytes()
     assert a == b

@@ -1,73 +1,65 @@
 """The Hydra apps of the search entry points: ``spnas search | train | subnet-search | hyperpower``.
 
-Each ``*_main`` is the ``@hydra.main`` task function (it returns the value a Hydra sweeper optimises); each
-``run_*`` checks the command line with :func:`nas.cli.hydra_entry` (a bad override is one ``error:`` line, exit 2)
-and then runs it. The configs are ``nas/conf/<name>.yaml``; ``hydra.job.name`` in each keeps the log file's name
-(``search.log``, ...) whichever alias runs it.
+Each is a :class:`~nas.run_shell.Task` run in the run shell by :func:`nas.cli.hydra_command`: ``*_main`` is the
+``@hydra.main`` app (it returns the value a Hydra sweeper optimises), ``run_*`` checks the command line first (a
+bad override is one ``error:`` line, exit 2) and then runs it. The configs are ``nas/conf/<name>.yaml``;
+``hydra.job.name`` in each keeps the log file's name (``search.log``, ...) whichever alias runs it. The task
+modules are imported when the task runs, after the command line was checked.
 """
 
 from __future__ import annotations
 
-import hydra
+from typing import Any
+
 from omegaconf import DictConfig
 
-from nas.cli import CONFIG_DIR, fail, hydra_entry, main_guard
+from nas.cli import fail, hydra_command
+from nas.run_shell import Task
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="search")
-def search_main(cfg: DictConfig) -> float:
-    """Returns the objective (validation accuracy, or Eq 6.2 with hardware.target_ms) for Hydra sweepers."""
+def _nan_for_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)  # None: no validation ran (a sweeper's failed trial)
+
+
+def search(cfg: DictConfig) -> dict[str, Any]:
     from nas.search.pipeline import run_search
 
-    objective = main_guard(lambda: run_search(cfg)["objective"])
-    return float("nan") if objective is None else objective  # None: no validation ran (a sweeper's failed trial)
+    return run_search(cfg)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def train_main(cfg: DictConfig) -> float:
-    """Returns the test accuracy."""
+def train(cfg: DictConfig) -> dict[str, Any]:
     from nas.search.training import run_train
 
-    test_acc = main_guard(lambda: run_train(cfg)["test_acc"])
-    return float("nan") if test_acc is None else test_acc
+    return run_train(cfg)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="subnet_search")
-def subnet_search_main(cfg: DictConfig) -> float:
-    """Returns the hypervolume of the first device's front (for Hydra sweepers)."""
+def subnet_search(cfg: DictConfig) -> dict[str, Any]:
     from nas.subnet_search.run import run_subnet_search
 
-    result = main_guard(lambda: run_subnet_search(cfg))
-    return float(next(iter(result["pareto"]["devices"].values()))["hypervolume"])
+    return run_subnet_search(cfg)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="hyperpower")
-def hyperpower_main(cfg: DictConfig) -> float | None:
-    """Returns the best validation error (for sweeps over seeds or settings)."""
+def hyperpower(cfg: DictConfig) -> dict[str, Any]:
     try:
         from nas.hyperpower.study import run_hyperpower
     except ModuleNotFoundError as err:
         if err.name != "optuna":
             raise
         fail("hyperpower needs Optuna, the optional extra spnas[tune]: pip install 'spnas[tune]' (or -e '.[tune]')")
-    return main_guard(lambda: (run_hyperpower(cfg)["best"] or {}).get("val_error"))
+    return run_hyperpower(cfg)
 
 
-def run_search() -> None:
-    """``spnas search [overrides]`` / ``python search.py [overrides]``."""
-    hydra_entry(search_main, "search")
+#: ``spnas search``: returns the objective (validation accuracy, or Eq 6.2 with hardware.target_ms)
+SEARCH = Task(search, summary="summary.json", returns=lambda r: _nan_for_none(r["objective"]))
+#: ``spnas train arch=<search run>/arch.json``: returns the test accuracy
+TRAIN = Task(train, summary="train_summary.json", returns=lambda r: _nan_for_none(r["test_acc"]))
+#: ``spnas subnet-search supernet=<ckpt>``: returns the hypervolume of the first device's front
+SUBNET_SEARCH = Task(subnet_search, summary="summary.json", summary_of=lambda r: r["summary"],
+                     returns=lambda r: float(next(iter(r["pareto"]["devices"].values()))["hypervolume"]))
+#: ``spnas hyperpower hyperpower.constraints.memory_mb=0.6``: returns the best validation error
+HYPERPOWER = Task(hyperpower, summary="hyperpower.json", returns=lambda r: (r["best"] or {}).get("val_error"))
 
-
-def run_train() -> None:
-    """``spnas train arch=<search run>/arch.json [overrides]`` / ``python train.py ...``."""
-    hydra_entry(train_main, "train")
-
-
-def run_subnet_search() -> None:
-    """``spnas subnet-search supernet=<ckpt> [overrides]`` / ``python subnet_search.py ...``."""
-    hydra_entry(subnet_search_main, "subnet_search")
-
-
-def run_hyperpower() -> None:
-    """``spnas hyperpower hyperpower.constraints.memory_mb=0.6 [overrides]`` / ``python hyperpower.py ...``."""
-    hydra_entry(hyperpower_main, "hyperpower")
+search_main, run_search = hydra_command(SEARCH, "search")
+train_main, run_train = hydra_command(TRAIN, "train")
+subnet_search_main, run_subnet_search = hydra_command(SUBNET_SEARCH, "subnet_search")
+hyperpower_main, run_hyperpower = hydra_command(HYPERPOWER, "hyperpower")

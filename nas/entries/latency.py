@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -34,7 +33,7 @@ from nas.cost.runtime_model import RuntimeModel
 from nas.cost.signatures import OpSpec, network_op_keys, required_ops
 from nas.cost.validation import split_halves
 from nas.errors import ConfigError
-from nas.io import atomic_write_json
+from nas.run_shell import Task
 from nas.space.networks import build_child
 from nas.space.references import load_architecture
 from nas.space.search_space import SearchSpace
@@ -108,10 +107,9 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
             print(f"{'predicted from ops measured alongside:':<40}{result['remeasured_prediction_ms']:10.4f} ms  "
                   f"({result['remeasured_error_pct']:+.2f} %: the LUT's calibration on its {len(ops)} distinct ops "
                   "measured now, free of drift since the LUT)")
-    out = Path(cfg.paths.output_dir)
-    atomic_write_json(out / "latency.json", result)
     return result
 
 
-#: ``main`` (the Hydra app) and ``run_command`` (``spnas latency``: the command line checked first, then run)
-main, run_command = hydra_command(latency, "latency")
+#: ``main`` (the Hydra app) and ``run_command`` (``spnas latency``: the command line checked first, then run);
+#: the run shell writes ``latency.json``
+main, run_command = hydra_command(Task(latency, summary="latency.json"), "latency")

@@ -28,7 +28,7 @@ from nas.cost.lut import LatencyLUT
 from nas.cost.signatures import calibration_architectures
 from nas.cost.validation import design_architectures, plot_predicted_vs_measured, validate_runtime_model
 from nas.errors import ArchitectureError
-from nas.io import atomic_write_json, null_non_finite
+from nas.run_shell import Task
 from nas.space.architecture import Architecture
 from nas.space.references import load_architecture
 from nas.space.search_space import SearchSpace
@@ -70,7 +70,6 @@ def validate(cfg: DictConfig) -> dict:
     used = result.pop("lut")
     if result["mode"] == "joint":
         used.save(out / "lut.json")
-    atomic_write_json(out / "validation.json", null_non_finite(result))
     plot_predicted_vs_measured(result, out / "validation.png")
     hw = result["hardware"]
     print(f"space '{space.name}', {hw['backend']}, threads={hw['threads']}, batch={hw['batch_size']}, "
@@ -100,4 +99,4 @@ def validate(cfg: DictConfig) -> dict:
 
 #: ``main`` (the Hydra app) and ``run_command`` (``spnas validate-runtime-model``: the command line checked
 #: first, then run)
-main, run_command = hydra_command(validate, "validate")
+main, run_command = hydra_command(Task(validate, summary="validation.json"), "validate")

@@ -48,7 +48,6 @@ from nas.hyperpower.cost_models import CostModels, check_samples
 from nas.hyperpower.measure import GPU_METRICS, METRICS, UNITS, measure, require_gpu
 from nas.hyperpower.samplers import ConstraintAwareSampler, RandomWalkSampler
 from nas.hyperpower.structure import StructureSpace
-from nas.io import atomic_write_json, null_non_finite
 from nas.search.objectives import Measurements, Objective, build_objective
 from nas.space.networks import build_child
 
@@ -350,7 +349,6 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
                  "-" if best_error is None else f"{best_error:.4f}", record["wall_s"])
     result = summarise(trials, method, seed, constraints, models, best_pred, objective)
     result["wall_time_s"] = round(time.perf_counter() - start, 2)
-    atomic_write_json(out / "hyperpower.json", null_non_finite(result))
     print(format_summary(result, out))
     return result
 

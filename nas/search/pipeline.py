@@ -19,7 +19,7 @@ from nas.cost.backends import build_backend
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import obtain_lut_once
 from nas.errors import Interrupted
-from nas.io import atomic_write_json, atomic_write_text, finite_or_none
+from nas.io import atomic_write_text, finite_or_none
 from nas.search.callbacks import PreemptionCheckpoint, RankAgreement, SearchClock
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.global_batchnorm import sync_batchnorm_arguments
@@ -89,7 +89,8 @@ def resume_command(ckpt: str) -> str:
 
 
 def run_search(cfg: DictConfig) -> dict[str, Any]:
-    """Run one search and write ``arch.json``, ``arch_timm.txt``, ``lut.json`` and ``summary.json``.
+    """Run one search and write ``arch.json``, ``arch_timm.txt`` and ``lut.json``; the result is the run's summary
+    (``spnas search`` writes it to ``summary.json``: :data:`nas.entries.hydra_apps.SEARCH`).
 
     Every input is checked before data is loaded or a LUT profiled (``nas.search.preflight``). SIGTERM and
     Ctrl-C during the fit save ``checkpoints/last.ckpt`` and raise :class:`~nas.errors.Interrupted`; no result
@@ -150,7 +151,6 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_text(out / "arch_timm.txt", result["timm"] + "\n")
         lut_copy = type(lut).from_dict(lut.to_dict(), source=lut.source)
         lut_copy.save(out / "lut.json")
-        atomic_write_json(out / "summary.json", result)
         log_final_hparams(logger, result["config"], {k: result[k] for k in ("val_acc", "predicted_latency_ms",
                                                                                "objective")})
         report = format_result(result, arch, space)

@@ -8,7 +8,6 @@ runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i``, with the LUT
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from models.child import ChildNet
 from nas.errors import ConfigError
-from nas.io import atomic_write_json, finite_or_none
+from nas.io import finite_or_none
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.monitoring import build_logger
 from nas.search.optimization import OptimizerFactory, SchedulerFactory, build_optimizer, step_schedule
@@ -134,11 +133,10 @@ def load_architecture(path: str, space: SearchSpace, in_channels: int = 3, num_c
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
-    """Train ``cfg.arch`` on ``cfg.data`` and report test accuracy."""
-    start = time.perf_counter()
+    """Train ``cfg.arch`` on ``cfg.data`` (seeded by the run shell) and report test accuracy; the result is the run's
+    summary (``spnas train`` writes it to ``train_summary.json``: :data:`nas.entries.hydra_apps.TRAIN`)."""
     check_train_config(cfg)
     check_trainer_config(cfg.trainer)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     space = SearchSpace.from_config(cfg.space)
     datamodule = instantiate(cfg.data)
@@ -160,8 +158,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         "val_acc": trained["val_acc"],
         "test_acc": trained["test_acc"],
         "epochs": trained["epochs"],
-        "wall_time_s": round(time.perf_counter() - start, 2),
-        "resumed_from": cfg.get("ckpt_path"),  # wall_time_s is then this process's share only
+        "resumed_from": cfg.get("ckpt_path"),  # the run shell's wall_time_s is then this process's share only
         "checkpoint": str(out / "checkpoints" / "last.ckpt"),
     }
     export_cfg = cfg.train.get("export") or {}
@@ -172,7 +169,6 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             result.update(predicted_vs_measured(cfg, space, arch, net, datamodule.in_channels,
                                                 datamodule.num_classes))
     if trainer.is_global_zero:
-        atomic_write_json(out / "train_summary.json", result)
         print(f"\ntrained {' '.join(arch.keys)} ({result['parameters']} parameters) for {result['epochs']} epochs: "
               f"test accuracy {_fmt(result['test_acc'])} (val {_fmt(result['val_acc'])}); outputs in {out}")
         if "onnx" in result:

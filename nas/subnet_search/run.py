@@ -214,9 +214,6 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
                "wall_time_s": round(wall, 2)}
     writer.add_scalar("validations_per_second", summary["validations_per_second"] or 0.0, 0)
     writer.close()
-    from nas.io import atomic_write_json
-
-    atomic_write_json(out / "summary.json", summary)
     print(format_table(doc))
     print(f"\n{timed.count} supernet evaluations this run ({store.loaded} resumed from validations.jsonl), "
           f"{summary['validations_per_second']} validations/s; outputs in {out}")
