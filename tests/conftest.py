@@ -39,6 +39,14 @@ def load_space(name: str) -> SearchSpace:
     return SearchSpace.from_config(yaml.safe_load((CONFIG_DIR / "space" / f"{name}.yaml").read_text()))
 
 
+@pytest.fixture(scope="session")
+def onnx_lut_cache(tmp_path_factory) -> Path:
+    """One LUT cache for the end-to-end runs on ONNX Runtime with the same fast settings (the tiny space, one
+    channel, 10 classes: digits and Fashion-MNIST alike): the suite profiles that LUT once, as a user's second
+    command reuses the first one's."""
+    return tmp_path_factory.mktemp("lut-cache")
+
+
 @pytest.fixture
 def micro_space() -> SearchSpace:
     return SearchSpace.from_config(MICRO_SPACE)

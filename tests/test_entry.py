@@ -29,8 +29,9 @@ def run(script: str, *overrides: str, cwd: Path = ROOT) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="module")
-def search_run(tmp_path_factory):
+def search_run(tmp_path_factory, onnx_lut_cache):
     tmp = tmp_path_factory.mktemp("search")
+    (tmp / "cache").symlink_to(onnx_lut_cache, target_is_directory=True)  # the suite's shared LUT cache
     proc = run("search.py", "trainer.max_epochs=1", f"hydra.run.dir={tmp}/run", f"paths.cache_dir={tmp}/cache",
                *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -126,13 +127,13 @@ def test_bad_overrides_fail_with_a_clear_message(tmp_path, overrides, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_csv_logger_and_no_logger(tmp_path):
+def test_csv_logger_and_no_logger(tmp_path, onnx_lut_cache):
     """logger=csv writes metrics.csv instead of TensorBoard events; ~logger (no logger) builds none."""
     from nas.cli import compose_config
     from nas.search.pipeline import build_logger
 
     proc = run("search.py", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={tmp_path}/csv",
-               f"paths.cache_dir={tmp_path}/cache", *FAST)
+               f"paths.cache_dir={onnx_lut_cache}", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = (tmp_path / "csv" / "csv" / "metrics.csv").read_text()
     assert "val/acc" in metrics.splitlines()[0] and len(metrics.splitlines()) > 1

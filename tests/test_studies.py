@@ -70,13 +70,13 @@ def test_dominating_cloud_counts_faster_and_better_networks():
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _study(tmp_path: Path, *overrides: str, real: bool = False) -> SolverStudy:
+def _study(tmp_path: Path, *overrides: str, real: bool = False, cache: Path | None = None) -> SolverStudy:
     """A study on small IDX files of its own, or (``real``) on the first 600 images of the real Fashion-MNIST."""
     if real:
         data = [f"data.root={REAL_FASHION_MNIST}", "data.limit=600"]
     else:
         data = [f"data.root={make_idx_set(tmp_path / 'fm', n_train=160, n_test=40)}", "data.val_size=40"]
-    common = [*data, f"paths.cache_dir={tmp_path}/cache", "progress=false",
+    common = [*data, f"paths.cache_dir={cache or tmp_path / 'cache'}", "progress=false",
               "hardware.backend.warmup=1", "hardware.backend.repeats=3", "hardware.backend.calibration_networks=3"]
     cfg = compose_config("study_solvers", with_choices=True, overrides=[
         f"records={tmp_path}/r.jsonl", f"work_dir={tmp_path}/work", f"table={tmp_path}/t.md",
@@ -124,7 +124,7 @@ def test_bad_study_settings_are_config_errors(tmp_path, override, message):
 
 
 @pytest.mark.slow
-def test_study_runs_searches_and_cloud_then_resumes_without_work(tmp_path, monkeypatch):
+def test_study_runs_searches_and_cloud_then_resumes_without_work(tmp_path, monkeypatch, onnx_lut_cache):
     """End to end: real searches and retrainings (search.py, train.py recipe=fashion_mnist) of 1 searched and 1
     cloud network; a second run skips both. On the real Fashion-MNIST files when they are installed (.ci/run
     installs them: this is the suite's end-to-end run on real data), else on small IDX files of its own."""
@@ -132,7 +132,7 @@ def test_study_runs_searches_and_cloud_then_resumes_without_work(tmp_path, monke
     study = _study(tmp_path, "seeds=[0]", "solvers=[random]", "cloud.size=1",
                    'search.overrides=["trainer.max_epochs=2"]',
                    'search.per_solver.random=["solver.num_samples=2","solver.epochs_per_sample=1"]',
-                   'retrain.overrides=["trainer.max_epochs=1"]', real=real)
+                   'retrain.overrides=["trainer.max_epochs=1"]', real=real, cache=onnx_lut_cache)
     records = study.run()
     assert sorted(r["key"] for r in records) == ["cloud/000", "search/random/seed0"]
     for r in records:
@@ -143,7 +143,7 @@ def test_study_runs_searches_and_cloud_then_resumes_without_work(tmp_path, monke
     assert searched["search_cpu_s"] > 0 and searched["retrain_cpu_s"] > 0
     assert len(read_jsonl(tmp_path / "r.jsonl")) == 2
     monkeypatch.setattr(SolverStudy, "_run", lambda *a: pytest.fail("recorded work was run again"))
-    again = _study(tmp_path, "seeds=[0]", "solvers=[random]", "cloud.size=1", real=real).run()
+    again = _study(tmp_path, "seeds=[0]", "solvers=[random]", "cloud.size=1", real=real, cache=onnx_lut_cache).run()
     assert len(again) == 2 and len(read_jsonl(tmp_path / "r.jsonl")) == 2
     from nas.studies.solver_study import write_report
 
