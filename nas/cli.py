@@ -15,6 +15,7 @@ Two layers:
 
 from __future__ import annotations
 
+import argparse
 import errno
 import logging
 import os
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 from nas.errors import ConfigError, Interrupted, NASError
 
 if TYPE_CHECKING:
+    import resource
+
     from omegaconf import DictConfig
 
     from nas.run_shell import Task
@@ -226,6 +229,32 @@ def entry_command(name: str) -> list[str]:
     if script.is_file() and (ENTRY_DIR / "pyproject.toml").is_file():  # not a stray search.py in site-packages
         return [sys.executable, str(script)]
     return [sys.executable, "-m", "nas.command", name.replace("_", "-")]
+
+
+def run_entry(name: str, args: Sequence[str], log_path: str | os.PathLike) -> tuple[int, resource.struct_rusage]:
+    """Run entry point ``name`` (:func:`entry_command`) with ``args`` in a new process of this Python, its output
+    (stdout and stderr) into ``log_path`` (its folder is created). Returns the exit status and the process'
+    resource usage (:func:`os.wait4`): CPU time ``ru_utime + ru_stime`` (s), peak memory ``ru_maxrss`` (KiB on
+    Linux), the process' own, whatever else this one holds."""
+    import subprocess
+
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    with open(log_path, "w") as handle:
+        proc = subprocess.Popen([*entry_command(name), *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
+        _, wait_status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)
+    return proc.returncode, usage
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """:class:`argparse.ArgumentParser` whose errors (an unknown flag, a value of the wrong type, a missing
+    argument) are one ``error:`` line and exit status 2 (:func:`fail`), like every other command's bad input;
+    ``--help`` prints the parser's help as usual."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
 
 
 def compose_config(config_name: str, overrides: Sequence[str] = (), with_choices: bool = False,

@@ -174,3 +174,24 @@ def read_jsonl(path: str | os.PathLike, what: str = "record",
             check(record, number)
         records.append(record)
     return records
+
+
+def agg_figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` (``kwargs``: ``figsize`` ...) drawn by the Agg canvas: no pyplot, no global state,
+    no backend switch, so the library never changes how its caller draws."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def write_figure(path: str | os.PathLike, fig: Any, **savefig: Any) -> Path:
+    """Write ``fig`` (a matplotlib ``Figure``) atomically as an image of ``path``'s type (PNG by default);
+    ``savefig``: ``dpi``, ``bbox_inches`` ... of ``Figure.savefig``."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **savefig)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -190,6 +190,9 @@ def test_one_child_training_function_with_the_recipe_group(tmp_path):
     assert builders == ["nas/search/training.py"], builders
     for script in ("compare_solvers.py", "supernet_truth.py"):
         assert "torch.optim.SGD" not in (ROOT / "scripts" / script).read_text()
+    for module in ("solver_comparison.py", "weight_sharing_truth.py"):  # the logic of those two scripts
+        text = (ROOT / "nas" / "benchmarks" / module).read_text()
+        assert "torch.optim.SGD" not in text and "retrain_from_scratch" in text
 
 
 def test_the_run_shell_seeds_times_and_writes_one_summary_file(tmp_path):

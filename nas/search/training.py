@@ -126,6 +126,21 @@ def train_child(net: ChildNet, datamodule: pl.LightningDataModule, *, optimizer:
             "parameters": sum(p.numel() for p in net.parameters())}
 
 
+def retrain_from_scratch(space: SearchSpace, arch: Architecture, data_cfg: DictConfig, epochs: int, seed: int,
+                         recipe: str = "default", test: bool = True) -> dict[str, Any]:
+    """Train ``arch`` from scratch in this process, on the CPU, with ``recipe=<recipe>`` (``train.py``'s
+    recipe) for ``epochs`` epochs on the data module of ``data_cfg``, everything seeded with ``seed`` (torch's
+    deterministic algorithms on): :func:`train_child`'s result, without a checkpoint, a log or an ONNX export
+    (the benchmarks that rank or compare many networks)."""
+    arguments = recipe_arguments(load_recipe(recipe).train)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    datamodule = instantiate(data_cfg)
+    net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+    return train_child(net, datamodule, **arguments, trainer=trainer, test=test)
+
+
 def load_architecture(path: str, space: SearchSpace, in_channels: int = 3, num_classes: int = 1000) -> Architecture:
     """``arch=``: an arch.json, block strings of any length, timm's arch_def or ``timm:<model>``
     (:func:`nas.space.references.load_architecture`)."""

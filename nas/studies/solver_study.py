@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import random
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nas.cli import entry_command
+from nas.cli import run_entry
 from nas.errors import ConfigError, NASError
 from nas.io import append_jsonl, read_jsonl
 
@@ -95,6 +94,57 @@ def cloud_architectures(space: Any, predict: Any, size: int, seed: int, pool: in
     return chosen
 
 
+@dataclass
+class SearchSetting:
+    """What every search of one comparison shares: the space, the data, the hardware backend, its LUT (the
+    search's cache, profiled when missing) and the runtime model; its latency range gives the runtime target."""
+
+    space: Any
+    datamodule: Any
+    backend: Any
+    lut: Any
+    model: Any
+
+    @classmethod
+    def compose(cls, overrides: list[str]) -> SearchSetting:
+        """``search.py``'s config composed with ``overrides`` (``space=``, ``data=``, ``hardware=`` ...), its data
+        checked, its LUT obtained as the search obtains it (``hardware.lut_path`` or the cache)."""
+        from hydra.utils import instantiate
+
+        from nas.cli import compose_config
+        from nas.cost.backends import build_backend
+        from nas.cost.profiler import obtain_lut
+        from nas.cost.runtime_model import RuntimeModel
+        from nas.space.search_space import SearchSpace
+
+        base = compose_config("search", overrides)
+        space = SearchSpace.from_config(base.space)
+        datamodule = instantiate(base.data)
+        datamodule.check_available()
+        backend = build_backend(base.hardware.backend)
+        lut = obtain_lut(space, backend, datamodule.in_channels, datamodule.num_classes,
+                         cache_dir=base.paths.cache_dir, lut_path=base.hardware.get("lut_path"), progress=True)
+        return cls(space, datamodule, backend, lut,
+                   RuntimeModel(space, lut, datamodule.in_channels, datamodule.num_classes))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.datamodule.in_channels)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.datamodule.num_classes)
+
+    def range_ms(self) -> tuple[float, float]:
+        """Predicted latency of the space's smallest and largest network."""
+        return self.model.predict(self.space.smallest()), self.model.predict(self.space.largest())
+
+    def target_ms(self, fraction: float, digits: int = 5) -> float:
+        """R_T: ``smallest + fraction · (largest − smallest)``, rounded to ``digits`` decimals."""
+        lo, hi = self.range_ms()
+        return round(lo + fraction * (hi - lo), digits)
+
+
 class SolverStudy:
     """Runs (or continues) Study A from its config (``nas/conf/study_solvers.yaml``)."""
 
@@ -136,26 +186,12 @@ class SolverStudy:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         """Space, data check, LUT (the search's cache), runtime model, R_T and the cloud."""
-        from hydra.utils import instantiate
-
-        from nas.cli import compose_config
-        from nas.cost.backends import build_backend
-        from nas.cost.profiler import obtain_lut
-        from nas.cost.runtime_model import RuntimeModel
-        from nas.space.search_space import SearchSpace
-
-        base = compose_config("search", self.base_overrides())
-        self.space = SearchSpace.from_config(base.space)
-        self.datamodule = instantiate(base.data)
-        self.datamodule.check_available()
-        backend = build_backend(base.hardware.backend)
-        self.in_channels, self.num_classes = self.datamodule.in_channels, self.datamodule.num_classes
-        self.lut = obtain_lut(self.space, backend, self.in_channels, self.num_classes,
-                              cache_dir=base.paths.cache_dir, progress=True)
-        self.model = RuntimeModel(self.space, self.lut, self.in_channels, self.num_classes)
-        lo, hi = self.model.predict(self.space.smallest()), self.model.predict(self.space.largest())
-        self.range_ms = (lo, hi)
-        self.target_ms = round(lo + float(self.cfg.target_fraction) * (hi - lo), 5)
+        setting = SearchSetting.compose(self.base_overrides())
+        self.space, self.datamodule = setting.space, setting.datamodule
+        self.lut, self.model = setting.lut, setting.model
+        self.in_channels, self.num_classes = setting.in_channels, setting.num_classes
+        self.range_ms = setting.range_ms()
+        self.target_ms = setting.target_ms(float(self.cfg.target_fraction))
         self.cloud = self.load_or_draw_cloud()
 
     def load_or_draw_cloud(self) -> list[tuple[Any, tuple]]:
@@ -299,11 +335,8 @@ class SolverStudy:
             lam = float(f"{math.sqrt(low * high):.4g}")
             run_dir = folder / f"lambda_{lam:g}"
             overrides = [*self.base_overrides(), *self.solver_overrides(solver), "seed=0",
-                         f"hardware.target_ms={self.target_ms}", f"solver.lambda_={lam}", f"hydra.run.dir={run_dir}"]
-            last = run_dir / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                overrides.append(f"ckpt_path={last}")
-            self._run("search", overrides, run_dir.with_suffix(".log"), f"λ probe {lam:g} of {solver}")
+                         f"hardware.target_ms={self.target_ms}", f"solver.lambda_={lam}"]
+            self._run_in(run_dir, "search", overrides, f"λ probe {lam:g} of {solver}")
         meeting = [p for p in probes if p["predicted_latency_ms"] <= self.target_ms]
         chosen = (max(meeting, key=lambda p: p["predicted_latency_ms"]) if meeting
                   else min(probes, key=lambda p: p["predicted_latency_ms"]))
@@ -320,13 +353,10 @@ class SolverStudy:
         summary_path = run_dir / "summary.json"
         if not summary_path.is_file():
             overrides = [*self.base_overrides(), *self.solver_overrides(job.solver), f"seed={job.seed}",
-                         f"hardware.target_ms={self.target_ms}", f"hydra.run.dir={run_dir}"]
+                         f"hardware.target_ms={self.target_ms}"]
             if lam is not None:
                 overrides.append(f"solver.lambda_={lam}")
-            last = run_dir / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                overrides.append(f"ckpt_path={last}")
-            self._run("search", overrides, run_dir.with_suffix(".log"), job.key)
+            self._run_in(run_dir, "search", overrides, job.key)
         summary = json.loads(self._summary(summary_path, job.key, run_dir).read_text())
         return {"run_dir": str(run_dir), "lambda": lam, "search_val_acc": summary.get("val_acc"),
                 "search_wall_s": summary.get("wall_time_s"),
@@ -340,11 +370,8 @@ class SolverStudy:
         summary_path = run_dir / "train_summary.json"
         if not summary_path.is_file():
             overrides = [*self.base_overrides(), f"recipe={self.cfg.recipe}", *self.cfg.retrain.overrides,
-                         f"seed={int(self.cfg.retrain.seed)}", f"arch={arch_path}", f"hydra.run.dir={run_dir}"]
-            last = run_dir / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                overrides.append(f"ckpt_path={last}")
-            self._run("train", overrides, run_dir.with_suffix(".log"), f"retraining of {key}")
+                         f"seed={int(self.cfg.retrain.seed)}", f"arch={arch_path}"]
+            self._run_in(run_dir, "train", overrides, f"retraining of {key}")
         s = json.loads(self._summary(summary_path, f"retraining of {key}", run_dir).read_text())
         return {"val_acc": s.get("val_acc"), "test_acc": s.get("test_acc"), "params": s.get("parameters"),
                 "retrain_epochs": s.get("epochs"), "retrain_wall_s": s.get("wall_time_s"),
@@ -363,17 +390,19 @@ class SolverStudy:
                                   f"to resume it from {run_dir / 'checkpoints'}")
         return path
 
+    def _run_in(self, run_dir: Path, entry: str, overrides: list[str], what: str) -> None:
+        """Run an entry point with ``overrides`` in the run folder ``run_dir`` (log ``<run_dir>.log``), resuming
+        from its last checkpoint where a killed process left one."""
+        overrides = [*overrides, f"hydra.run.dir={run_dir}"]
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            overrides.append(f"ckpt_path={last}")
+        self._run(entry, overrides, run_dir.with_suffix(".log"), what)
+
     def _run(self, entry: str, overrides: list[str], log_path: Path, what: str) -> None:
         """Run an entry point in a new process, its output into ``log_path``; its CPU time (user + system, in
         seconds) goes to ``log_path`` with the suffix ``.cpu_s`` (:func:`cpu_seconds` reads it back)."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
-        with open(log_path, "w") as handle:
-            proc = subprocess.Popen([*entry_command(entry), *overrides], stdout=handle, stderr=subprocess.STDOUT,
-                                    env=env)
-            _, wait_status, usage = os.wait4(proc.pid, 0)
-            status = os.waitstatus_to_exitcode(wait_status)
-            proc.returncode = status
+        status, usage = run_entry(entry, overrides, log_path)
         if status != 0:
             raise StudyStepFailed(f"{what} failed (exit {status}); see {log_path}")
         log_path.with_name(log_path.name + ".cpu_s").write_text(f"{usage.ru_utime + usage.ru_stime:.2f}\n")
@@ -416,10 +445,13 @@ def study_config(cfg: DictConfig, args: list[str] | None = None) -> DictConfig:
 
 
 # ---------------------------------------------------------------------- report
-def _mean_std(values: list[float]) -> tuple[float, float, int]:
+def mean_std(values: list[Any]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the values that exist (not ``None``, not
+    NaN); ``(nan, nan, 0)`` when none does."""
+    import math
     import statistics
 
-    values = [v for v in values if v is not None]
+    values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return float("nan"), float("nan"), 0
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
@@ -444,7 +476,7 @@ def report_table(records: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|"]
 
     def cell(values: list[Any], digits: int = 4) -> str:
-        mean, std, n = _mean_std(values)
+        mean, std, n = mean_std(values)
         return "n/a" if n == 0 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     groups = [(s, [r for r in searched if r["solver"] == s]) for s in dict.fromkeys(r["solver"] for r in searched)]
@@ -473,15 +505,9 @@ def report_table(records: list[dict[str, Any]]) -> str:
 def plot_records(records: list[dict[str, Any]], anchors: dict[str, float], target_ms: float | None,
                  path: str | os.PathLike) -> None:
     """Test accuracy against measured latency: the cloud, each solver's networks, the published anchors."""
-    import io
+    from nas.io import agg_figure, write_figure
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from nas.io import atomic_write_bytes
-
-    fig = Figure(figsize=(7.0, 4.6))
-    FigureCanvasAgg(fig)
+    fig = agg_figure(figsize=(7.0, 4.6))
     ax = fig.add_subplot()
     cloud = [r for r in records if r["kind"] == "cloud"]
     ax.scatter([r["measured_latency_ms"] for r in cloud], [100 * r["test_acc"] for r in cloud], s=18,
@@ -512,9 +538,7 @@ def plot_records(records: list[dict[str, Any]], anchors: dict[str, float], targe
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=130)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_figure(path, fig, dpi=130)
 
 
 def write_report(records: list[dict[str, Any]], cfg: DictConfig) -> str:

@@ -155,7 +155,7 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
     tactic = parts["tactic"]
     results = []
     rounds: dict[str, list[dict[str, Any]]] = {}
-    timed = _TimedValidator(validator)
+    timed = TimedValidator(validator)
     previous_front = None
     try:
         with stop_on_signals():
@@ -242,7 +242,7 @@ def save_predictors(out: Path, results: list[Any], objectives: ObjectiveSpace, c
     return {objective: str(path.relative_to(out))}
 
 
-class _TimedValidator:
+class TimedValidator:
     """Counts and times the validations (the costly unit) for validations per second."""
 
     def __init__(self, inner: Any) -> None:

@@ -1,0 +1,79 @@
+"""Set-up shared by the benchmarks of a trained supernet (:mod:`nas.benchmarks.subnet_search_algorithms`,
+:mod:`nas.benchmarks.subnet_tactics`, :mod:`nas.benchmarks.weight_sharing_truth`).
+
+They measure one supernet checkpoint on scikit-learn's digits with ``subnet_search.py``'s settings, composed
+by :func:`nas.cli.compose_config` (``nas/conf/subnet_search.yaml`` with ``data=digits`` and seed 0: every
+benchmark sees the same split and the same BatchNorm batches), while each keeps its own command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nas.cli import compose_config
+from nas.cost.backends import build_backend
+from nas.cost.profiler import obtain_lut
+from nas.space.search_space import SearchSpace
+from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, load_supernet
+from nas.subnet_search.search_objectives import Target
+
+
+def output_folder(out: str, threads: int) -> Path:
+    """The benchmark's ``--out`` folder, created; torch limited to ``--threads`` threads."""
+    torch.set_num_threads(threads)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def digits_config(space: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """``subnet_search.py``'s config for ``space=<space>`` on the digits (seed 0), with ``overrides``."""
+    return compose_config("subnet_search", [f"space={space}", "data=digits", "seed=0", *overrides])
+
+
+def group_settings(group: str, name: str) -> dict[str, Any]:
+    """The settings of option ``name`` of config group ``group`` (``algorithm``, ``tactic``, ``predictor``,
+    ``hardware``) as ``subnet_search.py`` composes them, as a plain dict."""
+    return OmegaConf.to_container(compose_config("subnet_search", [f"{group}={name}"])[group], resolve=True)
+
+
+def supernet_evaluator(path: str, space: SearchSpace, datamodule: Any, bn_batches: int, via: str = "child",
+                       ckpt: dict[str, Any] | None = None) -> SupernetEvaluator:
+    """An evaluator of the supernet checkpoint ``path`` (``ckpt``: its :func:`checkpoint_info`, read if not
+    given), BatchNorm re-estimated per sub-network on ``bn_batches`` batches drawn with seed 0; a checkpoint of
+    another space is one ``ConfigError`` line."""
+    ckpt = checkpoint_info(path, space) if ckpt is None else ckpt
+    net = load_supernet(ckpt, space, datamodule.in_channels, datamodule.num_classes, path)
+    return SupernetEvaluator.from_datamodule(net, datamodule, bn_batches, seed=0, via=via)
+
+
+def digits_supernet(space_name: str, supernet: str, bn_batches: int,
+                    via: str) -> tuple[SearchSpace, Any, SupernetEvaluator]:
+    """The space, the digits data module (seed 0, the space's resolution) and an evaluator of the supernet
+    checkpoint ``supernet``."""
+    cfg = digits_config(space_name)
+    space = SearchSpace.from_config(cfg.space)
+    datamodule = instantiate(cfg.data)
+    return space, datamodule, supernet_evaluator(supernet, space, datamodule, bn_batches, via)
+
+
+def device_target(name: str, space: SearchSpace, datamodule: Any, cache_dir: str,
+                  lut_path: str | None = None) -> Target:
+    """Target device ``hardware=<name>`` priced with ``lut_path`` or the cached (else profiled) LUT."""
+    backend = build_backend(group_settings("hardware", name)["backend"])
+    lut = obtain_lut(space, backend, datamodule.in_channels, datamodule.num_classes, cache_dir=cache_dir,
+                     lut_path=lut_path, progress=True)
+    return Target.from_lut(name, space, lut, datamodule.in_channels, datamodule.num_classes)
+
+
+def hypervolume_at(curve: Sequence[Sequence[float]], validations: int) -> float:
+    """Hypervolume after at most ``validations`` validations: that of the last point ``(validations, hv)`` of
+    ``curve`` at or before it (0 before the first)."""
+    below = [hv for n, hv in curve if n <= validations]
+    return below[-1] if below else 0.0

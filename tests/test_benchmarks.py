@@ -1,0 +1,162 @@
+"""The benchmarks of ``scripts/`` (logic in :mod:`nas.benchmarks`): their command lines, and small runs of those
+that fit in a test."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.cost.backends import MacsProxy
+from nas.cost.profiler import profile_space
+from tests.conftest import ROOT, load_space
+from tests.test_subnet_search import fake_checkpoint
+
+BENCHMARKS = ["bench_hyperpower", "bench_search_step", "bench_solvers", "bench_subnet_search", "bench_tactics",
+              "calibration_ablation", "compare_solvers", "latency_report", "supernet_truth"]
+MEASUREMENTS = ROOT / "docs" / "measurements"
+
+
+def run_script(name: str, args: list[str], monkeypatch) -> int:
+    """``python scripts/<name>.py <args>`` in this process; its exit status."""
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
+    try:
+        runpy.run_path(str(ROOT / "scripts" / f"{name}.py"), run_name="__main__")
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_scripts_print_their_help_and_refuse_a_bad_flag_in_one_line(name, monkeypatch, capsys):
+    assert run_script(name, ["--help"], monkeypatch) == 0
+    assert capsys.readouterr().out.startswith(f"usage: {name}.py")
+    required = {"bench_subnet_search": ["--supernet", "x"], "bench_tactics": ["--supernet", "x"],
+                "supernet_truth": ["--checkpoint", "a=x"], "calibration_ablation": ["x"], "latency_report": ["x"]}
+    assert run_script(name, [*required.get(name, []), "--no-such-flag"], monkeypatch) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unrecognized arguments: --no-such-flag"), err
+    assert err[0].endswith(f"(see {name}.py --help)")
+
+
+def test_every_benchmark_script_is_listed_here():
+    thin_aliases = {"evaluate_predictor", "export_ops", "latency", "popdb", "profile_lut", "study_anchors",
+                    "study_solvers", "validate_runtime_model"}
+    assert sorted(p.stem for p in (ROOT / "scripts").glob("*.py") if p.stem not in thin_aliases) == BENCHMARKS
+
+
+def test_latency_report_and_calibration_ablation_rebuild_the_docs_tables(monkeypatch, capsys):
+    from nas.benchmarks.calibration_models import ablate_runs
+    from nas.benchmarks.latency_tables import report
+
+    files = sorted(MEASUREMENTS.glob("validation_*.json"))
+    text = report(files)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert sum(line.endswith((" yes |", " yes (floor) |", " no |")) for line in rows) == len(files)
+    assert "| space | seed | network |" in text
+
+    # the documented glob also catches a run whose LUT was not kept: it is skipped and named, the others scored
+    scores = ablate_runs([str(f) for f in files])
+    paired = [f for f in files if (f.parent / f.name.replace("validation", "lut", 1)).is_file()]
+    assert sorted(scores) == [str(f) for f in paired] and len(paired) < len(files)
+    assert all(0 <= s["mape_pct"] <= s["max_ape_pct"] for run in scores.values() for s in run.values())
+    assert "skipped" in capsys.readouterr().err
+    unpaired = next(f for f in files if f not in paired)
+    assert run_script("calibration_ablation", [str(unpaired)], monkeypatch) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "does not exist" in err[0]
+    assert run_script("latency_report", [str(MEASUREMENTS / "no_such.json")], monkeypatch) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_step_benchmarks_measure_every_variant_of_a_config_space(capsys):
+    from nas.benchmarks import solver_step_cost, supernet_step_cost
+
+    small = ["--batch", "2", "--steps", "1", "--rounds", "1", "--threads", "1"]
+    args = supernet_step_cost.parser().parse_args(small)
+    variants = supernet_step_cost.run(args)
+    assert list(variants) == ["single-path supernet", "largest child", "smallest child"]
+    assert all(v["step_ms"] > 0 and v["activation_bytes"] > 0 and v["state_bytes"] > 0 for v in variants.values())
+    solvers = solver_step_cost.run(solver_step_cost.parser().parse_args(small))
+    assert list(solvers) == ["single_path", "single_path_softmax", "multi_path", "proxyless"]
+    assert solvers["multi_path"]["state_bytes"] > solvers["single_path"]["state_bytes"]
+    assert "x single" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as stop:
+            supernet_step_cost.main([*small, "--device", "cuda"])
+        assert stop.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        supernet_step_cost.main([*small, "--space", "nope"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "tiny" in err[0]  # names the spaces there are
+
+
+def test_solver_comparison_reports_recorded_runs_without_searching_again(tmp_path, monkeypatch, capsys):
+    from nas.benchmarks import solver_comparison
+
+    tiny = load_space("tiny")
+    for solver, seed, acc in (("single_path", 0, 0.9), ("single_path", 1, 0.8), ("random", 0, None)):
+        record = {"solver": solver, "seed": seed, "architecture": tiny.smallest().keys, "predicted_latency_ms": 0.1,
+                  "measured_latency_ms": 0.12, "search_val_acc": 0.5, "search_wall_s": 10.0, "search_process_s": 12.0,
+                  "search_peak_rss_mib": 900.0, "retrain_epochs": 2, "retrained_val_acc": acc,
+                  "retrained_test_acc": acc, "parameters": 1000}
+        path = tmp_path / "runs" / solver / f"seed{seed}" / "record.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(record))
+    searched = []
+
+    def failing_search(entry, overrides, log_path):  # only the run without a record is searched; it fails
+        searched.append((entry, log_path.parent.relative_to(tmp_path)))
+        return 1, None
+
+    monkeypatch.setattr(solver_comparison, "run_entry", failing_search)
+    monkeypatch.setattr(solver_comparison, "retrain_from_scratch", lambda *a, **k: pytest.fail("retrained again"))
+    records = solver_comparison.main(["--solvers", "single_path", "random", "--seeds", "0", "1", "--retrain-epochs",
+                                      "2", "--hardware", "macs_proxy", "--target-ms", "0.15", "--out", str(tmp_path)])
+    assert searched == [("search", Path("runs/random/seed1"))]
+    assert "random seed 1: search failed (exit 1)" in capsys.readouterr().out
+    assert [(r["solver"], r["seed"]) for r in records] == [("single_path", 0), ("random", 0), ("single_path", 1)]
+    text = (tmp_path / "comparison.md").read_text()
+    assert "| single_path | 2 | 0.85 ± 0.071 |" in text and "| random | 1 | n/a | n/a |" in text
+    assert (tmp_path / "acc_vs_latency.png").stat().st_size > 0
+    assert json.loads((tmp_path / "runs.json").read_text())["target_ms"] == 0.15
+
+
+def test_subnet_benchmark_and_truth_check_on_a_supernet_checkpoint(tmp_path, capsys):
+    from nas.benchmarks import subnet_search_algorithms, weight_sharing_truth
+
+    space = load_space("tiny")
+    ckpt = fake_checkpoint(tmp_path / "supernet.ckpt", space)
+    other = profile_space(space, MacsProxy(ms_per_mmac=0.02, overhead_ms=0.001), 1, 10, progress=False)
+    other.save(tmp_path / "lut_b.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the second device's LUT was "measured" on other hardware
+        report = subnet_search_algorithms.main([
+            "--supernet", str(ckpt), "--seeds", "0", "--budget", "20", "--population", "10", "--no-warm",
+            "--device-a", "macs_proxy", "--device-b", "cpu_torch", "--lut-b", str(tmp_path / "lut_b.json"),
+            "--bn-batches", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "sub"),
+            "--docs", str(tmp_path / "docs")])
+    assert sorted(report["runs"]) == ["nsga2/macs_proxy/seed0", "random/macs_proxy/seed0"]
+    assert all(r["validations"] == 20 for r in report["runs"].values())
+    assert report["supernet_evaluations"] <= 40  # the runs share one validation store
+    assert json.loads((tmp_path / "sub" / "bench.json").read_text())["runs"] == report["runs"]
+    assert (tmp_path / "docs" / "subnet_search_hv.png").is_file()
+    assert (tmp_path / "docs" / "subnet_search_front.png").is_file()
+
+    truth = weight_sharing_truth.main([
+        "--checkpoint", f"fake={ckpt}", "--pareto", str(tmp_path / "sub" / "bench.json"), "--n-front", "1",
+        "--n-random", "1", "--epochs", "1", "--bn-batches", "1", "--out", str(tmp_path / "truth"),
+        "--docs", str(tmp_path / "docs")])
+    assert [a["kind"] for a in truth["architectures"]] == ["front", "random"]
+    assert all(0 <= a["retrained_error"] <= 1 for a in truth["architectures"])
+    assert truth["checkpoints"]["fake"]["solver"] == "supernet"
+    assert json.loads((tmp_path / "truth" / "truth.json").read_text())["space"] == "tiny"
+    assert (tmp_path / "docs" / "supernet_truth.png").is_file()
+    with pytest.raises(SystemExit) as stop:
+        weight_sharing_truth.main(["--checkpoint", str(ckpt)])
+    assert stop.value.code == 2 and "expected label=path" in capsys.readouterr().err
