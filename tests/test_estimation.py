@@ -1,0 +1,102 @@
+"""The predictor kit (nas.estimation): error measures, k-fold CV, estimators from config, versioned files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.preprocessing import StandardScaler
+
+from nas.errors import ConfigError
+from nas.estimation import (
+    build_estimator,
+    check_estimator_spec,
+    check_folds,
+    cross_val_predictions,
+    kendall_tau,
+    load_document,
+    mape_pct,
+    relative_errors,
+    rmspe_pct,
+    save_document,
+)
+
+ACTUAL = np.array([2.0, 4.0, 5.0, 10.0])
+PREDICTED = np.array([2.2, 3.0, 5.0, 11.0])  # relative errors +10 %, -25 %, 0 %, +10 %
+
+
+def test_percentage_errors_of_a_known_vector():
+    assert relative_errors(ACTUAL, PREDICTED) == pytest.approx([0.1, -0.25, 0.0, 0.1])
+    assert mape_pct(ACTUAL, PREDICTED) == pytest.approx((10 + 25 + 0 + 10) / 4)  # 11.25 %
+    assert rmspe_pct(ACTUAL, PREDICTED) == pytest.approx(math.sqrt((100 + 625 + 0 + 100) / 4))  # 14.36 %
+    assert mape_pct([-2.0], [-1.0]) == pytest.approx(50.0)  # relative to |y|
+    with pytest.raises(ConfigError, match="percentage error undefined"):
+        mape_pct([0.0, 1.0], [0.1, 1.0])
+
+
+def test_kendall_tau_of_a_known_ranking_and_where_it_is_undefined():
+    # pairs of (1, 3, 2, 4) against (1, 2, 3, 4): 5 concordant, 1 discordant -> (5 - 1) / 6
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(2 / 3)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(kendall_tau([1, 2, 3], [5, 5, 5]))
+    assert kendall_tau([1, 2, 3], [5, 5, 5], undefined=0.0) == 0.0
+
+
+@pytest.mark.parametrize("folds, n, fitted", [(10, 5, "fitted on 5 thing(s) "), (1, 40, "fitted on 40 thing(s) "),
+                                              (True, 40, "fitted on 40 thing(s) "), (1, None, "")])
+def test_k_fold_needs_k_of_at_least_2_and_k_samples_in_one_message(folds, n, fitted):
+    with pytest.raises(ConfigError) as err:
+        check_folds(folds, n, what="the model", samples="thing(s)", hint="fix it")
+    message = str(err.value)
+    assert message == (f"the model {fitted}cannot be {folds!r}-fold cross-validated (k-fold cross-validation needs "
+                       "an integer k >= 2 and at least k thing(s)); fix it")
+    check_folds(5, 5)
+    check_folds(2)
+
+
+def test_cross_val_predictions_are_scikit_learns_over_a_seeded_shuffled_kfold():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(23, 3)), rng.normal(size=23)
+    for seed in (0, 7):
+        expected = cross_val_predict(Ridge(), X, y, cv=KFold(5, shuffle=True, random_state=seed))
+        assert np.array_equal(cross_val_predictions(Ridge(), X, y, 5, seed), expected)
+    with pytest.raises(ConfigError, match="fitted on 4 sample"):
+        cross_val_predictions(Ridge(), X[:4], y[:4], 5, 0)
+
+
+def test_estimators_from_config():
+    mlp = build_estimator({"_target_": "sklearn.neural_network.MLPRegressor", "random_state": None}, seed=4)
+    assert mlp.random_state == 4
+    pipe = build_estimator({"_target_": "sklearn.pipeline.make_pipeline", "_args_": [
+        {"_target_": "sklearn.preprocessing.StandardScaler"}, {"_target_": "sklearn.linear_model.Ridge", "alpha": 2}]})
+    assert [type(step).__name__ for _, step in pipe.steps] == ["StandardScaler", "Ridge"] and pipe[-1].alpha == 2
+    wrapped = build_estimator({"_target_": "sklearn.svm.SVR"}, scale_features=True, standardize_target=True)
+    assert isinstance(wrapped, TransformedTargetRegressor) and isinstance(wrapped.transformer, StandardScaler)
+    assert type(wrapped.regressor.steps[0][1]).__name__ == "StandardScaler"
+    check_estimator_spec({"_target_": "nas.subnet_search.predictors.grid_search"}, "predictor.estimator")
+    with pytest.raises(ConfigError, match=r"^predictor.estimator._target_=sklearn.nope.Ridge cannot be imported"):
+        check_estimator_spec({"_target_": "sklearn.nope.Ridge"}, "predictor.estimator")
+    with pytest.raises(ConfigError, match="a mapping with a _target_ is required"):
+        check_estimator_spec({"alpha": 1}, "predictor.estimator")
+
+
+@pytest.mark.parametrize("pickled", [False, True])
+def test_versioned_files_round_trip_and_refuse_another_version_or_format(tmp_path, pickled):
+    path = tmp_path / ("m.joblib" if pickled else "m.json")
+    save_document(path, "spnas-test", 2, {"x": [1, 2]}, pickled=pickled)
+    assert load_document(path, "model", "spnas-test", 2, "a test file", "write one", pickled=pickled) == {
+        "format": "spnas-test", "version": 2, "x": [1, 2]}
+    for fmt, version, message in [("spnas-test", 3, "version 2 is not supported"),
+                                  ("spnas-other", 2, "is not a test file")]:
+        with pytest.raises(ConfigError) as err:
+            load_document(path, "model", fmt, version, "a test file", "write one", pickled=pickled)
+        assert str(path) in str(err.value) and message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="does not exist; write one"):
+        load_document(tmp_path / "none", "model", "spnas-test", 2, "a test file", "write one", pickled=pickled)
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_document(path, "model", "spnas-test", 2, "a test file", "write one", pickled=pickled)
