@@ -1,15 +1,18 @@
-"""The predictor kit (nas.estimation): error measures, k-fold CV, estimators from config, versioned files."""
+"""The predictor kit (nas.estimation): error measures, k-fold CV, estimators from config, versioned files; and that
+HyperPower's cost models cross-validate through it exactly as before."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 from sklearn.compose import TransformedTargetRegressor
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.model_selection import KFold, cross_val_predict
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 from nas.errors import ConfigError
 from nas.estimation import (
@@ -24,6 +27,7 @@ from nas.estimation import (
     rmspe_pct,
     save_document,
 )
+from nas.hyperpower.cost_models import FORMAT, VERSION, CostModel, CostModels
 
 ACTUAL = np.array([2.0, 4.0, 5.0, 10.0])
 PREDICTED = np.array([2.2, 3.0, 5.0, 11.0])  # relative errors +10 %, -25 %, 0 %, +10 %
@@ -100,3 +104,39 @@ def test_versioned_files_round_trip_and_refuse_another_version_or_format(tmp_pat
     path.write_bytes(b"\x00garbage")
     with pytest.raises(ConfigError, match=str(path)):
         load_document(path, "model", "spnas-test", 2, "a test file", "write one", pickled=pickled)
+
+
+# ---------------------------------------------------------------------- the two users, as before
+def _profile(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(1, 9, size=(30, 3)).astype(float)
+    return X, (0.5 + X @ np.array([0.1, 0.2, 0.05])) * rng.uniform(0.9, 1.1, size=30)
+
+
+@pytest.mark.parametrize("features", ["linear", "quadratic"])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_hyperpower_cost_models_cross_validate_as_before(features, seed):
+    """Eq 3.2-3.3 / Table 3.1: the out-of-fold predictions and RMSPE of the estimator the cost models always used."""
+    X, y = _profile()
+    old = LinearRegression() if features == "linear" else make_pipeline(
+        PolynomialFeatures(degree=2, include_bias=False), StandardScaler(), Ridge(alpha=1e-3))
+    expected = cross_val_predict(old, X, y, cv=KFold(n_splits=10, shuffle=True, random_state=seed))
+    model = CostModel.fit("memory_mb", X, y, ["a", "b", "c"], folds=10, features=features, seed=seed)
+    assert model.cv_predictions == [float(v) for v in expected]
+    assert model.rmspe_cv == pytest.approx(100 * np.sqrt(np.mean(((y - expected) / y) ** 2)), rel=1e-12)
+
+
+def test_hyperpower_cost_models_file_keeps_its_layout_and_refuses_another_version(tmp_path):
+    X, y = _profile()
+    configs = [{"i": i} for i in range(len(y))]
+    models = CostModels.fit(configs, {"memory_mb": list(y)}, X, ["a", "b", "c"], folds=5)
+    path = models.save(tmp_path / "cost_models.json")
+    doc = json.loads(path.read_text())
+    assert (doc["format"], doc["version"]) == (FORMAT, VERSION) == ("spnas-hyperpower-cost-models", 1)
+    assert list(doc) == ["format", "version", "configs", "models"]
+    assert set(doc["models"]["memory_mb"]) >= {"coefficients", "intercept", "rmspe_cv_pct", "actual", "cv_predictions"}
+    again = CostModels.load(path, ["a", "b", "c"], lambda c: X[c["i"]])
+    assert again.models["memory_mb"].cv_predictions == models.models["memory_mb"].cv_predictions
+    path.write_text(json.dumps({**doc, "version": 2}))
+    with pytest.raises(ConfigError, match=r"hyperpower.cost_models.path .*cost_models.json: version 2 is not supp"):
+        CostModels.load(path, ["a", "b", "c"], lambda c: X[c["i"]])
