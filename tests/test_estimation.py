@@ -1,5 +1,5 @@
 """The predictor kit (nas.estimation): error measures, k-fold CV, estimators from config, versioned files; and that
-HyperPower's cost models cross-validate through it exactly as before."""
+HyperPower's cost models and the sub-network predictors cross-validate through it exactly as before."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 from sklearn.compose import TransformedTargetRegressor
-from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.linear_model import LinearRegression, Ridge, RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
+from nas.cli import CONFIG_DIR
 from nas.errors import ConfigError
 from nas.estimation import (
     build_estimator,
@@ -28,6 +30,7 @@ from nas.estimation import (
     save_document,
 )
 from nas.hyperpower.cost_models import FORMAT, VERSION, CostModel, CostModels
+from nas.subnet_search.predictors import ObjectivePredictor, objective_mape_pct, one_hot, rank_agreement
 
 ACTUAL = np.array([2.0, 4.0, 5.0, 10.0])
 PREDICTED = np.array([2.2, 3.0, 5.0, 11.0])  # relative errors +10 %, -25 %, 0 %, +10 %
@@ -47,7 +50,7 @@ def test_kendall_tau_of_a_known_ranking_and_where_it_is_undefined():
     assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(2 / 3)
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(kendall_tau([1, 2, 3], [5, 5, 5]))
-    assert kendall_tau([1, 2, 3], [5, 5, 5], undefined=0.0) == 0.0
+    assert kendall_tau([1, 2, 3], [5, 5, 5], undefined=0.0) == 0.0 == rank_agreement(np.ones(3), np.arange(3.0))
 
 
 @pytest.mark.parametrize("folds, n, fitted", [(10, 5, "fitted on 5 thing(s) "), (1, 40, "fitted on 40 thing(s) "),
@@ -140,3 +143,21 @@ def test_hyperpower_cost_models_file_keeps_its_layout_and_refuses_another_versio
     path.write_text(json.dumps({**doc, "version": 2}))
     with pytest.raises(ConfigError, match=r"hyperpower.cost_models.path .*cost_models.json: version 2 is not supp"):
         CostModels.load(path, ["a", "b", "c"], lambda c: X[c["i"]])
+
+
+def test_subnet_predictors_cross_validate_as_before(micro_space):
+    """The ridge predictor's cross-validated MAPE and τ are those of the estimator and split it always used."""
+    from nas.subnet_search.encoding import GenomeCodec
+
+    codec = GenomeCodec(micro_space)
+    genes = codec.random(np.random.default_rng(1), 40)
+    X = one_hot(codec, genes)
+    y = 0.3 + X @ np.random.default_rng(2).uniform(0.0, 0.05, X.shape[1])
+    config = yaml.safe_load((CONFIG_DIR / "predictor" / "ridge.yaml").read_text())
+    model = ObjectivePredictor("error", codec, config, seed=3).fit(genes, y)
+    old = TransformedTargetRegressor(regressor=RidgeCV(alphas=config["estimator"]["alphas"]),
+                                     transformer=StandardScaler())
+    expected = cross_val_predict(old, X, y, cv=KFold(5, shuffle=True, random_state=3))
+    assert model.meta["cv"]["mape_pct"] == pytest.approx(objective_mape_pct("error", y, expected), rel=1e-12)
+    assert model.meta["cv"]["mape_pct"] == pytest.approx(100 * np.mean(np.abs(expected - y) / (1 - y)), rel=1e-12)
+    assert model.meta["cv"]["kendall_tau"] == pytest.approx(kendall_tau(y, expected), rel=1e-12)
