@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nas.cost.measurement_core import calibrated_ms, fit_network_calibration
+from nas.cost.validation import runtime_model_metrics
 
 
 def predict(fit: dict, rows: list[dict]) -> np.ndarray:
@@ -58,10 +59,10 @@ def main(folders: list[str]) -> None:
               f"floor {val['repeatability']['mape_pct']:.2f} %")
         for count in (24, cal["networks"]):
             for name, fit in models(cal, count).items():
-                err = (predict(fit, rows) - measured) / measured * 100
+                m = runtime_model_metrics(predict(fit, rows), measured)
                 used = "stage scales" if fit["stage_scales"] else f"scale {fit['scale']:.3f}"
-                print(f"  {name:<52} MAPE {np.abs(err).mean():5.2f} %  max {np.abs(err).max():5.2f} %  "
-                      f"signed {err.mean():+5.2f} %  ({used})")
+                print(f"  {name:<52} MAPE {m['mape_pct']:5.2f} %  max {m['max_ape_pct']:5.2f} %  "
+                      f"signed {m['mean_signed_error_pct']:+5.2f} %  ({used})")
 
 
 if __name__ == "__main__":
