@@ -36,9 +36,10 @@ from nas.subnet_search.predictors import (
     objective_mape_pct,
     rank_agreement,
 )
+from nas.subnet_search.report import OUTPUT_NAMES
 from nas.subnet_search.store import read_records
 
-RECORD_FIELDS = {"error": "error", "ce": "ce", "macs": "macs_m", "params": "params_m"}
+RECORD_FIELDS = {n: OUTPUT_NAMES[n] for n in ("error", "ce", "macs", "params")}  # latency: per device
 
 
 def load_records(path: Path, space: SearchSpace, codec: GenomeCodec, objective: str,
