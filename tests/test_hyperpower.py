@@ -16,7 +16,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from nas.cli import CONFIG_DIR
 from nas.errors import ConfigError
-from nas.hyperpower.cost_models import CostModel, rmspe
+from nas.estimation import rmspe_pct
+from nas.hyperpower.cost_models import CostModel
 from nas.hyperpower.measure import measure, peak_memory_cpu_mb, state_megabytes
 from nas.hyperpower.samplers import ConstraintAwareSampler, RandomWalkSampler, SpaceCodec
 from nas.hyperpower.structure import StructureSpace
@@ -102,7 +103,7 @@ def test_linear_cost_model_recovers_a_linear_cost_and_reports_cv_rmspe():
     assert np.allclose(model.predict(X[:2]), y[:2])
     noisy = CostModel.fit("memory_mb", X, y * rng.uniform(0.9, 1.1, size=30), ["a", "b", "c"], folds=10)
     assert 1.0 < noisy.rmspe_cv < 15.0
-    assert rmspe(np.array([1.0, 2.0]), np.array([1.1, 1.8])) == pytest.approx(100 * np.sqrt((0.01 + 0.01) / 2))
+    assert rmspe_pct(np.array([1.0, 2.0]), np.array([1.1, 1.8])) == pytest.approx(100 * np.sqrt((0.01 + 0.01) / 2))
 
 
 def test_a_cost_model_needs_at_least_as_many_samples_as_folds():

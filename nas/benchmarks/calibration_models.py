@@ -21,6 +21,7 @@ import numpy as np
 
 from nas.benchmarks import benchmark_command, command_parser
 from nas.cost.measurement_core import calibrated_ms, fit_network_calibration
+from nas.cost.validation import runtime_model_metrics
 from nas.errors import ConfigError
 
 
@@ -84,12 +85,12 @@ def ablate(folder: str) -> dict[str, dict[str, float]]:
     scores = {}
     for count in (24, cal["networks"]):
         for name, fit in models(cal, count).items():
-            err = (predict(fit, rows) - measured) / measured * 100
+            m = runtime_model_metrics(predict(fit, rows), measured)  # the predictor kit's measures
             used = "stage scales" if fit["stage_scales"] else f"scale {fit['scale']:.3f}"
-            scores[name] = {"mape_pct": float(np.abs(err).mean()), "max_ape_pct": float(np.abs(err).max()),
-                            "mean_signed_pct": float(err.mean())}
-            print(f"  {name:<52} MAPE {np.abs(err).mean():5.2f} %  max {np.abs(err).max():5.2f} %  "
-                  f"signed {err.mean():+5.2f} %  ({used})")
+            scores[name] = {"mape_pct": m["mape_pct"], "max_ape_pct": m["max_ape_pct"],
+                            "mean_signed_pct": m["mean_signed_error_pct"]}
+            print(f"  {name:<52} MAPE {m['mape_pct']:5.2f} %  max {m['max_ape_pct']:5.2f} %  "
+                  f"signed {m['mean_signed_error_pct']:+5.2f} %  ({used})")
     return scores
 
 

@@ -16,7 +16,6 @@ Two modes:
 from __future__ import annotations
 
 import io
-import math
 import os
 import random
 from pathlib import Path
@@ -40,6 +39,7 @@ from nas.cost.signatures import (
     required_ops,
 )
 from nas.errors import ConfigError
+from nas.estimation import kendall_tau, mape_pct, relative_errors
 from nas.io import atomic_write_bytes
 from nas.space.architecture import Architecture
 from nas.space.networks import build_child
@@ -90,20 +90,18 @@ def design_architectures(space: SearchSpace, seed: int, per_design: int = 2,
 
 
 def runtime_model_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
-    """MAPE and max APE (%), RMSE (ms), mean signed error (%) and Kendall's τ of predicted vs measured."""
-    from scipy.stats import kendalltau
-
+    """MAPE and max APE (%), RMSE (ms), mean signed error (%) and Kendall's τ (NaN where undefined) of predicted vs
+    measured (the predictor kit's measures, :mod:`nas.estimation`)."""
     predicted = np.asarray(predicted, dtype=np.float64)
     measured = np.asarray(measured, dtype=np.float64)
-    ape = np.abs(predicted - measured) / measured
-    tau = kendalltau(predicted, measured).statistic
+    relative = relative_errors(measured, predicted)
     return {
         "n": int(len(measured)),
-        "mape_pct": float(100 * ape.mean()),
-        "max_ape_pct": float(100 * ape.max()),
+        "mape_pct": mape_pct(measured, predicted),
+        "max_ape_pct": float(100 * np.abs(relative).max()),
         "rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
-        "mean_signed_error_pct": float(100 * np.mean((predicted - measured) / measured)),
-        "kendall_tau": float(tau) if math.isfinite(tau) else float("nan"),
+        "mean_signed_error_pct": float(100 * np.mean(relative)),
+        "kendall_tau": kendall_tau(predicted, measured),
         "measured_range_ms": [float(measured.min()), float(measured.max())],
     }
 

@@ -33,12 +33,13 @@ from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.predictors import (
     ObjectivePredictor,
     check_predictor_config,
-    kendall_tau,
-    mape_pct,
+    objective_mape_pct,
+    rank_agreement,
 )
+from nas.subnet_search.report import OUTPUT_NAMES
 from nas.subnet_search.store import read_records
 
-RECORD_FIELDS = {"error": "error", "ce": "ce", "macs": "macs_m", "params": "params_m"}
+RECORD_FIELDS = {n: OUTPUT_NAMES[n] for n in ("error", "ce", "macs", "params")}  # latency: per device
 
 
 def load_records(path: Path, space: SearchSpace, codec: GenomeCodec, objective: str,
@@ -121,9 +122,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             model = ObjectivePredictor(objective, codec, predictor_cfg, seed=int(cfg.seed) + trial)
             model.fit(genes[train], y[train], cross_validate=False)
             pred = model.predict(genes[test])
-            rows[n]["mape"].append(mape_pct(objective, y[test], pred))
-            rows[n]["tau"].append(kendall_tau(y[test], pred))
-            rows[n]["mean_mape"].append(mape_pct(objective, y[test], np.full(len(test), y[train].mean())))
+            rows[n]["mape"].append(objective_mape_pct(objective, y[test], pred))
+            rows[n]["tau"].append(rank_agreement(y[test], pred))
+            rows[n]["mean_mape"].append(objective_mape_pct(objective, y[test], np.full(len(test), y[train].mean())))
             last = (y[test], pred)
             bar.update(1)
     bar.close()
@@ -179,7 +180,7 @@ def plot(out: Path, table: list[dict[str, Any]], last: tuple[np.ndarray, np.ndar
     ax.plot([lo, hi], [lo, hi], c="tab:green", lw=1, label="ideal")
     ax.set_xlabel(f"true {result['objective']}")
     ax.set_ylabel(f"predicted {result['objective']}")
-    ax.set_title(f"n={table[-1]['n']}, Kendall tau {kendall_tau(truth, pred):.3f}")
+    ax.set_title(f"n={table[-1]['n']}, Kendall tau {rank_agreement(truth, pred):.3f}")
     ax.legend(fontsize=8)
     atomic_write_bytes(out / "pred_vs_true.png", png_bytes(fig))
 

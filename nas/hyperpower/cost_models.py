@@ -6,6 +6,8 @@ scikit-learn fits them (``LinearRegression``); ``cross_val_predict`` over ``KFol
 network a prediction from a model that never saw it, and their root mean square percentage error is the
 model's RMSPE (Table 3.1). ``features: quadratic`` adds the products of pairs of hyperparameters (still
 linear in the coefficients; ``Ridge`` on standardised features) for costs that grow as channels x expansion.
+The estimators, the cross-validation, the RMSPE and the versioned file are the predictor kit's
+(:mod:`nas.estimation`), shared with the sub-network search's predictors.
 """
 
 from __future__ import annotations
@@ -18,37 +20,26 @@ from typing import Any
 import numpy as np
 
 from nas.errors import ConfigError
-from nas.io import atomic_write_json
+from nas.estimation import build_estimator, check_folds, cross_val_predictions, load_document, rmspe_pct, save_document
 
 FORMAT = "spnas-hyperpower-cost-models"
 VERSION = 1
-FEATURES = ("linear", "quadratic")
-
-
-def rmspe(actual: np.ndarray, predicted: np.ndarray) -> float:
-    """Root mean square percentage error in %: ``100 sqrt(mean(((y - ŷ) / y)^2))``."""
-    actual, predicted = np.asarray(actual, float), np.asarray(predicted, float)
-    return float(100.0 * np.sqrt(np.mean(((actual - predicted) / actual) ** 2)))
-
-
-def _pipeline(features: str) -> Any:
-    from sklearn.linear_model import LinearRegression, Ridge
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import PolynomialFeatures, StandardScaler
-
-    if features == "linear":
-        return LinearRegression()
-    return make_pipeline(PolynomialFeatures(degree=2, include_bias=False), StandardScaler(), Ridge(alpha=1e-3))
+# hyperpower.cost_models.features -> the scikit-learn estimator (nas.estimation.build_estimator)
+ESTIMATORS: dict[str, dict[str, Any]] = {
+    "linear": {"_target_": "sklearn.linear_model.LinearRegression"},  # Eq 3.2-3.3, with intercept
+    "quadratic": {"_target_": "sklearn.pipeline.make_pipeline", "_args_": [
+        {"_target_": "sklearn.preprocessing.PolynomialFeatures", "degree": 2, "include_bias": False},
+        {"_target_": "sklearn.preprocessing.StandardScaler"},
+        {"_target_": "sklearn.linear_model.Ridge", "alpha": 1e-3}]},
+}
+FEATURES = tuple(ESTIMATORS)
 
 
 def check_samples(n_samples: int, folds: int) -> None:
     """A cost model needs at least ``folds`` (>= 2) profiled networks to be cross-validated."""
-    if folds < 2:
-        raise ConfigError(f"hyperpower.cost_models.folds must be >= 2 for cross-validation, got {folds}")
-    if n_samples < folds:
-        raise ConfigError(f"a cost model fitted on {n_samples} profiled network(s) cannot be {folds}-fold "
-                          f"cross-validated: profile at least {folds} (hyperpower.cost_models.samples >= {folds}) "
-                          "or lower hyperpower.cost_models.folds")
+    check_folds(folds, n_samples, what="a cost model", samples="profiled network(s)",
+                hint="set hyperpower.cost_models.folds between 2 and hyperpower.cost_models.samples (profile more "
+                     "networks for more folds)")
 
 
 @dataclass
@@ -69,18 +60,15 @@ class CostModel:
     def fit(cls, metric: str, X: np.ndarray, y: Sequence[float], feature_names: list[str],  # noqa: N803
             folds: int = 10, features: str = "linear", seed: int = 0) -> CostModel:
         """Fit on every sample after a ``folds``-fold ``cross_val_predict`` for the RMSPE."""
-        from sklearn.model_selection import KFold, cross_val_predict
-
         if features not in FEATURES:
             raise ConfigError(f"hyperpower.cost_models.features must be one of {list(FEATURES)}, got {features!r}")
         y = np.asarray(y, float)
         check_samples(len(y), folds)
         if not np.all(np.isfinite(y)) or np.any(y <= 0):
             raise ConfigError(f"{metric}: profiled values must be finite and > 0 for a percentage error")
-        cv = KFold(n_splits=folds, shuffle=True, random_state=seed)
-        predicted = cross_val_predict(_pipeline(features), X, y, cv=cv)
-        estimator = _pipeline(features).fit(X, y)
-        return cls(metric, list(feature_names), features, estimator, rmspe(y, predicted), len(y), folds,
+        predicted = cross_val_predictions(build_estimator(ESTIMATORS[features]), X, y, folds, seed)
+        estimator = build_estimator(ESTIMATORS[features]).fit(X, y)
+        return cls(metric, list(feature_names), features, estimator, rmspe_pct(y, predicted), len(y), folds,
                    [float(v) for v in predicted], [float(v) for v in y])
 
     def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
@@ -115,20 +103,14 @@ class CostModels:
 
     def save(self, path: str | Path) -> Path:
         """Versioned JSON (refit from the stored profile on load, so no pickles)."""
-        return atomic_write_json(path, {"format": FORMAT, "version": VERSION, "configs": self.configs,
-                                        "models": {m: model.to_dict() for m, model in self.models.items()}})
+        return save_document(path, FORMAT, VERSION, {"configs": self.configs, "models": {
+            m: model.to_dict() for m, model in self.models.items()}})
 
     @classmethod
     def load(cls, path: str | Path, feature_names: list[str], features_of: Any, seed: int = 0) -> CostModels:
         """Read ``cost_models.json`` and refit each model on its stored profile (same folds, same features)."""
-        import json
-
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"hyperpower.cost_models.path: {path} does not exist")
-        data = json.loads(path.read_text())
-        if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise ConfigError(f"{path} is not a {FORMAT} v{VERSION} file")
+        data = load_document(path, "hyperpower.cost_models.path", FORMAT, VERSION,
+                             "a cost_models.json of hyperpower.py", "drop hyperpower.cost_models.path to profile anew")
         first = next(iter(data["models"].values()))
         if first["feature_names"] != feature_names:
             raise ConfigError(f"{path} was fitted for the hyperparameters {first['feature_names']}, but this "

@@ -26,8 +26,7 @@ from torch import nn
 
 from nas.errors import ConfigError
 
-METRICS = ("memory_mb", "latency_ms", "cuda_memory_mb", "power_w")
-UNITS = {"memory_mb": "MB", "latency_ms": "ms", "cuda_memory_mb": "MB", "power_w": "W"}
+METRICS = ("memory_mb", "latency_ms", "cuda_memory_mb", "power_w")  # canonical names (nas.cost.vocabulary)
 GPU_METRICS = ("cuda_memory_mb", "power_w")
 MB = 1024.0 * 1024.0
 

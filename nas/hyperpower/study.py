@@ -43,9 +43,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from models.child import ChildNet
+from nas.cost.vocabulary import UNITS
 from nas.errors import ConfigError
 from nas.hyperpower.cost_models import CostModels, check_samples
-from nas.hyperpower.measure import GPU_METRICS, METRICS, UNITS, measure, require_gpu
+from nas.hyperpower.measure import GPU_METRICS, METRICS, measure, require_gpu
 from nas.hyperpower.samplers import ConstraintAwareSampler, RandomWalkSampler
 from nas.hyperpower.structure import StructureSpace
 from nas.search.objectives import Measurements, Objective, build_objective

@@ -31,9 +31,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from nas.cost.vocabulary import UNITS
 from nas.errors import ConfigError
 
-COSTS = ("latency_ms", "power_w", "energy_mj", "memory_mb")
+COSTS = ("latency_ms", "power_w", "energy_mj", "memory_mb")  # canonical names, units in nas.cost.vocabulary
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ class MonasBudget(Objective):
         if self.cost not in COSTS:
             raise ConfigError(f"objective monas_budget: unknown cost {self.cost!r}; choose one of {list(COSTS)}")
         if not self.budget > 0:
-            raise ConfigError(f"objective monas_budget: budget must be > 0, got {self.budget}")
+            raise ConfigError(f"objective monas_budget: budget must be > 0 {UNITS[self.cost]} (a {self.cost} limit), "
+                              f"got {self.budget}")
         self._check_power()
 
     def __call__(self, m: Measurements) -> float:
@@ -203,12 +205,13 @@ class PfpScore(Objective):
     device_power_w: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.thres > 0:
-            raise ConfigError(f"objective pfp: THRES (thres) must be > 0, got {self.thres}")
-        if not self.penalty >= 0:
-            raise ConfigError(f"objective pfp: PENALTY (penalty) must be >= 0, got {self.penalty}")
         if self.cost not in COSTS:
             raise ConfigError(f"objective pfp: unknown cost {self.cost!r}; choose one of {list(COSTS)}")
+        if not self.thres > 0:
+            raise ConfigError(f"objective pfp: THRES (thres) must be > 0 {UNITS[self.cost]} (a {self.cost} limit), "
+                              f"got {self.thres}")
+        if not self.penalty >= 0:
+            raise ConfigError(f"objective pfp: PENALTY (penalty) must be >= 0, got {self.penalty}")
         self._check_power()
 
     def __call__(self, m: Measurements) -> float:

@@ -19,22 +19,34 @@ latency model to fit from a few hundred *measured* whole networks on a device wi
 **MAPE of an error rate.** A sub-network with top-1 error 0 has no percentage error, so for ``error`` the MAPE is
 computed on the top-1 accuracy ``1 - error``, as source 002 §5.4 reports it (MAPE of top-1 accuracy); for every
 other objective on the objective itself. Kendall τ is the rank agreement of predictions and truths.
+
+The estimator construction, the k-fold cross-validation, MAPE, τ and the versioned file are the predictor kit's
+(:mod:`nas.estimation`), shared with HyperPower's cost models.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra.utils import instantiate
 
 from nas.errors import ConfigError
-from nas.io import atomic_write_bytes, check_document, finite_or_none
+from nas.estimation import (
+    build_estimator,
+    check_estimator_spec,
+    check_folds,
+    cross_val_predictions,
+    kendall_tau,
+    kfold,
+    load_document,
+    mape_pct,
+    save_document,
+)
+from nas.io import finite_or_none
 from nas.subnet_search.encoding import GenomeCodec
 
 PREDICTOR_FORMAT = "spnas-predictor"
@@ -102,41 +114,38 @@ def percentage_base(objective: str, y: np.ndarray) -> np.ndarray:
     return 1.0 - y if objective == "error" else y
 
 
-def mape_pct(objective: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean absolute percentage error (%) of ``y_pred`` for ``objective``."""
+def objective_mape_pct(objective: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean absolute percentage error (%) of ``y_pred`` for ``objective`` (:func:`nas.estimation.mape_pct` of
+    :func:`percentage_base`)."""
     t, p = percentage_base(objective, y_true), percentage_base(objective, y_pred)
-    if np.any(np.abs(t) <= 0):
+    if np.any(t == 0):
         raise ConfigError(f"a true {objective} value makes a percentage error undefined (its base is 0); use "
                           "objective=ce or a validation split where no sub-network is entirely wrong")
-    return float(100.0 * np.mean(np.abs(p - t) / np.abs(t)))
+    return mape_pct(t, p)
 
 
-def kendall_tau(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Kendall τ-b of predictions against truths (NaN-free: 0 when either side is constant)."""
-    from scipy.stats import kendalltau
-
-    if np.ptp(y_true) == 0 or np.ptp(y_pred) == 0:
-        return 0.0
-    return float(kendalltau(y_true, y_pred).statistic)
+def rank_agreement(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Kendall τ-b of predictions against truths, 0 where either side is constant (a predictor that ranks
+    nothing; NaN-free for the JSON summaries)."""
+    return kendall_tau(y_true, y_pred, undefined=0.0)
 
 
 def grid_search(objective: str, cv_folds: int, seed: int, ridge: Mapping[str, Sequence[Any]],
                 svr: Mapping[str, Sequence[Any]]) -> Any:
     """``predictor=auto``: scikit-learn ``GridSearchCV`` over ridge and SVR (each on standardised targets),
-    scored by the objective's MAPE (:func:`mape_pct`), refitted on all records with the best setting."""
+    scored by the objective's MAPE (:func:`objective_mape_pct`), refitted on all records with the best setting."""
     from sklearn.compose import TransformedTargetRegressor
     from sklearn.linear_model import Ridge
     from sklearn.metrics import make_scorer
-    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.model_selection import GridSearchCV
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVR
 
     grid = [{"regressor": [Ridge()], **{f"regressor__{k}": list(v) for k, v in ridge.items()}},
             {"regressor": [SVR()], **{f"regressor__{k}": list(v) for k, v in svr.items()}}]
-    scorer = make_scorer(functools.partial(mape_pct, objective), greater_is_better=False)
+    scorer = make_scorer(functools.partial(objective_mape_pct, objective), greater_is_better=False)
     base = TransformedTargetRegressor(regressor=Ridge(), transformer=StandardScaler())
-    return GridSearchCV(base, grid, scoring=scorer, cv=KFold(cv_folds, shuffle=True, random_state=seed),
-                        error_score="raise")
+    return GridSearchCV(base, grid, scoring=scorer, cv=kfold(cv_folds, seed), error_score="raise")
 
 
 class ObjectivePredictor:
@@ -165,32 +174,21 @@ class ObjectivePredictor:
 
     # ------------------------------------------------------------------ fitting
     def _estimator(self) -> Any:
-        from sklearn.compose import TransformedTargetRegressor
-        from sklearn.preprocessing import StandardScaler
-
         spec = dict(self.config["estimator"])
         if spec["_target_"].endswith("grid_search"):
             spec.update(objective=self.objective, cv_folds=self.cv_folds, seed=self.seed)
-        elif "random_state" in spec and spec["random_state"] is None:
-            spec["random_state"] = self.seed
-        estimator = instantiate(spec, _convert_="all")
-        if self.features == "structure":  # MACs, parameters and 0/1 flags live on different scales
-            from sklearn.pipeline import make_pipeline
-
-            estimator = make_pipeline(StandardScaler(), estimator)
-        if self.config.get("standardize_target", True):
-            estimator = TransformedTargetRegressor(regressor=estimator, transformer=StandardScaler())
-        return estimator
+        # structure features: MACs, parameters and 0/1 flags live on different scales
+        return build_estimator(spec, seed=self.seed, scale_features=self.features == "structure",
+                               standardize_target=bool(self.config.get("standardize_target", True)))
 
     def check_data(self, genes: np.ndarray, y: np.ndarray) -> None:
         """Refuse what no predictor can learn from, naming the fix (checked before fitting)."""
         n = len(y)
         if len(genes) != n:
             raise ConfigError(f"{len(genes)} genomes but {n} {self.objective} values")
-        if n < self.cv_folds:
-            raise ConfigError(f"predictor={self.name} for {self.objective}: {n} record(s) are fewer than its "
-                              f"{self.cv_folds} cross-validation folds; validate more sub-networks first (raise "
-                              "tactic.population / tactic.sample) or lower predictor.cv_folds")
+        check_folds(self.cv_folds, n, what=f"predictor={self.name} for {self.objective}", samples="record(s)",
+                    hint="validate more sub-networks first (raise tactic.population / tactic.sample) or lower "
+                         "predictor.cv_folds")
         y = np.asarray(y, dtype=np.float64)
         if not np.all(np.isfinite(y)):
             raise ConfigError(f"the {self.objective} values contain NaN/inf; the records are broken")
@@ -210,12 +208,9 @@ class ObjectivePredictor:
                      "feature_kind": self.features, "features": int(X.shape[1]), "space": self.codec.space.name,
                      "space_digest": self.codec.space.digest}
         if cross_validate:
-            from sklearn.model_selection import KFold, cross_val_predict
-
-            pred = cross_val_predict(self._estimator(), X, y,
-                                     cv=KFold(self.cv_folds, shuffle=True, random_state=self.seed))
+            pred = cross_val_predictions(self._estimator(), X, y, self.cv_folds, self.seed)
             self.meta["cv"] = {"folds": self.cv_folds, "mape_pct": finite_or_none(self._mape(y, pred)),
-                               "kendall_tau": kendall_tau(y, pred)}
+                               "kendall_tau": rank_agreement(y, pred)}
         self.model = self._estimator().fit(X, y)
         if hasattr(self.model, "best_params_"):
             self.meta["selected"] = {k: repr(v) for k, v in self.model.best_params_.items()}
@@ -223,7 +218,7 @@ class ObjectivePredictor:
 
     def _mape(self, y: np.ndarray, pred: np.ndarray) -> float:
         try:
-            return mape_pct(self.objective, y, pred)
+            return objective_mape_pct(self.objective, y, pred)
         except ConfigError:
             return math.nan
 
@@ -235,14 +230,11 @@ class ObjectivePredictor:
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path, **extra: Any) -> Path:
         """Write ``{format, version, meta, config, model}`` with joblib, atomically."""
-        import joblib
-
         if self.model is None:
             raise RuntimeError("save() before fit()")
-        buffer = io.BytesIO()
-        joblib.dump({"format": PREDICTOR_FORMAT, "version": PREDICTOR_VERSION, "meta": {**self.meta, **extra},
-                     "config": self.config, "seed": self.seed, "model": self.model}, buffer)
-        return atomic_write_bytes(path, buffer.getvalue())
+        return save_document(path, PREDICTOR_FORMAT, PREDICTOR_VERSION, {
+            "meta": {**self.meta, **extra}, "config": self.config, "seed": self.seed, "model": self.model},
+            pickled=True)
 
     @classmethod
     def load(cls, path: str | Path, codec: GenomeCodec) -> ObjectivePredictor:
@@ -250,17 +242,9 @@ class ObjectivePredictor:
 
         joblib files are pickles: load only predictors you wrote or trust.
         """
-        import joblib
-
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"predictor file {path} does not exist")
-        try:
-            doc = joblib.load(path)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-            raise ConfigError(f"predictor file {path} cannot be read ({type(err).__name__}: {err})") from None
-        check_document(doc, f"predictor file {path}", PREDICTOR_FORMAT, PREDICTOR_VERSION,
-                       "a predictor file of this framework", "write one with subnet_search.py tactic=concurrent")
+        doc = load_document(path, "predictor", PREDICTOR_FORMAT, PREDICTOR_VERSION,
+                            "a predictor file of this framework", "write one with subnet_search.py tactic=concurrent",
+                            pickled=True)
         meta = doc["meta"]
         expected = feature_count(codec, str(meta.get("feature_kind", "onehot")))
         if meta.get("space_digest") != codec.space.digest or meta.get("features") != expected:
@@ -275,18 +259,9 @@ class ObjectivePredictor:
 
 def check_predictor_config(config: Mapping[str, Any]) -> None:
     """Cheap checks of a ``predictor=`` mapping before any work (the estimator's import included)."""
-    from hydra.utils import get_class, get_method
-
     spec = config.get("estimator") if isinstance(config, Mapping) else None
-    if not isinstance(spec, Mapping) or "_target_" not in spec:
-        raise ConfigError("predictor: 'estimator' with a _target_ is required (see nas/conf/predictor/*.yaml)")
-    target = str(spec["_target_"])
-    try:
-        get_method(target) if target.endswith("grid_search") else get_class(target)
-    except Exception as err:  # noqa: BLE001 - Hydra raises ImportError or ValueError
-        raise ConfigError(f"predictor.estimator._target_={target} cannot be imported ({err})") from None
-    folds = config.get("cv_folds", 5)
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ConfigError(f"predictor.cv_folds must be an integer >= 2, got {folds!r}")
+    check_estimator_spec(spec, "predictor.estimator", "see nas/conf/predictor/*.yaml")
+    check_folds(config.get("cv_folds", 5), what=f"predictor={config.get('name', '?')}", samples="record(s)",
+                hint="set predictor.cv_folds to an integer >= 2")
     if config.get("features", "onehot") not in FEATURES:
         raise ConfigError(f"predictor.features={config.get('features')!r} is unknown; choose one of {list(FEATURES)}")

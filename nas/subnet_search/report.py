@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nas.cost.vocabulary import OBJECTIVE_COSTS
 from nas.errors import ArchitectureError, ConfigError
 from nas.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json_document
 from nas.space.architecture import Architecture
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 PARETO_FORMAT = "spnas-pareto"
 PARETO_VERSION = 1
-OUTPUT_NAMES = {"error": "error", "ce": "ce", "latency": "latency_ms", "macs": "macs_m", "params": "params_m"}
+# objective -> its name in records and reports: costs by their canonical names (with units, nas.cost.vocabulary)
+OUTPUT_NAMES = {"error": "error", "ce": "ce", **OBJECTIVE_COSTS}
 
 
 def safe_name(name: str) -> str:

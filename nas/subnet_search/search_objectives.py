@@ -29,6 +29,7 @@ from nas.cost.backends import count_macs
 from nas.cost.lut import LatencyLUT
 from nas.cost.runtime_model import RuntimeModel
 from nas.cost.signatures import cost_groups, head_key, layer_key, stem_key
+from nas.cost.vocabulary import unit
 from nas.errors import ConfigError
 from nas.space.networks import build_head, build_layer, build_stem
 from nas.space.search_space import SearchSpace
@@ -37,7 +38,7 @@ from nas.subnet_search.encoding import GenomeCodec
 VALIDATED = ("error", "ce")
 COSTS = ("latency", "macs", "params")
 OBJECTIVES = VALIDATED + COSTS
-UNITS = {"error": "", "ce": "nats", "latency": "ms", "macs": "MMACs", "params": "M"}
+UNITS = {"error": "", "ce": "nats", **{name: unit(name) for name in COSTS}}  # costs: nas.cost.vocabulary
 CONSTRAINTS = {"latency_ms": "latency", "macs": "macs", "params": "params"}
 
 
