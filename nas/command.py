@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
                                "predicted vs measured latency of random networks (MAPE, Kendall tau)"),
     "latency": ("latency", "main", "latency", "predicted and measured latency of one network (arch=...)"),
     "popdb": ("popdb_mask", "main", "popdb", "PopDB: mask rarely explored candidates from a search's history"),
-    "evaluate-predictor": ("evaluate_predictor", "main", None,
+    "evaluate-predictor": ("evaluate_predictor", "run_command", None,
                            "test error and rank agreement of a predictor vs the number of training records"),
     "study-solvers": ("study_solvers", "main", None,
                       "Study A: solvers vs a cloud of random networks, every network retrained (resumable)"),

@@ -3,7 +3,7 @@ runs :mod:`nas.entries.evaluate_predictor`."""
 
 from __future__ import annotations
 
-from nas.entries.evaluate_predictor import compose, evaluate, run_command  # noqa: F401 - compose, evaluate: for callers
+from nas.entries.evaluate_predictor import run_command
 
 if __name__ == "__main__":
     run_command()

@@ -254,7 +254,6 @@ def test_popdb_script_prints_the_report_and_fails_in_one_line(micro_space, tmp_p
 
 def _micro_override(tmp_path):
     """The micro test space as a space config file the scripts can select."""
-    from tests.conftest import MICRO_SPACE
 
     folder = tmp_path / "conf" / "space"
     folder.mkdir(parents=True, exist_ok=True)
@@ -268,24 +267,30 @@ def test_evaluate_predictor_reports_mape_and_tau_per_training_size(micro_space, 
     run_subnet_search(subnet_cfg(tmp_path, micro_ckpt, "budget=60", "algorithm=random"), validator=table)
     db = tmp_path / "run" / "validations.jsonl"
     cmd = [sys.executable, str(ROOT / "scripts" / "evaluate_predictor.py"), f"db={db}", "sizes=[10,40]",
-           "test_size=20", "trials=3", "progress=false", f"out={tmp_path / 'ev'}",
-           f"space={tmp_path / 'micro.yaml'}"]
-    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(MICRO_SPACE))
+           "test_size=20", "trials=3", "progress=false", f"hydra.run.dir={tmp_path / 'ev'}",
+           *_micro_override(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "ev" / "evaluate_predictor.json").read_text())
     assert [r["n"] for r in result["table"]] == [10, 40] and result["trials"] == 3
     assert all(np.isfinite(r["mape_pct_mean"]) and -1 <= r["kendall_tau_mean"] <= 1 for r in result["table"])
     assert (tmp_path / "ev" / "mape_vs_n.png").is_file() and (tmp_path / "ev" / "pred_vs_true.png").is_file()
-    from scripts.evaluate_predictor import compose, evaluate
+    from nas.cli import compose_config
+    from nas.entries.evaluate_predictor import evaluate
 
-    args = cmd[2:]  # the same settings in-process (bad inputs are ConfigErrors; main_guard makes them one line)
+    def compose(args):  # the same settings in-process (bad inputs are ConfigErrors; main_guard makes them one line)
+        return compose_config("evaluate_predictor", [*args, f"++paths.output_dir={tmp_path / 'ev2'}"])
+
+    args = [a for a in cmd[2:] if not a.startswith("hydra.run.dir")]
     with pytest.raises(ConfigError, match="db has 60 records"):
         evaluate(compose([args[0], "sizes=[100]", *args[2:]]))
     with pytest.raises(ConfigError, match="pass device="):
-        evaluate(compose([*args, "objective=latency", "device=nope"]))
+        evaluate(compose([*args, "predict=latency", "device=nope"]))
 
-    cfg = compose([f"db={db}", "objective=latency", "predictor=svr", "predictor.estimator.C=3.0", "sizes=[200]"])
-    assert cfg.objective == "latency" and cfg.predictor.name == "svr" and cfg.predictor.estimator.C == 3.0
-    with pytest.raises(ConfigError, match="unknown setting 'sizez'"):
+    cfg = compose([f"db={db}", "predict=latency", "predictor=svr", "predictor.estimator.C=3.0", "sizes=[200]"])
+    assert cfg.predict == "latency" and cfg.predictor.name == "svr" and cfg.predictor.estimator.C == 3.0
+    with pytest.raises(ConfigError, match="sizez"):
         compose([f"db={db}", "sizes=[1]", "sizez=[2]"])
+    old = subprocess.run([*cmd, "objective=error"], capture_output=True, text=True, cwd=ROOT)
+    assert old.returncode == 2 and old.stderr.startswith("error: objective=error: evaluate-predictor's setting is "
+                                                         "predict=")

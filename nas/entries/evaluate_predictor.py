@@ -1,8 +1,8 @@
 """How good is a predictor, and how many records does it need? (source 002 §5.4)
 
-    spnas evaluate-predictor db=<subnet_search run>/validations.jsonl objective=error predictor=ridge
-    spnas evaluate-predictor db=<run>/validations.jsonl objective=latency device=macs_proxy sizes=[200]
-    spnas evaluate-predictor db=<validate_runtime_model run>/validation.json space=cifar objective=latency
+    spnas evaluate-predictor db=<subnet_search run>/validations.jsonl predict=error predictor=ridge
+    spnas evaluate-predictor db=<run>/validations.jsonl predict=latency device=macs_proxy sizes=[200]
+    spnas evaluate-predictor db=<validate_runtime_model run>/validation.json space=cifar predict=latency
         sizes=[200] test_size=100          # (one command line) a latency model from measured whole networks
 
 Per trial (``trials``, seeded), the records are shuffled, the first ``test_size`` form the trial's fixed test set,
@@ -10,7 +10,9 @@ and the predictor is trained on the first ``n`` of the rest for every ``n`` in `
 per size the mean and standard deviation over trials of the test MAPE and Kendall τ, next to a constant predictor
 (the training mean), and draws ``mape_vs_n.png`` and ``pred_vs_true.png`` (last trial, largest size). For a
 ``validation.json`` (measured latencies) it also prints the measurement's own split-half Kendall τ, the best
-rank agreement any model can show on that data. Writes ``evaluate_predictor.json``.
+rank agreement any model can show on that data. Writes ``evaluate_predictor.json`` to the run folder. The settings
+are Hydra's ``key=value`` on ``nas/conf/evaluate_predictor.yaml`` (``predict=`` is what the predictor predicts;
+``objective`` is the search's config group).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from nas.cli import CONFIG_DIR, main_guard
+from nas.cli import fail, hydra_command
 from nas.errors import ConfigError
-from nas.io import atomic_write_bytes, atomic_write_json
+from nas.io import agg_figure, write_figure
+from nas.run_shell import Task
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.predictors import (
@@ -59,7 +62,7 @@ def load_records(path: Path, space: SearchSpace, codec: GenomeCodec, objective: 
         elif objective in RECORD_FIELDS:
             values = [r.get(RECORD_FIELDS[objective]) for r in records]
         else:
-            raise ConfigError(f"objective={objective!r} is unknown; choose error, ce, latency, macs or params")
+            raise ConfigError(f"predict={objective!r} is unknown; choose error, ce, latency, macs or params")
         archs = [r["architecture"] for r in records]
     else:
         if not path.is_file():
@@ -73,7 +76,7 @@ def load_records(path: Path, space: SearchSpace, codec: GenomeCodec, objective: 
             raise ConfigError(f"db {path} is neither a validations.jsonl nor a validation.json of "
                               "validate_runtime_model.py")
         if objective != "latency":
-            raise ConfigError(f"db {path} holds measured latencies only; use objective=latency")
+            raise ConfigError(f"db {path} holds measured latencies only; use predict=latency")
         digest = (doc.get("space") or {}).get("digest")
         if digest != space.digest:
             raise ConfigError(f"db {path} was measured in space '{(doc.get('space') or {}).get('name')}' (digest "
@@ -101,7 +104,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                           "and trials >= 1")
     space = SearchSpace.from_config(cfg.space)
     codec = GenomeCodec(space)
-    objective = str(cfg.objective)
+    objective = str(cfg.predict)
     genes, y, info = load_records(Path(cfg.db), space, codec, objective, cfg.get("device"))
     usable = [n for n in sizes if n + test_size <= len(y)]
     if not usable:
@@ -131,12 +134,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     table = [{"n": n, "mape_pct_mean": float(np.mean(r["mape"])), "mape_pct_std": float(np.std(r["mape"])),
               "kendall_tau_mean": float(np.mean(r["tau"])), "kendall_tau_std": float(np.std(r["tau"])),
               "constant_mean_mape_pct": float(np.mean(r["mean_mape"]))} for n, r in rows.items()]
-    out = Path(cfg.out)
+    out = Path(cfg.paths.output_dir)
     result = {"objective": objective, "predictor": predictor_cfg, "space": space.name, "records": int(len(y)),
               "test_size": test_size, "trials": trials, "seed": int(cfg.seed), **info,
               "mape_of": "top-1 accuracy (1 - error)" if objective == "error" else objective,
               "load_average": list(os.getloadavg()), "table": table}
-    atomic_write_json(out / "evaluate_predictor.json", result)
     plot(out, table, last, result)
     print(f"{predictor_cfg.get('name')} predictor of {objective} ({result['mape_of']}), {len(y)} records, "
           f"test set {test_size}, {trials} trials")
@@ -153,12 +155,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def plot(out: Path, table: list[dict[str, Any]], last: tuple[np.ndarray, np.ndarray] | None,
          result: dict[str, Any]) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     n = [r["n"] for r in table]
-    fig = Figure(figsize=(5.5, 4))
-    FigureCanvasAgg(fig)
+    fig = agg_figure(figsize=(5.5, 4))
     ax = fig.subplots()
     ax.errorbar(n, [r["mape_pct_mean"] for r in table], yerr=[r["mape_pct_std"] for r in table], marker="o",
                 capsize=3, label=f"{result['predictor'].get('name')} ({result['trials']} trials)")
@@ -168,12 +166,11 @@ def plot(out: Path, table: list[dict[str, Any]], last: tuple[np.ndarray, np.ndar
     ax.set_title(f"{result['objective']} predictor, test set {result['test_size']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    atomic_write_bytes(out / "mape_vs_n.png", png_bytes(fig))
+    write_figure(out / "mape_vs_n.png", fig, dpi=120, bbox_inches="tight")
     if last is None:
         return
     truth, pred = last
-    fig = Figure(figsize=(4.5, 4.5))
-    FigureCanvasAgg(fig)
+    fig = agg_figure(figsize=(4.5, 4.5))
     ax = fig.subplots()
     ax.scatter(truth, pred, s=8, alpha=0.6)
     lo, hi = float(min(truth.min(), pred.min())), float(max(truth.max(), pred.max()))
@@ -182,66 +179,18 @@ def plot(out: Path, table: list[dict[str, Any]], last: tuple[np.ndarray, np.ndar
     ax.set_ylabel(f"predicted {result['objective']}")
     ax.set_title(f"n={table[-1]['n']}, Kendall tau {rank_agreement(truth, pred):.3f}")
     ax.legend(fontsize=8)
-    atomic_write_bytes(out / "pred_vs_true.png", png_bytes(fig))
+    write_figure(out / "pred_vs_true.png", fig, dpi=120, bbox_inches="tight")
 
 
-def png_bytes(fig: Any) -> bytes:
-    """The figure as PNG bytes (written with an atomic writer)."""
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    return buffer.getvalue()
+#: ``main`` (the Hydra app); the run shell writes ``evaluate_predictor.json``
+main, _run_checked = hydra_command(Task(evaluate, summary="evaluate_predictor.json"), "evaluate_predictor")
 
 
-GROUPS = ("space", "predictor")
-
-
-def compose(argv: list[str]) -> DictConfig:
-    """The run's config from ``nas/conf/evaluate_predictor.yaml`` and ``key=value`` arguments.
-
-    Hand-composed rather than by Hydra: ``objective=`` is this script's setting, but ``nas/conf/objective/`` is a
-    config group of the search entry points, so Hydra would read ``objective=error`` as a group choice.
-    """
-    from datetime import datetime
-
-    conf = CONFIG_DIR
-    cfg = OmegaConf.load(conf / "evaluate_predictor.yaml")
-    choices = {next(iter(d)): d[next(iter(d))] for d in cfg.pop("defaults") if isinstance(d, DictConfig)}
-    known = set(cfg.keys()) | set(GROUPS)  # `in cfg` is False for a missing (???) value
-    dotted = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ConfigError(f"argument {arg!r} is not key=value (e.g. db=<run>/validations.jsonl objective=error)")
-        if key in GROUPS:
-            choices[key] = value
-        elif key.split(".")[0] not in known:
-            raise ConfigError(f"unknown setting {key!r}; allowed: {sorted(known)}")
-        else:
-            dotted.append(arg)
-    for group, name in choices.items():
-        path = Path(name) if name.endswith((".yaml", ".yml")) else conf / group / f"{name}.yaml"
-        if not path.is_file():
-            options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
-            raise ConfigError(f"{group}={name} is unknown; choose one of {options} or give a .yaml file")
-        cfg[group] = OmegaConf.load(path)
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotted))
-    if cfg.out is None:
-        cfg.out = f"outputs/evaluate_predictor/{datetime.now():%Y-%m-%d/%H-%M-%S}"
-    if OmegaConf.is_missing(cfg, "db"):
-        raise ConfigError("db=<validations.jsonl | validation.json> is required")
-    return cfg
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``spnas evaluate-predictor key=value ...`` (``--help`` prints this module's description)."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    if any(arg in ("-h", "--help") for arg in args):
-        print(__doc__.strip())
-        print(f"\nSettings (key=value) and their defaults: {CONFIG_DIR / 'evaluate_predictor.yaml'}")
-        return
-    main_guard(lambda: evaluate(compose(args)))
-
-
-run_command = main
+def run_command() -> None:
+    """``spnas evaluate-predictor key=value ...``: ``objective=`` (this command's old name of ``predict=``, and the
+    name of the search's config group) is one line naming ``predict=``; then the command line is checked and run."""
+    old = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") == "objective"]
+    if old:
+        fail(f"{old[0]}: evaluate-predictor's setting is predict=<error | ce | latency | macs | params> "
+             "(objective is the search's config group)")
+    _run_checked()

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import warnings
@@ -61,7 +60,6 @@ def peak_memory_cpu_mb(net: nn.Module, input_shape: tuple[int, ...]) -> float:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiet kineto's start/stop chatter on stderr
     net = net.eval()
     x = torch.zeros(*input_shape)
     with torch.no_grad():
