@@ -81,6 +81,7 @@ def _study(tmp_path: Path, *overrides: str, real: bool = False, cache: Path | No
     cfg = compose_config("study_solvers", with_choices=True, overrides=[
         f"records={tmp_path}/r.jsonl", f"work_dir={tmp_path}/work", f"table={tmp_path}/t.md",
         f"figure={tmp_path}/f.png", f"common={json.dumps(common)}", "lambda_search.file=null", "cloud.file=null",
+        f"sitting.file={tmp_path}/sitting.json",
         *overrides])
     return SolverStudy(study_config(cfg))
 
@@ -142,14 +143,25 @@ def test_study_runs_searches_and_cloud_then_resumes_without_work(tmp_path, monke
     assert searched["search_wall_s"] > 0 and searched["lambda"] is None
     assert searched["search_cpu_s"] > 0 and searched["retrain_cpu_s"] > 0
     assert len(read_jsonl(tmp_path / "r.jsonl")) == 2
+    # the complete study measured every network again in one interleaved sitting
+    sitting = json.loads((tmp_path / "sitting.json").read_text())
+    assert sitting["format"] == "spnas-study-latency-sitting"
+    assert set(sitting["networks"]) == {r["key"] for r in records}
+    assert all(n["ms"] > 0 and n["runs"] > 0 for n in sitting["networks"].values())
     monkeypatch.setattr(SolverStudy, "_run", lambda *a: pytest.fail("recorded work was run again"))
     again = _study(tmp_path, "seeds=[0]", "solvers=[random]", "cloud.size=1", real=real, cache=onnx_lut_cache).run()
     assert len(again) == 2 and len(read_jsonl(tmp_path / "r.jsonl")) == 2
     from nas.studies.solver_study import write_report
 
     write_report(again, OmegaConf.create({"table": str(tmp_path / "t.md"), "figure": str(tmp_path / "f.png"),
-                                          "anchors": {"MobileNet": 0.95}}))
-    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and "random cloud" in (tmp_path / "t.md").read_text()
+                                          "anchors": {"MobileNet": 0.95},
+                                          "sitting": {"file": str(tmp_path / "sitting.json")}}))
+    table = (tmp_path / "t.md").read_text()
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and "random cloud" in table
+    assert table.startswith("Measured latency: every network in one interleaved sitting")
+    cloud_ms = sitting["networks"]["cloud/000"]["ms"]
+    cloud_row = next(line for line in table.splitlines() if line.startswith("| random cloud |"))
+    assert f"| {cloud_ms:.4f} ± 0.0000 |" in cloud_row  # the sitting's latency, not the retraining's
 
 
 def test_a_step_that_ends_without_its_summary_stops_the_study_with_the_resume_hint(tmp_path, monkeypatch):

@@ -187,6 +187,7 @@ class SolverStudy:
     def setup(self) -> None:
         """Space, data check, LUT (the search's cache), runtime model, R_T and the cloud."""
         setting = SearchSetting.compose(self.base_overrides())
+        self.setting = setting
         self.space, self.datamodule = setting.space, setting.datamodule
         self.lut, self.model = setting.lut, setting.model
         self.in_channels, self.num_classes = setting.in_channels, setting.num_classes
@@ -248,7 +249,11 @@ class SolverStudy:
                 bar.update()
                 tqdm.write(f"{job.key}: test acc {record['test_acc']:.4f}, measured {record['measured_latency_ms']:.4f}"
                            f" ms (predicted {record['predicted_latency_ms']:.4f})")
-        return list(done.values())
+        records = list(done.values())
+        sitting = self.cfg.get("sitting") or {}
+        if sitting.get("file") and (sitting.get("run") or not sitting_covers(sitting["file"], records)):
+            measure_in_one_sitting(records, self.setting, sitting["file"], rounds=sitting.get("rounds"))
+        return records
 
     def run_job(self, job: Job) -> dict[str, Any]:
         from nas.space.architecture import Architecture
@@ -437,11 +442,88 @@ def study_config(cfg: DictConfig, args: list[str] | None = None) -> DictConfig:
     for key in ("records", "figure", "table", "work_dir", "source"):
         if key in plain:  # type: ignore[operator]
             plain[key] = str(Path(plain[key]).absolute())  # type: ignore[index]
-    for group in ("lambda_search", "cloud"):
+    for group in ("lambda_search", "cloud", "sitting"):
         node = plain.get(group) or {}  # type: ignore[union-attr]
         if node.get("file"):
             node["file"] = str(Path(node["file"]).absolute())
     return OmegaConf.create(plain)
+
+
+# ---------------------------------------------------------------------- one sitting
+SITTING_FORMAT = "spnas-study-latency-sitting"
+SITTING_VERSION = 1
+
+
+def read_sitting(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The one-sitting measurements of ``path`` (``None`` without the file)."""
+    if not path or not Path(path).is_file():
+        return None
+    from nas.io import read_json_document
+
+    return read_json_document(path, "sitting.file", SITTING_FORMAT, SITTING_VERSION, "study latency sitting",
+                              "measure it again: spnas study-solvers sitting.run=true")
+
+
+def sitting_covers(path: str | os.PathLike, records: list[dict[str, Any]]) -> bool:
+    """Whether the sitting of ``path`` holds every recorded network (with the same architecture)."""
+    doc = read_sitting(path)
+    if doc is None:
+        return False
+    nets = doc["networks"]
+    return all(r["key"] in nets and nets[r["key"]]["architecture"] == r["architecture"] for r in records)
+
+
+def measure_in_one_sitting(records: list[dict[str, Any]], setting: SearchSetting, path: str | os.PathLike,
+                           rounds: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Measure every recorded network again, all in one interleaved sitting on the study's backend, and write them
+    to ``path``.
+
+    Each retraining measured its network when it finished, so two networks' numbers may come from different
+    loads of a shared machine (hours apart, another process on the sibling core). Here every network is loaded
+    once per session and timed in the same randomly ordered rounds (:func:`nas.cost.profiler.profile_ops`, the
+    LUT's own procedure), so a drift of the machine shifts all of them alike and the comparison of a searched
+    network with the cloud does not depend on when each was trained. Latency does not depend on the weights, so
+    the networks are built from their architectures."""
+    from datetime import datetime, timezone
+
+    from nas.cost.profiler import profile_ops
+    from nas.cost.signatures import OpSpec
+    from nas.io import atomic_write_json
+    from nas.space.networks import build_child
+    from nas.space.references import load_architecture
+
+    space, backend = setting.space, setting.backend
+    shape = (setting.in_channels, space.resolution, space.resolution)
+    ops: dict[str, OpSpec] = {}
+    for r in records:
+        arch = load_architecture(r["timm"], space, setting.in_channels, setting.num_classes)
+        if arch.keys != r["architecture"]:
+            raise ConfigError(f"{r['key']}: its timm string does not rebuild its architecture in space {space.name}")
+        net = build_child(space, arch, setting.in_channels, setting.num_classes)
+        ops[r["key"]] = OpSpec(r["key"], shape, lambda net=net: net.eval(), "network")
+    started, load_before, start = datetime.now(timezone.utc), os.getloadavg(), time.perf_counter()
+    measured = profile_ops(ops, backend, progress=progress, rounds=int(rounds or backend.repeats))
+    doc = {"format": SITTING_FORMAT, "version": SITTING_VERSION, "hardware": backend.hardware_record(),
+           "started_utc": started.isoformat(timespec="seconds"), "wall_s": round(time.perf_counter() - start, 1),
+           "load_average": {"before": [round(v, 2) for v in load_before],
+                            "after": [round(v, 2) for v in os.getloadavg()]},
+           "networks": {r["key"]: {"architecture": r["architecture"], "ms": measured[r["key"]].ms,
+                                   "iqr_ms": measured[r["key"]].iqr_ms, "runs": measured[r["key"]].runs}
+                        for r in records}}
+    atomic_write_json(path, doc)
+    print(f"measured {len(ops)} networks in one sitting on {backend.name} in {doc['wall_s']} s (load average "
+          f"{load_before[0]:.2f} -> {doc['load_average']['after'][0]:.2f}): {path}")
+    return doc
+
+
+def with_sitting(records: list[dict[str, Any]], sitting: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The records with ``measured_latency_ms`` from the sitting where it has the network (the retraining's own
+    measurement kept as ``measured_at_retraining_ms``)."""
+    if sitting is None:
+        return records
+    nets = sitting["networks"]
+    return [{**r, "measured_at_retraining_ms": r["measured_latency_ms"], "measured_latency_ms": nets[r["key"]]["ms"]}
+            if r["key"] in nets and nets[r["key"]]["architecture"] == r["architecture"] else r for r in records]
 
 
 # ---------------------------------------------------------------------- report
@@ -545,9 +627,16 @@ def write_report(records: list[dict[str, Any]], cfg: DictConfig) -> str:
     """Write the table (markdown) and the figure of the study; returns the table."""
     from nas.io import atomic_write_text
 
-    records = [r for r in records if r.get("test_acc") is not None and r.get("measured_latency_ms") is not None]
+    sitting = read_sitting((cfg.get("sitting") or {}).get("file"))
+    records = [r for r in with_sitting(records, sitting)
+               if r.get("test_acc") is not None and r.get("measured_latency_ms") is not None]
     target = next((r["target_ms"] for r in records if r.get("target_ms")), None)
     text = report_table(records)
+    if sitting is not None:
+        text = (f"Measured latency: every network in one interleaved sitting ({sitting['started_utc']}, "
+                f"{sitting['hardware'].get('backend')}, load average {sitting['load_average']['before'][0]:.2f} -> "
+                f"{sitting['load_average']['after'][0]:.2f}); the retraining's own measurement is in the records.\n\n"
+                + text)
     atomic_write_text(cfg.table, text)
     if records:
         plot_records(records, dict(cfg.anchors), target, cfg.figure)
