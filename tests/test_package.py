@@ -156,7 +156,8 @@ def test_every_entry_point_has_the_one_cache_default(monkeypatch, tmp_path):
     monkeypatch.delenv("SPNAS_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.chdir(tmp_path)
-    names = ["search", "train", "profile", "latency", "subnet_search", "hyperpower", "validate", "export_ops"]
+    names = ["search", "train", "profile", "latency", "subnet_search", "hyperpower", "validate", "export_ops",
+             "evaluate_predictor"]
     folders = {name: compose_config(name, []).paths.cache_dir for name in names}
     assert set(folders.values()) == {str(tmp_path / "xdg" / "spnas")}, folders
     monkeypatch.setenv("SPNAS_CACHE_DIR", str(tmp_path / "mine"))
