@@ -53,12 +53,13 @@ def cache(tmp_path_factory) -> str:
     return f"paths.cache_dir={tmp_path_factory.mktemp('lut_cache')}"
 
 
-def _interrupted_search(tmp_path: Path, signum: int, run_dir: Path, cache: str) -> subprocess.CompletedProcess:
+def _interrupted_search(tmp_path: Path, signum: int, run_dir: Path, cache: str, script: str = "search.py",
+                        args: tuple[str, ...] = tuple(SEARCH)) -> subprocess.CompletedProcess:
     flag = tmp_path / f"paused-{signum}"
     wrapper = tmp_path / "paused_search.py"
-    wrapper.write_text(WRAPPER.format(step=PAUSE_STEP, flag=str(flag), script=str(ROOT / "search.py")))
+    wrapper.write_text(WRAPPER.format(step=PAUSE_STEP, flag=str(flag), script=str(ROOT / script)))
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(wrapper), *SEARCH, f"hydra.run.dir={run_dir}", cache], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, str(wrapper), *args, f"hydra.run.dir={run_dir}", cache], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 1800  # generous: a CI machine may be shared and slow
     while not flag.exists():
@@ -107,6 +108,23 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tmp_path, cache):
     assert f"ckpt_path={ckpt_path}" in stopped.stderr and "Traceback" not in stopped.stderr
     assert load_checkpoint(ckpt_path)["global_step"] == PAUSE_STEP
     assert not (tmp_path / "stopped" / "arch.json").exists()
+
+
+def test_sigterm_stops_train_py_with_a_checkpoint_and_the_resume_command(tmp_path, cache):
+    """train.py is as safe to pre-empt as search.py: the same checkpoint-and-stop, and the resumed run finishes."""
+    args = ("arch=smallest", "progress=false", "hardware=macs_proxy", "data.limit=400", "data.batch_size=32",
+            "trainer.max_epochs=2", "train.export.onnx=false", "~logger")
+    stopped = _interrupted_search(tmp_path, signal.SIGTERM, tmp_path / "train", cache, "train.py", args)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    ckpt_path = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    assert f"stopped by SIGTERM at step {PAUSE_STEP}" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert "resume with: python train.py" in stopped.stderr and f"ckpt_path={ckpt_path}" in stopped.stderr
+    assert load_checkpoint(ckpt_path)["global_step"] == PAUSE_STEP
+    assert not (tmp_path / "train" / "train_summary.json").exists()  # a stopped run reports no result
+    resumed = run("train.py", *args, f"hydra.run.dir={tmp_path}/train", cache, f"ckpt_path={ckpt_path}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((tmp_path / "train" / "train_summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["resumed_from"] == str(ckpt_path) and summary["val_acc"] is not None
 
 
 def _search_in_process(tmp_path: Path, name: str) -> Path:

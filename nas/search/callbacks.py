@@ -141,7 +141,7 @@ class PreemptionCheckpoint(pl.Callback):
         """What was saved and the command that resumes from it."""
         name = signal.Signals(signum).name
         if self.saved_step is None:
-            return f"stopped by {name} before the first training step; nothing to resume (start the search again)"
+            return f"stopped by {name} before the first training step; nothing to resume (start it again)"
         loop = trainer.fit_loop
         where = (f"epoch {loop.epoch_progress.current.processed}, batch "
                  f"{loop.epoch_loop.batch_progress.current.processed} of {trainer.num_training_batches}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shlex
 import signal
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from nas.cli import resume_command
 from nas.cost.backends import build_backend
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import obtain_lut_once
@@ -76,16 +76,9 @@ def checkpoint_callbacks(out: Path, every_n_train_steps: int | None) -> list[Mod
     return callbacks
 
 
-def resume_command(ckpt: str) -> str:
-    """The command line of this run with ``ckpt_path=<ckpt>`` (Hydra's task overrides, without an old ckpt_path)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not run through @hydra.main (tests, notebooks)
-        overrides = []
-    kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
-    return " ".join(["python search.py", *map(shlex.quote, kept), shlex.quote(f"ckpt_path={ckpt}")])
+def resume_hint(ckpt: str) -> str:
+    """The command line of this run with ``ckpt_path=<ckpt>`` (:func:`nas.cli.resume_command`)."""
+    return resume_command("ckpt_path", ckpt)
 
 
 def run_search(cfg: DictConfig) -> dict[str, Any]:
@@ -108,7 +101,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
              space.name, len(space.layers), len(space.searchable_layers), space.num_architectures(), lut.source)
 
     agreement, clock = RankAgreement(), SearchClock(start)
-    preemption = PreemptionCheckpoint(out / "checkpoints" / "last.ckpt", resume_command)
+    preemption = PreemptionCheckpoint(out / "checkpoints" / "last.ckpt", resume_hint)
     sync = sync_batchnorm_arguments(cfg.trainer)  # CPU processes: BatchNorm over the global batch
     callbacks = [agreement, clock, preemption,
                  *checkpoint_callbacks(out, cfg.checkpoint.get("every_n_train_steps"))]

@@ -8,6 +8,7 @@ runtime model's prediction from the LUT (Eq 5.8: ``R = sum_i R_i``, with the LUT
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,15 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from models.child import ChildNet
-from nas.errors import ConfigError
+from nas.cli import resume_command
+from nas.errors import ConfigError, Interrupted
 from nas.io import finite_or_none
+from nas.search.callbacks import PreemptionCheckpoint
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.monitoring import build_logger
 from nas.search.optimization import OptimizerFactory, SchedulerFactory, build_optimizer, step_schedule
@@ -162,11 +166,16 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="epoch{epoch:03d}",
                                  auto_insert_metric_name=False, save_last=True, monitor="val/acc", mode="max")
+    # SIGTERM / Ctrl-C: save a resumable checkpoint after the running step, say so and print the resume command
+    preemption = PreemptionCheckpoint(out / "checkpoints" / "last.ckpt", lambda p: resume_command("ckpt_path", p))
     logger = build_logger(cfg)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint],
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint, preemption],
                                       plugins=[AtomicCheckpointIO()])
-    trained = train_child(net, datamodule, **recipe_arguments(cfg.train), trainer=trainer,
-                          ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trained = train_child(net, datamodule, **recipe_arguments(cfg.train), trainer=trainer,
+                              ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException:  # the signal came outside a training step (validation, epoch end)
+        raise Interrupted(signal.SIGTERM, preemption.message(signal.SIGTERM, trainer)) from None
     result = {
         "architecture": arch.keys,
         "parameters": trained["parameters"],
