@@ -235,7 +235,12 @@ def run_entry(name: str, args: Sequence[str], log_path: str | os.PathLike) -> tu
     """Run entry point ``name`` (:func:`entry_command`) with ``args`` in a new process of this Python, its output
     (stdout and stderr) into ``log_path`` (its folder is created). Returns the exit status and the process'
     resource usage (:func:`os.wait4`): CPU time ``ru_utime + ru_stime`` (s), peak memory ``ru_maxrss`` (KiB on
-    Linux), the process' own, whatever else this one holds."""
+    Linux), the process' own, whatever else this one holds.
+
+    Stopped by :class:`SignalStop` (inside :func:`stop_on_signals`) while the process runs, it hands SIGTERM on to
+    the process (a Ctrl-C in a terminal reaches the whole process group already), waits until the process has
+    saved and stopped, and raises the :class:`SignalStop` again."""
+    import signal
     import subprocess
 
     log_path = Path(log_path)
@@ -243,7 +248,13 @@ def run_entry(name: str, args: Sequence[str], log_path: str | os.PathLike) -> tu
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
     with open(log_path, "w") as handle:
         proc = subprocess.Popen([*entry_command(name), *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
-        _, wait_status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, wait_status, usage = os.wait4(proc.pid, 0)
+        except SignalStop as stop:
+            if stop.signum == signal.SIGTERM:
+                proc.send_signal(signal.SIGTERM)
+            os.wait4(proc.pid, 0)
+            raise
         proc.returncode = os.waitstatus_to_exitcode(wait_status)
     return proc.returncode, usage
 

@@ -194,6 +194,36 @@ def test_study_command_line_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "r.jsonl").exists()
 
 
+def test_sigterm_stops_the_study_and_its_running_step_and_says_how_to_resume(tmp_path):
+    """``kill <study>`` reaches the running search too (it saves and stops), and the study says what it kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_idx_set(tmp_path / "fm", n_train=160, n_test=40)
+    args = ["study-solvers", "seeds=[0]", "solvers=[random]", "cloud.size=1", "hardware=macs_proxy",
+            f"data.root={data}", "data.val_size=40", f"records={tmp_path}/r.jsonl", f"work_dir={tmp_path}/work",
+            f"table={tmp_path}/t.md", f"figure={tmp_path}/f.png", "lambda_search.file=null", "cloud.file=null",
+            f"sitting.file={tmp_path}/s.json", f'common=["progress=false","paths.cache_dir={tmp_path}/cache"]']
+    proc = subprocess.Popen([sys.executable, "-m", "nas.command", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "work" / "search" / "random" / "seed0.log"
+    deadline = time.monotonic() + 600
+    while not log.exists():  # the study has started its first search
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by SIGTERM" in err and "resume with: " in err and "study-solvers" in err
+    assert "Traceback" not in err and not (tmp_path / "r.jsonl").exists()
+    assert not (log.parent / "seed0" / "summary.json").exists()  # the search was stopped, not waited for
+    alive = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True)
+    assert alive.stdout.strip() == "", "the running search outlived the study"
+
+
 def test_study_b_selects_by_validation_accuracy_within_the_parameter_budget():
     from nas.studies.anchor_study import anchor_table, select_networks
 

@@ -26,7 +26,26 @@ def study_command(doc: str, config_name: str, run: Callable[[Any], None]) -> Non
     from nas.cli import compose_config, main_guard
     from nas.studies.solver_study import study_config
 
-    main_guard(lambda: run(study_config(compose_config(config_name, args, with_choices=True), args)))
+    main_guard(lambda: run_until_stopped(run, study_config(compose_config(config_name, args, with_choices=True),
+                                                           args)))
+
+
+def run_until_stopped(run: Callable[[Any], None], cfg: Any) -> None:
+    """``run(cfg)``; SIGTERM or Ctrl-C stops it after the running search or retraining has saved its checkpoint
+    (:func:`nas.cli.run_entry`), saying what is kept and how to continue (exit 143 / 130)."""
+    import signal
+
+    from nas.cli import SignalStop, stop_on_signals
+    from nas.errors import Interrupted
+    from nas.run_shell import command_line
+
+    try:
+        with stop_on_signals():
+            run(cfg)
+    except SignalStop as stop:
+        raise Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name}: every finished network is "
+                          f"in {cfg.records}, and the running search or retraining saved its last checkpoint\n"
+                          f"resume with: {command_line()}") from None
 
 
 def run_solver_study(cfg: Any) -> None:
