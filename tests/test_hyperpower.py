@@ -291,3 +291,40 @@ def test_a_constraint_no_configuration_meets_names_the_best_predicted_value(tmp_
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: no configuration can meet memory_mb <= 0.001 MB: the best predicted value")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_stopped_hyperpower_run_says_how_to_resume_and_the_resumed_run_completes(tmp_path, monkeypatch):
+    """SIGTERM / Ctrl-C during an evaluation: the finished evaluations are kept (trials.jsonl, Optuna's journal),
+    the cut one is marked failed, and ``resume=<run folder>`` runs the rest with the same cost models."""
+    import signal
+
+    import nas.hyperpower.study as hp_study
+    from nas.cli import SignalStop
+    from nas.errors import Interrupted
+
+    calls = []
+    real = hp_study.train_candidate
+
+    def stopped_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise SignalStop(signal.SIGTERM)  # what stop_on_signals raises when the signal arrives
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hp_study, "train_candidate", stopped_on_the_second)
+    settings = ["hyperpower.constraints.memory_mb=0.45", "hyperpower.n_trials=3", *FAST]
+    with pytest.raises(Interrupted, match=r"stopped by SIGTERM after 1 of 3 evaluations") as stop:
+        hp_study.run_hyperpower(hyperpower_cfg(*settings, tmp_path=tmp_path / "first"))
+    assert stop.value.exit_code == 143 and f"resume={tmp_path / 'first'}" in str(stop.value)
+    first = [json.loads(line) for line in (tmp_path / "first" / "trials.jsonl").read_text().splitlines()]
+    assert [t["number"] for t in first] == [0]
+
+    monkeypatch.setattr(hp_study, "train_candidate", real)
+    result = hp_study.run_hyperpower(hyperpower_cfg(*settings, f"resume={tmp_path / 'first'}",
+                                                    tmp_path=tmp_path / "second"))
+    assert result["num_trials"] == 3 and result["trials"][0] == first[0] and result["output_dir"] == str(
+        tmp_path / "first")
+    assert [t["number"] for t in result["trials"]] == [0, 2, 3]  # trial 1 was cut short and marked failed
+    assert not (tmp_path / "second" / "cost_models.json").exists()  # nothing profiled again: the run's own models
+    with pytest.raises(ConfigError, match="no trials.jsonl there"):
+        hp_study.run_hyperpower(hyperpower_cfg(*settings, f"resume={tmp_path / 'second'}", tmp_path=tmp_path))

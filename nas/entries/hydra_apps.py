@@ -40,11 +40,6 @@ def subnet_search(cfg: DictConfig) -> dict[str, Any]:
 
 
 def hyperpower(cfg: DictConfig) -> dict[str, Any]:
-    import os
-
-    # the command's own process (library code sets no environment): quiet kineto's start/stop chatter on stderr
-    # when memory_mb is measured with torch's profiler, unless the user set a level
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     try:
         from nas.hyperpower.study import run_hyperpower
     except ModuleNotFoundError as err:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -41,14 +42,17 @@ import optuna
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from models.child import ChildNet
+from nas.cli import SignalStop, resume_command, stop_on_signals
 from nas.cost.vocabulary import UNITS
-from nas.errors import ConfigError
+from nas.errors import ConfigError, Interrupted
 from nas.hyperpower.cost_models import CostModels, check_samples
 from nas.hyperpower.measure import GPU_METRICS, METRICS, measure, require_gpu
 from nas.hyperpower.samplers import ConstraintAwareSampler, RandomWalkSampler
 from nas.hyperpower.structure import StructureSpace
+from nas.io import append_jsonl, read_jsonl
 from nas.search.objectives import Measurements, Objective, build_objective
 from nas.space.networks import build_child
 
@@ -258,7 +262,13 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
     objective, constraints, method = check_config(cfg)
     hp = cfg.hyperpower
     seed = int(cfg.seed)
-    out = Path(cfg.paths.output_dir)
+    out = Path(cfg.resume) if cfg.get("resume") else Path(cfg.paths.output_dir)
+    trials_path = out / "trials.jsonl"  # one record per finished evaluation: what a resumed run continues from
+    models_path = hp.cost_models.get("path")
+    if cfg.get("resume"):
+        if not trials_path.is_file():
+            raise ConfigError(f"resume={out}: no trials.jsonl there; pass the folder of the stopped hyperpower run")
+        models_path = models_path or out / "cost_models.json"
     if hp.get("threads"):
         # tiny networks gain nothing from intra-op threads, and spinning threads collapse on a loaded machine
         import torch
@@ -279,11 +289,11 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
 
         backend = build_backend(cfg.hardware.backend)
 
-    if hp.cost_models.get("path"):
-        models = CostModels.load(hp.cost_models.path, structure.feature_names, structure.features, seed)
+    if models_path:
+        models = CostModels.load(models_path, structure.feature_names, structure.features, seed)
         missing = set(metrics) - set(models.models)
         if missing:
-            raise ConfigError(f"{hp.cost_models.path} has no cost model for {sorted(missing)}; profile again")
+            raise ConfigError(f"{models_path} has no cost model for {sorted(missing)}; profile again")
     else:
         log.info("Profiling %d networks for the cost models of %s", int(hp.cost_models.samples), metrics)
         models = profile_cost_models(structure, metrics, input_shape, datamodule.in_channels,
@@ -298,60 +308,96 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
     known = KnownCosts(structure)
     for i, config in enumerate(models.configs):
         known.add(config, {m: model.actual[i] for m, model in models.models.items()})
+    trials: list[dict[str, Any]] = read_jsonl(trials_path, "hyperpower trial")
+    for record in trials:  # a resumed run: what the stopped one measured
+        known.add(record["params"], record["measured"])
+    best_error: float | None = trials[-1]["best_error_so_far"] if trials else None
     sampler = make_sampler(method, structure, models, constraints, hp, seed, known)
-    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner,
-                                study_name=f"hyperpower-{method}-{seed}")
+    # Optuna's journal file keeps the study's trials on disk, so a stopped run's sampler sees them again on resume
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    out.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner, storage=storage,
+                                study_name=f"hyperpower-{method}-{seed}", load_if_exists=True)
+    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # the evaluation a stop cut short
     distributions = structure.distributions()
-    trials: list[dict[str, Any]] = []
-    best_error: float | None = None
-    for _ in range(int(hp.n_trials)):
-        t0 = time.perf_counter()
-        trial = study.ask(fixed_distributions=distributions)
-        params = dict(trial.params)
-        pl.seed_everything(seed * 100_003 + trial.number, workers=True, verbose=False)
-        space, arch = structure.build(params)
-        net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
-        features = structure.features(params)
-        predicted = {m: float(models.models[m].predict(features)[0]) for m in metrics}
-        measured = measure(net, input_shape, metrics, backend)
-        known.add(params, measured)
-        violated = [m for m in metrics if measured[m] > constraints[m]]
-        trial.set_user_attr("constraints", [measured[m] - constraints[m] for m in metrics])
-        record: dict[str, Any] = {
-            "number": trial.number, "params": params, "architecture": arch.keys,
-            "predicted": predicted, "measured": measured,
-            "predicted_feasible": all(predicted[m] <= constraints[m] for m in metrics),
-            "violated": violated, "trained": False, "pruned": False, "val_acc": None, "val_error": None,
-            "objective": None}
-        if violated and method != "hyperpower":
-            trial.set_user_attr("y", y_untrained)
-            study.tell(trial, y_untrained)
-        else:
-            pruning = PruningCallback(trial)
-            acc = train_candidate(cfg, net, structure.optimizer_config(params), datamodule, [pruning])
-            score = objective(Measurements(acc, device_power_w=objective.device_power_w,
-                                           **{m: measured[m] for m in metrics if m != "cuda_memory_mb"}))
-            trial.set_user_attr("y", -score)
-            if pruning.pruned:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                study.tell(trial, -score)
-            record.update(trained=True, pruned=pruning.pruned, val_acc=acc, val_error=1.0 - acc, objective=score)
-            if not pruning.pruned:
-                best_error = record["val_error"] if best_error is None else min(best_error, record["val_error"])
-        record["best_error_so_far"] = best_error
-        record["wall_s"] = round(time.perf_counter() - t0, 3)
-        trials.append(record)
-        log.info("[%s] trial %d: %s%s%s, error %s, best %s (%.1f s)", method, trial.number,
-                 ", ".join(f"{m} {measured[m]:.4g} (pred {predicted[m]:.4g})" for m in metrics),
-                 " VIOLATES " + ",".join(violated) if violated else "",
-                 " [pruned]" if record["pruned"] else "" if record["trained"] else " [not trained]",
-                 "-" if record["val_error"] is None else f"{record['val_error']:.4f}",
-                 "-" if best_error is None else f"{best_error:.4f}", record["wall_s"])
+    trial = None
+    try:
+        with stop_on_signals():
+            for _ in range(max(0, int(hp.n_trials) - len(trials))):
+                trial = study.ask(fixed_distributions=distributions)
+                record, best_error = evaluate_trial(
+                    trial, study, cfg, structure, models, metrics, constraints, objective, method, datamodule,
+                    input_shape, backend, known, y_untrained, best_error)
+                append_jsonl(trials_path, record)
+                trials.append(record)
+                trial = None
+    except (SignalStop, SIGTERMException) as stop:
+        signum = stop.signum if isinstance(stop, SignalStop) else signal.SIGTERM
+        if trial is not None:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} after {len(trials)} of "
+                          f"{int(hp.n_trials)} evaluations (kept in {trials_path} and {out / 'optuna.journal'})\n"
+                          f"resume with: {resume_command('resume', str(out))}") from None
     result = summarise(trials, method, seed, constraints, models, best_pred, objective)
+    result["output_dir"] = str(out)
     result["wall_time_s"] = round(time.perf_counter() - start, 2)
     print(format_summary(result, out))
     return result
+
+
+def evaluate_trial(trial: Any, study: Any, cfg: DictConfig, structure: Any, models: CostModels, metrics: list[str],
+                   constraints: dict[str, float], objective: Objective, method: str, datamodule: Any,
+                   input_shape: tuple[int, ...], backend: Any, known: Any, y_untrained: float,
+                   best_error: float | None) -> tuple[dict[str, Any], float | None]:
+    """One evaluation (thesis Sec 3.3): build the proposed network, measure its costs, train it unless a
+    baseline measured a violation, and tell the study; returns its record and the best error so far."""
+    seed = int(cfg.seed)
+    t0 = time.perf_counter()
+    params = dict(trial.params)
+    pl.seed_everything(seed * 100_003 + trial.number, workers=True, verbose=False)
+    space, arch = structure.build(params)
+    net = build_child(space, arch, datamodule.in_channels, datamodule.num_classes)
+    features = structure.features(params)
+    predicted = {m: float(models.models[m].predict(features)[0]) for m in metrics}
+    measured = measure(net, input_shape, metrics, backend)
+    known.add(params, measured)
+    violated = [m for m in metrics if measured[m] > constraints[m]]
+    trial.set_user_attr("constraints", [measured[m] - constraints[m] for m in metrics])
+    record: dict[str, Any] = {
+        "number": trial.number, "params": params, "architecture": arch.keys,
+        "predicted": predicted, "measured": measured,
+        "predicted_feasible": all(predicted[m] <= constraints[m] for m in metrics),
+        "violated": violated, "trained": False, "pruned": False, "val_acc": None, "val_error": None,
+        "objective": None}
+    if violated and method != "hyperpower":
+        trial.set_user_attr("y", y_untrained)
+        study.tell(trial, y_untrained)
+    else:
+        pruning = PruningCallback(trial)
+        acc = train_candidate(cfg, net, structure.optimizer_config(params), datamodule, [pruning])
+        score = objective(Measurements(acc, device_power_w=objective.device_power_w,
+                                       **{m: measured[m] for m in metrics if m != "cuda_memory_mb"}))
+        trial.set_user_attr("y", -score)
+        if pruning.pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, -score)
+        record.update(trained=True, pruned=pruning.pruned, val_acc=acc, val_error=1.0 - acc, objective=score)
+        if not pruning.pruned:
+            best_error = record["val_error"] if best_error is None else min(best_error, record["val_error"])
+    record["best_error_so_far"] = best_error
+    record["wall_s"] = round(time.perf_counter() - t0, 3)
+    log.info("[%s] trial %d: %s%s%s, error %s, best %s (%.1f s)", method, trial.number,
+             ", ".join(f"{m} {measured[m]:.4g} (pred {predicted[m]:.4g})" for m in metrics),
+             " VIOLATES " + ",".join(violated) if violated else "",
+             " [pruned]" if record["pruned"] else "" if record["trained"] else " [not trained]",
+             "-" if record["val_error"] is None else f"{record['val_error']:.4f}",
+             "-" if best_error is None else f"{best_error:.4f}", record["wall_s"])
+    return record, best_error
 
 
 def structure_resolution(cfg: DictConfig) -> int:
