@@ -326,5 +326,7 @@ def test_a_stopped_hyperpower_run_says_how_to_resume_and_the_resumed_run_complet
         tmp_path / "first")
     assert [t["number"] for t in result["trials"]] == [0, 2, 3]  # trial 1 was cut short and marked failed
     assert not (tmp_path / "second" / "cost_models.json").exists()  # nothing profiled again: the run's own models
+    with pytest.raises(ConfigError, match="already holds a hyperpower run"):  # never continued by accident
+        hp_study.run_hyperpower(hyperpower_cfg(*settings, tmp_path=tmp_path / "first"))
     with pytest.raises(ConfigError, match="no trials.jsonl there"):
         hp_study.run_hyperpower(hyperpower_cfg(*settings, f"resume={tmp_path / 'second'}", tmp_path=tmp_path))

@@ -33,6 +33,7 @@ from nas.errors import ConfigError
 from nas.hyperpower.cost_models import CostModel
 from nas.hyperpower.study import evaluations_to_reach, make_structure, profile_cost_models, run_hyperpower
 from nas.io import agg_figure, atomic_write_json, atomic_write_text, null_non_finite, write_figure
+from nas.run_shell import Task, run_task
 
 COLORS = {"hyperpower": "tab:red", "vanilla_bo": "tab:blue", "random": "tab:green", "random_walk": "tab:orange"}
 METHODS = ["hyperpower", "vanilla_bo", "random", "random_walk"]
@@ -191,11 +192,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runs = []
         for seed in seeds:
             for method in args.methods:
+                run_dir = out / "runs" / f"{method}_seed{seed}"
+                resume = [f"resume={run_dir}"] if (run_dir / "trials.jsonl").is_file() else []  # a cut benchmark
                 run_cfg = compose_config("hyperpower", [
                     *args.overrides, f"seed={seed}", f"hyperpower.method={method}",
                     f"hyperpower.n_trials={args.trials}", f"hyperpower.constraints.memory_mb={limit}",
-                    f"hyperpower.cost_models.path={models_path}", f"paths.output_dir={out}/runs/{method}_seed{seed}"])
-                runs.append(run_hyperpower(run_cfg))
+                    f"hyperpower.cost_models.path={models_path}", f"paths.output_dir={run_dir}", *resume])
+                # in the run shell, as spnas hyperpower runs it: seeded, timed, hyperpower.json written
+                runs.append(run_task(Task(run_hyperpower, summary="hyperpower.json"), run_cfg))
                 atomic_write_json(out / "bench_partial.json",
                                   {"runs": [{k: v for k, v in r.items() if k != "trials"} for r in runs]})
 

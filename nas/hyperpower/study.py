@@ -269,6 +269,9 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
         if not trials_path.is_file():
             raise ConfigError(f"resume={out}: no trials.jsonl there; pass the folder of the stopped hyperpower run")
         models_path = models_path or out / "cost_models.json"
+    elif trials_path.is_file():
+        raise ConfigError(f"{out} already holds a hyperpower run (trials.jsonl); continue it with resume={out}, or "
+                          "choose another run folder (hydra.run.dir=...)")
     if hp.get("threads"):
         # tiny networks gain nothing from intra-op threads, and spinning threads collapse on a loaded machine
         import torch
