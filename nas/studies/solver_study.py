@@ -571,6 +571,16 @@ def report_table(records: list[dict[str, Any]]) -> str:
                      f"{cell([r['predicted_latency_ms'] for r in rs])} | "
                      f"{cell([r.get('search_wall_s') for r in rs], 1)} | "
                      f"{', '.join(f'{v:.3g}' for v in lambdas) or '-'} |")
+    if len(cloud) >= 3:
+        from scipy.stats import spearmanr
+
+        def trend(key: str) -> str:
+            rho = spearmanr([r[key] for r in cloud], [r["test_acc"] for r in cloud])
+            return f"ρ = {rho.statistic:+.2f} (p = {rho.pvalue:.2g})"
+
+        lines += ["", f"Random cloud, n = {len(cloud)}: Spearman rank correlation of test accuracy with measured "
+                  f"latency {trend('measured_latency_ms')}, with parameters {trend('params')}, with MACs "
+                  f"{trend('macs')} (does the recipe rank larger networks higher?)."]
     if searched and cloud:
         lines += ["", "Each searched network against the cloud: cloud networks with equal or lower measured latency "
                   "and higher test accuracy (goal: 0), and the margin over the cloud's upper envelope at its latency "
