@@ -28,7 +28,20 @@ from torch import nn
 from nas.cost.lut import LatencyEntry
 
 # the standalone measurement core holds the measurement rules the framework and the device runner share
-from nas.cost.measurement_core import STATISTICS, cpu_fingerprint, fingerprint_id, session_options, summary
+from nas.cost.measurement_core import (
+    STATISTICS,
+    cpu_fingerprint,
+    create_session,
+    describe_providers,
+    fingerprint_id,
+    is_default_providers,
+    merge_placements,
+    missing_providers,
+    node_placement,
+    normalize_providers,
+    session_options,
+    summary,
+)
 from nas.errors import ConfigError
 
 #: the deprecation notices of torch's TorchScript-based ONNX exporter (torch 2.14), hidden inside export_onnx only
@@ -106,6 +119,14 @@ class LatencyBackend:
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
+    def reset_placement(self) -> None:
+        """Start counting node placements afresh (:meth:`placement_summary`); a no-op where nothing is placed."""
+
+    def placement_summary(self) -> dict[str, Any] | None:
+        """Where the nodes of the models prepared since :meth:`reset_placement` ran, counted; ``None`` where the
+        backend does not partition graphs (only ONNX Runtime with execution providers does)."""
+        return None
+
     def fingerprint(self) -> dict[str, Any]:
         """What the measurements depend on: device, software versions, threads and batch size."""
         return cpu_fingerprint(self.name, self.threads, self.batch_size, self.cache_flush_mb, self.statistic,
@@ -166,23 +187,85 @@ class LatencyBackend:
         return f"{type(self).__name__}(threads={self.threads}, batch_size={self.batch_size})"
 
 
+def onnx_providers(providers: Any, setting: str = "hardware.backend.providers") -> list[dict[str, Any]]:
+    """The normalised execution providers (:func:`~nas.cost.measurement_core.normalize_providers`), checked against
+    the installed onnxruntime build: a malformed list or a provider the build lacks is a one-line
+    :class:`~nas.errors.ConfigError` naming the providers it has."""
+    import onnxruntime as ort
+
+    if providers is not None and not isinstance(providers, (str, bytes)):
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(providers, (DictConfig, ListConfig)):
+            providers = OmegaConf.to_container(providers, resolve=True)
+    try:
+        normalized = normalize_providers(providers)
+    except ValueError as err:
+        raise ConfigError(f"{setting} {err}") from None
+    available = ort.get_available_providers()
+    missing = missing_providers(normalized, available)
+    if missing:
+        raise ConfigError(f"{setting}: execution provider(s) {', '.join(missing)} not in this onnxruntime "
+                          f"{ort.__version__} build; it has: {', '.join(available)}")
+    return normalized
+
+
 class OnnxRuntimeCPU(LatencyBackend):
-    """ONNX Runtime, CPU execution provider, all graph optimisations, sequential execution."""
+    """ONNX Runtime, all graph optimisations, sequential execution; on the CPU execution provider unless
+    ``providers`` (names or ``{name, options}``, in order of preference) name others.
+
+    The providers and their options are part of the fingerprint (when they differ from the CPU default). With any
+    provider other than the CPU's, every prepared model is also checked for the nodes ONNX Runtime leaves to a
+    provider other than the first (:func:`~nas.cost.measurement_core.node_placement`); the profiler records the
+    count in the LUT's ``meta`` and warns about it.
+    """
 
     name = "onnxruntime-cpu"
+
+    def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 10, repeats: int = 30,
+                 cache_flush_mb: float = 0.0, calibration_networks: int = 0, statistic: str = "median",
+                 sessions: int = 1, providers: Any = None) -> None:
+        super().__init__(threads, batch_size, warmup, repeats, cache_flush_mb, calibration_networks, statistic,
+                         sessions)
+        self.providers = onnx_providers(providers)
+        #: node placements are counted only where a provider other than the CPU's can take nodes
+        self.check_placement = not is_default_providers(self.providers)
+        self._placements: list[dict[str, Any]] = []
 
     def versions(self) -> dict[str, str]:
         import onnxruntime
 
         return {"onnxruntime": onnxruntime.__version__}
 
+    def fingerprint(self) -> dict[str, Any]:
+        return cpu_fingerprint(self.name, self.threads, self.batch_size, self.cache_flush_mb, self.statistic,
+                               self.versions(), self.providers)
+
+    def hardware_record(self) -> dict[str, Any]:
+        return {**super().hardware_record(), "providers": self.providers}
+
     def session(self, model_bytes: bytes):  # noqa: ANN201
         import onnxruntime as ort
 
-        return ort.InferenceSession(model_bytes, session_options(ort, self.threads), providers=["CPUExecutionProvider"])
+        return create_session(ort, model_bytes, session_options(ort, self.threads), self.providers)
+
+    def node_placement(self, model_bytes: bytes) -> dict[str, Any]:
+        """The providers ONNX Runtime places ``model_bytes``' nodes on (a separate, profiled session)."""
+        import onnxruntime as ort
+
+        return node_placement(ort, model_bytes, session_options(ort, self.threads), self.providers)
+
+    def reset_placement(self) -> None:
+        self._placements = []
+
+    def placement_summary(self) -> dict[str, Any] | None:
+        return merge_placements(self._placements)
 
     def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
-        return self._session_timer(export_onnx(module, shape), shape)
+        data = export_onnx(module, shape)
+        if self.check_placement:
+            self._placements.append(self.node_placement(data))
+        return self._session_timer(data, shape)
 
     def _session_timer(self, model_bytes: bytes, shape: tuple[int, ...]):  # noqa: ANN202
         sess = self.session(model_bytes)
@@ -193,7 +276,13 @@ class OnnxRuntimeCPU(LatencyBackend):
         """One export, ``sessions`` ONNX Runtime sessions of it."""
         shape = (self.batch_size, *input_shape)
         data = export_onnx(module, shape)
+        if self.check_placement:
+            self._placements.append(self.node_placement(data))
         return [self._session_timer(data, shape) for _ in range(self.sessions)]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(threads={self.threads}, batch_size={self.batch_size}, "
+                f"providers=[{describe_providers(self.providers)}])")
 
 
 class TorchEagerCPU(LatencyBackend):

@@ -11,7 +11,8 @@ Manifest (``format: spnas-op-export``, ``version: 1``)::
       "format": "spnas-op-export", "version": 1,
       "space": {"name": "tiny", "digest": "..."}, "in_channels": 1, "num_classes": 10,
       "settings": {"threads": 1, "batch_size": 1, "warmup": 10, "repeats": 50, "rounds": 10,
-                   "sessions": 2, "cache_flush_mb": 2.0, "statistic": "p10"},   # sessions: optional, default 1
+                   "sessions": 2, "cache_flush_mb": 2.0, "statistic": "p10",     # sessions: optional, default 1
+                   "providers": [{"name": "CPUExecutionProvider", "options": {}}]},  # optional, default the CPU's
       "ops": [{"key": "mbconv_r16_...", "file": "ops/0003.onnx", "input_shape": [1, 16, 16, 16],
                "sha256": "...", "origin": "layer 1 (s1b0) k3_e3_se0"}, ...],
       "networks": [{"name": "network_0", "file": "networks/network_0.onnx", "input_shape": [...],
@@ -60,7 +61,8 @@ def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: i
     """Write ``out_dir/ops/*.onnx``, ``out_dir/networks/*.onnx`` and ``out_dir/manifest.json``, and ship the runner
     beside them (:func:`ship_runner`); return the manifest.
 
-    The measurement settings (threads, batch size, warm-up, repeats, rounds, sessions, cache flush) are taken from
+    The measurement settings (threads, batch size, warm-up, repeats, rounds, sessions, cache flush, execution
+    providers) are taken from
     ``backend`` (the ``hardware=`` config) and recorded in the manifest, which the runner follows by default.
     """
     if backend.name != "onnxruntime-cpu":
@@ -84,7 +86,8 @@ def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: i
         "settings": {"threads": backend.threads, "batch_size": backend.batch_size, "warmup": backend.warmup,
                      "repeats": backend.repeats, "rounds": rounds, "sessions": backend.sessions,
                      "cache_flush_mb": backend.cache_flush_mb,
-                     "statistic": backend.statistic},
+                     "statistic": backend.statistic,
+                     "providers": backend.providers},
         "ops": [],
         "networks": [],
     }

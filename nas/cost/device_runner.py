@@ -5,23 +5,27 @@
 device, then::
 
     python3 <export folder>/device_runner.py <export folder> --out lut.json [--threads N] [--repeats N]
+        [--providers OpenVINOExecutionProvider:device_type=CPU,CPUExecutionProvider]
 
 and hand ``lut.json`` back to the search: ``python search.py hardware.lut_path=lut.json``. Nothing else leaves
 the device, and nothing but the ONNX files and these two files reaches it (no torch, no framework, no data).
 
 This file is the command line, the manifest check and the ONNX Runtime sessions; what the numbers depend on is
 ``nas.cost.measurement_core``, the module the framework measures, fits and prices with too (imported from the
-package, or as the sibling file ``measurement_core.py`` on a device). The measurement: ONNX Runtime CPU,
-sequential execution, all graph optimisations; each op loaded in ``sessions`` separate sessions, each session
-given ``warmup`` untimed runs, then ``repeats`` timed runs interleaved over ``rounds`` passes through all sessions
-in a fresh seeded random order each pass (``time_interleaved``), each timed run after streaming through a
-``cache_flush_mb`` buffer; the ``statistic`` (median, p25, p10 or min) of all sessions' runs and their
-inter-quartile range are kept. The calibration networks of the export set the LUT's network calibration
-(``fit_network_calibration``; a network's MBConv layers are its ``mbconv_*`` keys, and the manifest's ``groups``
-give each op's stage). The hardware fingerprint is ``cpu_fingerprint``, as ``nas.cost.backends.OnnxRuntimeCPU``
-computes it, so a LUT measured here on the search machine matches it exactly.
+package, or as the sibling file ``measurement_core.py`` on a device). The measurement: ONNX Runtime on the
+manifest's execution providers (``--providers``; default the CPU's), sequential execution, all graph optimisations;
+each op loaded in ``sessions`` separate sessions, each session given ``warmup`` untimed runs, then ``repeats`` timed
+runs interleaved over ``rounds`` passes through all sessions in a fresh seeded random order each pass
+(``time_interleaved``), each timed run after streaming through a ``cache_flush_mb`` buffer; the ``statistic``
+(median, p25, p10 or min) of all sessions' runs and their inter-quartile range are kept. The calibration networks of
+the export set the LUT's network calibration (``fit_network_calibration``; a network's MBConv layers are its
+``mbconv_*`` keys, and the manifest's ``groups`` give each op's stage). The hardware fingerprint is
+``cpu_fingerprint``, as ``nas.cost.backends.OnnxRuntimeCPU`` computes it, so a LUT measured here on the search
+machine matches it exactly. With providers other than the CPU's, the nodes ONNX Runtime leaves to a provider other
+than the first are counted (``meta.node_placement``, a warning).
 
-Exit status 2 with ``error: ...`` on a missing, corrupt or inconsistent export.
+Exit status 2 with ``error: ...`` on a missing, corrupt or inconsistent export, or an execution provider this
+onnxruntime build lacks.
 """
 
 from __future__ import annotations
@@ -91,6 +95,10 @@ def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
                                                    f"{settings.get(name)!r}; {fix}")
     _require(_is_int(settings.get("sessions", 1), 1), f"{path}: settings.sessions must be an integer >= 1, got "
                                                       f"{settings.get('sessions')!r}; {fix}")
+    try:
+        core.normalize_providers(settings.get("providers"))
+    except ValueError as err:
+        raise ManifestError(f"{path}: settings.providers {err}; {fix}") from None
     ops = manifest["ops"]
     _require(isinstance(ops, list) and ops, f"{path}: 'ops' must be a non-empty list; {fix}")
     networks = manifest.get("networks") or []
@@ -128,38 +136,74 @@ def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
 
 
 def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, cache_flush_mb: float,
-                    statistic: str, sessions: int = 1) -> dict:
+                    statistic: str, sessions: int = 1, providers: list[dict[str, Any]] | None = None) -> dict:
     """The LUT's ``hardware`` block; the fingerprint equals ``OnnxRuntimeCPU.fingerprint()`` on this machine."""
     import onnxruntime
 
+    providers = core.normalize_providers(providers)
     fingerprint = core.cpu_fingerprint(core.BACKEND, threads, batch_size, cache_flush_mb, statistic,
-                                  {"onnxruntime": onnxruntime.__version__})
+                                       {"onnxruntime": onnxruntime.__version__}, providers)
     fingerprint_id_ = core.fingerprint_id(fingerprint)
     return {"backend": core.BACKEND, "threads": threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,
             "sessions": sessions, "cache_flush_mb": float(cache_flush_mb), "statistic": statistic,
             "fingerprint": fingerprint,
             "fingerprint_id": fingerprint_id_,
+            "providers": providers,
             "measured_by": "device_runner.py"}
+
+
+def parse_providers(text: str) -> list[dict[str, Any]]:
+    """``--providers``: comma-separated names, each optionally followed by ``:key=value`` options
+    (``OpenVINOExecutionProvider:device_type=CPU,CPUExecutionProvider``), or the JSON list of the config form
+    (``[{"name": ..., "options": {...}}, ...]``). ``ManifestError`` on a malformed value."""
+    try:
+        if text.lstrip().startswith("["):
+            return core.normalize_providers(json.loads(text))
+        providers = []
+        for entry in text.split(","):
+            name, *pairs = entry.strip().split(":")
+            _require(all("=" in pair for pair in pairs), f"--providers: option {pairs} of {name} is not key=value")
+            providers.append({"name": name, "options": dict(pair.split("=", 1) for pair in pairs)})
+        return core.normalize_providers(providers)
+    except (ValueError, json.JSONDecodeError) as err:
+        raise ManifestError(f"--providers {err}") from None
+
+
+def check_providers(providers: list[dict[str, Any]]) -> None:
+    """``ManifestError`` (one line, listing the build's providers) when this onnxruntime lacks one of them."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    missing = core.missing_providers(providers, available)
+    _require(not missing, f"execution provider(s) {', '.join(missing)} not in this onnxruntime "
+                          f"{onnxruntime.__version__} build; it has: {', '.join(available)}")
 
 
 # ---------------------------------------------------------------------------------------------- measurement
 class Runner:
     """ONNX Runtime sessions for every file, timed in interleaved rounds after a cache flush."""
 
-    def __init__(self, threads: int, cache_flush_mb: float) -> None:
+    def __init__(self, threads: int, cache_flush_mb: float, providers: list[dict[str, Any]] | None = None) -> None:
         import onnxruntime as ort
 
         self.ort = ort
         self.threads = threads
+        self.providers = core.normalize_providers(providers)
+        self.placements: list[dict[str, Any]] = []
         self.scratch = np.zeros(max(1, int(cache_flush_mb * 2**20) // 8)) if cache_flush_mb > 0 else None
 
-    def prepare(self, path: Path, shape: list[int]):  # noqa: ANN201
+    def prepare(self, path: Path, shape: list[int], check_placement: bool = False):  # noqa: ANN201
         options = core.session_options(self.ort, self.threads)
         try:
-            session = self.ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = core.create_session(self.ort, str(path), options, self.providers)
+            if check_placement and not core.is_default_providers(self.providers):
+                self.placements.append(core.node_placement(self.ort, str(path),
+                                                           core.session_options(self.ort, self.threads),
+                                                           self.providers))
         except Exception as err:  # onnxruntime raises its own exception types
-            raise ManifestError(f"{path}: ONNX Runtime cannot load it ({type(err).__name__}: "
-                                f"{str(err).splitlines()[0][:200]}); re-export the folder") from None
+            raise ManifestError(f"{path}: ONNX Runtime cannot load it on {core.describe_providers(self.providers)} "
+                                f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); re-export the folder, "
+                                "or check --providers") from None
         feeds = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
         return lambda: session.run(None, feeds)
 
@@ -177,15 +221,16 @@ class Runner:
 
 def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, repeats: int, rounds: int,
             cache_flush_mb: float, statistic: str = "median", progress: bool = True,
-            sessions: int = 1) -> dict[str, Any]:
+            sessions: int = 1, providers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Time every op and calibration network of the export (:func:`measurement_core.time_interleaved`); return the
     LUT as a JSON-ready dict."""
     start = time.perf_counter()
-    runner = Runner(threads, cache_flush_mb)
+    runner = Runner(threads, cache_flush_mb, providers)
     items = [(op["key"], op) for op in manifest["ops"]] + [(n["name"], n) for n in manifest.get("networks") or []]
     runs = {}
     for i, (name, item) in enumerate(items):
-        runs[name] = [runner.prepare(folder / item["file"], item["input_shape"]) for _ in range(sessions)]
+        runs[name] = [runner.prepare(folder / item["file"], item["input_shape"], check_placement=s == 0)
+                      for s in range(sessions)]
         for run in runs[name]:
             runner.time_calls(run, warmup)
         if progress:
@@ -214,17 +259,23 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
                     for n in networks]
     calibration = core.fit_network_calibration(sums, measured, kept, se_ops, by_stage)
     batch = int(manifest["settings"]["batch_size"])
+    placement = core.merge_placements(runner.placements)
+    if placement is not None and placement["fallback_nodes"]:
+        print(f"warning: {placement['models_with_fallback']} of the {placement['models']} models run partly off "
+              f"{placement['first_provider']}: {core.describe_placement(placement)}", file=sys.stderr)
     return {
         "format": core.LUT_FORMAT,
         "version": core.LUT_VERSION,
         "unit": "ms",
         "space": manifest["space"],
-        "hardware": hardware_record(threads, batch, warmup, repeats, cache_flush_mb, statistic, sessions),
+        "hardware": hardware_record(threads, batch, warmup, repeats, cache_flush_mb, statistic, sessions,
+                                    runner.providers),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "meta": {"in_channels": manifest["in_channels"], "num_classes": manifest["num_classes"],
                  "profiled_ops": len(entries), "profile_seconds": round(time.perf_counter() - start, 2),
                  "calibration": {"networks": len(networks), "op_sum_ms": sums, "kept_ops": kept,
-                                 "se_ops": se_ops, "measured_ms": measured, "stage_op_sum_ms": by_stage}},
+                                 "se_ops": se_ops, "measured_ms": measured, "stage_op_sum_ms": by_stage},
+                 **({"node_placement": placement} if placement is not None else {})},
         **calibration,
         "entries": dict(sorted(entries.items())),
     }
@@ -262,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-flush-mb", type=float, help="buffer streamed before each timed run (0: off)")
     parser.add_argument("--statistic", choices=sorted(core.STATISTICS),
                         help="per-op statistic (default: the manifest's)")
+    parser.add_argument("--providers", help="ONNX Runtime execution providers in order of preference: names, each "
+                        "optionally with :key=value options, comma-separated (e.g. "
+                        "OpenVINOExecutionProvider:device_type=CPU,CPUExecutionProvider), or a JSON list "
+                        "(default: the manifest's, else CPUExecutionProvider)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -276,14 +331,18 @@ def main(argv: list[str] | None = None) -> int:
         statistic = args.statistic or settings.get("statistic", "median")
         _require(statistic in core.STATISTICS, f"{args.folder}/manifest.json: settings.statistic must be one of "
                                           f"{sorted(core.STATISTICS)}, got {statistic!r}")
+        providers = (parse_providers(args.providers) if args.providers is not None
+                     else core.normalize_providers(settings.get("providers")))
+        check_providers(providers)
         lut = measure(args.folder, manifest, cache_flush_mb=flush, statistic=statistic,
-                      progress=not args.no_progress, **chosen)
+                      progress=not args.no_progress, providers=providers, **chosen)
     except ManifestError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     write_json_atomically(args.out, lut)
     print(f"measured {len(lut['entries'])} ops and {lut['meta']['calibration']['networks']} calibration networks "
-          f"in {lut['meta']['profile_seconds']} s (threads={chosen['threads']}, calibration "
+          f"in {lut['meta']['profile_seconds']} s (threads={chosen['threads']}, providers "
+          f"{core.describe_providers(lut['hardware']['providers'])}, calibration "
           f"{lut['scale']:.3f}*sum{lut['per_op_ms']:+.4f}*ops{lut['per_se_op_ms']:+.4f}*se_ops"
           f"{lut['overhead_ms']:+.4f} ms"
           + (f", stage scales {', '.join(f'{v:.3f}' for v in lut['stage_scales'])}" if lut["stage_scales"] else "")

@@ -153,8 +153,11 @@ class LatencyLUT:
         """Warn (or, with ``strict``, raise) when the LUT was measured on other hardware/settings."""
         lut_id = self.hardware.get("fingerprint_id")
         if lut_id and lut_id != fingerprint_id:
+            providers = self.hardware.get("providers")
+            names = (", providers=" + "+".join(str(p.get("name")) for p in providers if isinstance(p, dict))
+                     if isinstance(providers, list) else "")
             msg = (f"{self.source}: LUT fingerprint {lut_id} ({self.hardware.get('backend')}, "
-                   f"threads={self.hardware.get('threads')}, batch={self.hardware.get('batch_size')}) does not "
+                   f"threads={self.hardware.get('threads')}, batch={self.hardware.get('batch_size')}{names}) does not "
                    f"match the selected hardware ({fingerprint_id}); its latencies may not hold here. Re-profile "
                    "on this device" + (" (drop hardware.lut_path), or set hardware.strict=false to use it anyway "
                                        "with a warning." if strict else ", or set hardware.strict=true to make this "

@@ -5,6 +5,8 @@ one measured by the framework (``nas.cost.profiler``) are made, fitted and price
 
 * the file-format constants of LUTs (``spnas-lut``) and op exports (``spnas-op-export``);
 * the hardware fingerprint (:func:`cpu_fingerprint`, :func:`fingerprint_id`) and the ONNX Runtime session options;
+* the ONNX Runtime execution providers (:func:`normalize_providers`, :func:`missing_providers`) and the count of the
+  nodes a provider leaves to another (:func:`node_placement`);
 * the interleaved timing schedule (:func:`time_interleaved`) and the per-op statistic (:func:`summary`);
 * the network calibration's fit (:func:`fit_network_calibration`);
 * the calibrated price of a network (:func:`calibrated_ms`): the one formula that turns LUT sums into
@@ -22,6 +24,8 @@ import json
 import os
 import platform
 import random
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +37,9 @@ LUT_FORMAT = "spnas-lut"
 LUT_VERSION = 3
 BACKEND = "onnxruntime-cpu"
 STATISTICS = {"median": 50.0, "p25": 25.0, "p10": 10.0, "min": 0.0}
+CPU_PROVIDER = "CPUExecutionProvider"
+#: the execution providers of every measurement unless ``hardware.backend.providers`` / ``--providers`` say otherwise
+DEFAULT_PROVIDERS: tuple[dict[str, Any], ...] = ({"name": CPU_PROVIDER, "options": {}},)
 
 Number = TypeVar("Number")  # a float, or a torch tensor on RuntimeModel's differentiable path
 
@@ -51,18 +58,158 @@ def cpu_model() -> str:
 
 
 def cpu_fingerprint(backend: str, threads: int, batch_size: int, cache_flush_mb: float, statistic: str,
-                    versions: dict[str, str]) -> dict[str, Any]:
-    """What a CPU measurement depends on (device, software versions, threads, batch size, flush, statistic); the
-    framework's CPU backends and the device runner both use it, so a LUT the runner measures on the search machine
-    matches the framework's exactly."""
-    return {"backend": backend, "device": cpu_model(), "machine": platform.machine(), "system": platform.system(),
-            "logical_cpus": os.cpu_count(), "threads": threads, "batch_size": batch_size,
-            "cache_flush_mb": float(cache_flush_mb), "statistic": statistic, **versions}
+                    versions: dict[str, str], providers: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """What a CPU measurement depends on (device, software versions, threads, batch size, flush, statistic and the
+    ONNX Runtime execution providers with their options); the framework's CPU backends and the device runner both
+    use it, so a LUT the runner measures on the search machine matches the framework's exactly.
+
+    ``providers`` (normalised, :func:`normalize_providers`) enter only when they differ from
+    :data:`DEFAULT_PROVIDERS`, so the fingerprint of the default (CPU) measurement, and with it every LUT cached
+    before providers could be chosen, stays what it was.
+    """
+    fingerprint = {"backend": backend, "device": cpu_model(), "machine": platform.machine(),
+                   "system": platform.system(), "logical_cpus": os.cpu_count(), "threads": threads,
+                   "batch_size": batch_size, "cache_flush_mb": float(cache_flush_mb), "statistic": statistic,
+                   **versions}
+    if providers is not None and not is_default_providers(providers):
+        fingerprint["providers"] = [{"name": p["name"], "options": dict(p["options"])} for p in providers]
+    return fingerprint
 
 
 def fingerprint_id(fingerprint: dict[str, Any]) -> str:
     """Short hash of a fingerprint: the id LUTs are compared and cached by."""
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def normalize_providers(providers: Any) -> list[dict[str, Any]]:
+    """The execution providers as ``[{"name": ..., "options": {str: str}}, ...]``, in order of preference.
+
+    Accepts ``None`` (:data:`DEFAULT_PROVIDERS`), a name, or a list whose items are names, ``{name, options}``
+    mappings or ``(name, options)`` pairs (ONNX Runtime's own form). Option values become strings, as ONNX Runtime
+    passes them to the provider, so ``{device_id: 0}`` and ``{device_id: "0"}`` are the same setting. ``ValueError``
+    (one line) on anything else or a name given twice.
+    """
+    if providers is None:
+        return [{"name": p["name"], "options": dict(p["options"])} for p in DEFAULT_PROVIDERS]
+    if isinstance(providers, (str, Mapping)):
+        providers = [providers]
+    form = ("a list of execution provider names or {name: ..., options: {...}} entries, e.g. "
+            "[CPUExecutionProvider] or [{name: OpenVINOExecutionProvider, options: {device_type: CPU}}, "
+            "CPUExecutionProvider]")
+    if not isinstance(providers, Sequence) or not providers:
+        raise ValueError(f"must be {form}; got {providers!r}")
+    out: list[dict[str, Any]] = []
+    for item in providers:
+        if isinstance(item, str):
+            name, options = item, {}
+        elif isinstance(item, Mapping) and set(item) <= {"name", "options"}:
+            name, options = item.get("name"), item.get("options") or {}
+        elif isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str):
+            name, options = item[0], item[1] or {}
+        else:
+            raise ValueError(f"must be {form}; got the entry {item!r}")
+        if not isinstance(name, str) or not name or not isinstance(options, Mapping):
+            raise ValueError(f"must be {form}; got the entry {item!r}")
+        if any(p["name"] == name for p in out):
+            raise ValueError(f"names {name} twice")
+        out.append({"name": name, "options": {str(k): str(v) for k, v in options.items()}})
+    return out
+
+
+def is_default_providers(providers: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether normalised ``providers`` are :data:`DEFAULT_PROVIDERS` (the CPU provider, no options)."""
+    default = [(p["name"], p["options"]) for p in DEFAULT_PROVIDERS]
+    return [(p["name"], dict(p["options"])) for p in providers] == default
+
+
+def missing_providers(providers: Sequence[Mapping[str, Any]], available: Sequence[str]) -> list[str]:
+    """The names in ``providers`` that ``available`` (``onnxruntime.get_available_providers()``) lacks. ONNX
+    Runtime itself only warns about those and falls back to the CPU, which would measure the wrong device."""
+    return [p["name"] for p in providers if p["name"] not in available]
+
+
+def describe_providers(providers: Sequence[Mapping[str, Any]]) -> str:
+    """``OpenVINOExecutionProvider(device_type=CPU), CPUExecutionProvider``: providers on one line."""
+    return ", ".join(p["name"] + (f"({', '.join(f'{k}={v}' for k, v in p['options'].items())})" if p["options"]
+                                  else "") for p in providers)
+
+
+def create_session(ort: Any, model: str | bytes, options: Any, providers: Sequence[Mapping[str, Any]]) -> Any:
+    """An ``InferenceSession`` of ``model`` on the normalised ``providers`` (names and options, in order)."""
+    return ort.InferenceSession(model, options, providers=[p["name"] for p in providers],
+                                provider_options=[dict(p["options"]) for p in providers])
+
+
+def _zero_feeds(session: Any) -> dict[str, np.ndarray]:
+    dtypes = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+              "tensor(bool)": np.bool_}
+    return {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
+                             dtype=dtypes.get(i.type, np.float32)) for i in session.get_inputs()}
+
+
+def node_placement(ort: Any, model: str | bytes, options: Any, providers: Sequence[Mapping[str, Any]]) -> dict:
+    """Which execution provider ONNX Runtime assigned each node of ``model`` to, counted.
+
+    Read from ONNX Runtime's session profile (``SessionOptions.enable_profiling``): one run of a separate session
+    (same ``options`` and ``providers`` as the measurement, so the graph is partitioned the same way), whose
+    ``Node`` events carry each executed node's ``provider`` and ``op_name``. Nodes are those of the optimised,
+    partitioned graph (a provider's fused subgraph counts as one node). Returns ``{"first_provider", "nodes",
+    "fallback_nodes", "by_provider": {provider: nodes}, "fallback_ops": {op type: nodes}}``; ``fallback_nodes``
+    are the nodes not placed on the first requested provider: a partitioned graph copies tensors between devices
+    at each border, a latency trap the measurement of small ops hides. The profile file is deleted.
+    """
+    folder = tempfile.mkdtemp(prefix="spnas-placement-")
+    try:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "profile")
+        session = create_session(ort, model, options, providers)
+        session.run(None, _zero_feeds(session))
+        with open(session.end_profiling()) as handle:
+            events = json.load(handle)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    nodes: dict[str, tuple[str, str]] = {}
+    for event in events if isinstance(events, list) else []:
+        name, args = str(event.get("name", "")), event.get("args") or {}
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            nodes[name] = (str(args.get("provider", "unknown")), str(args.get("op_name", "unknown")))
+    first = providers[0]["name"]
+    by_provider: dict[str, int] = {}
+    fallback_ops: dict[str, int] = {}
+    for provider, op in nodes.values():
+        by_provider[provider] = by_provider.get(provider, 0) + 1
+        if provider != first:
+            fallback_ops[op] = fallback_ops.get(op, 0) + 1
+    return {"first_provider": first, "nodes": len(nodes), "fallback_nodes": sum(fallback_ops.values()),
+            "by_provider": dict(sorted(by_provider.items())), "fallback_ops": dict(sorted(fallback_ops.items()))}
+
+
+def merge_placements(placements: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The sum of several :func:`node_placement` counts (``models``: how many), or ``None`` for none."""
+    if not placements:
+        return None
+    total: dict[str, Any] = {"first_provider": placements[0]["first_provider"], "models": len(placements),
+                             "models_with_fallback": 0, "nodes": 0, "fallback_nodes": 0, "by_provider": {},
+                             "fallback_ops": {}}
+    for placement in placements:
+        total["models_with_fallback"] += int(placement["fallback_nodes"] > 0)
+        total["nodes"] += placement["nodes"]
+        total["fallback_nodes"] += placement["fallback_nodes"]
+        for field in ("by_provider", "fallback_ops"):
+            for key, count in placement[field].items():
+                total[field][key] = total[field].get(key, 0) + count
+    for field in ("by_provider", "fallback_ops"):
+        total[field] = dict(sorted(total[field].items()))
+    return total
+
+
+def describe_placement(placement: Mapping[str, Any]) -> str:
+    """One line: how many nodes the first provider left to others, and which op types."""
+    ops = ", ".join(f"{op} x{n}" for op, n in placement["fallback_ops"].items())
+    return (f"{placement['fallback_nodes']} of {placement['nodes']} nodes not on {placement['first_provider']}"
+            + (f" ({ops}); a partitioned graph copies data between devices, its latency may not be the provider's"
+               if placement["fallback_nodes"] else ""))
 
 
 def session_options(ort: Any, threads: int) -> Any:

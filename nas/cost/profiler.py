@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from nas.cost.backends import LatencyBackend, summarize
 from nas.cost.lut import LUT_VERSION, LatencyEntry, LatencyLUT
 from nas.cost.measurement_core import (
+    describe_placement,
     fit_network_calibration,
     network_counts,
     round_counts,
@@ -103,11 +104,19 @@ def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int,
         {}, {})
     network_groups = calibration_network_groups(space, n_cal) if networks else {}
     start = time.perf_counter()
+    backend.reset_placement()
     measured = profile_ops({**todo, **networks}, backend, progress, rounds=rounds)
     seconds = time.perf_counter() - start
     known.update({k: v for k, v in measured.items() if k in todo})
     meta = {"in_channels": in_channels, "num_classes": num_classes, "profiled_ops": len(todo),
             "profile_seconds": round(seconds, 2)}
+    placement = backend.placement_summary()
+    if placement is not None:
+        meta["node_placement"] = placement
+        if placement["fallback_nodes"]:
+            warnings.warn(f"{placement['models_with_fallback']} of the {placement['models']} profiled models run "
+                          f"partly off {placement['first_provider']}: {describe_placement(placement)} (the LUT's "
+                          "meta.node_placement has the counts)", stacklevel=2)
     calibration = base.calibration if base is not None else {}
     if networks:
         calibration, record = calibrate_networks({k: measured[k].ms for k in networks}, network_keys, known,
