@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from models.child import ChildNet
 from nas.cli import resume_command
+from nas.cost.measurement_core import describe_placement, describe_providers
 from nas.errors import ConfigError, Interrupted
 from nas.io import finite_or_none
 from nas.search.callbacks import PreemptionCheckpoint
@@ -156,6 +157,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     summary (``spnas train`` writes it to ``train_summary.json``: :data:`nas.entries.hydra_apps.TRAIN`)."""
     check_train_config(cfg)
     check_trainer_config(cfg.trainer)
+    providers = check_providers(cfg)  # a provider this onnxruntime lacks fails now, not after training
     out = Path(cfg.paths.output_dir)
     space = SearchSpace.from_config(cfg.space)
     datamodule = instantiate(cfg.data)
@@ -188,7 +190,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     export_cfg = cfg.train.get("export") or {}
     if trainer.is_global_zero and export_cfg.get("onnx", True):
         result.update(export_and_check(net, out / "model.onnx", float(export_cfg.get("atol", 1e-4)),
-                                       batch_size=int(cfg.hardware.backend.get("batch_size", 1))))
+                                       batch_size=int(cfg.hardware.backend.get("batch_size", 1)),
+                                       providers=providers))
         if export_cfg.get("latency", True):
             result.update(predicted_vs_measured(cfg, space, arch, net, datamodule.in_channels,
                                                 datamodule.num_classes))
@@ -197,7 +200,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
               f"test accuracy {_fmt(result['test_acc'])} (val {_fmt(result['val_acc'])}); outputs in {out}")
         if "onnx" in result:
             print(f"ONNX: {result['onnx']} (onnx.checker passed; ONNX Runtime vs torch max |diff| "
-                  f"{result['onnx_max_abs_diff']:.2e})")
+                  f"{result['onnx_max_abs_diff']:.2e} on {describe_providers(result['onnx_providers'])}; "
+                  f"{describe_placement(result['onnx_node_placement'])})")
         if "measured_latency_ms" in result:
             print(f"latency on {result['latency_backend']}: predicted {result['predicted_latency_ms']:.4f} ms, "
                   f"measured {result['measured_latency_ms']:.4f} ms (IQR {result['measured_latency_iqr_ms']:.4f}, "
@@ -210,8 +214,20 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def export_and_check(net: ChildNet, path: Path, atol: float = 1e-4, batch_size: int = 1) -> dict[str, Any]:
-    """Export ``net`` to ONNX, run ``onnx.checker`` and compare ONNX Runtime with torch on a random batch.
+def check_providers(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The ONNX Runtime execution providers of train.py's ONNX check: ``hardware.backend.providers`` where the
+    hardware backend is ONNX Runtime, else the CPU's; a provider the onnxruntime build lacks is a
+    :class:`~nas.errors.ConfigError` (:func:`nas.cost.backends.onnx_providers`)."""
+    from nas.cost.backends import onnx_providers
+
+    return onnx_providers((cfg.hardware.get("backend") or {}).get("providers"))
+
+
+def export_and_check(net: ChildNet, path: Path, atol: float = 1e-4, batch_size: int = 1,
+                     providers: Any = None) -> dict[str, Any]:
+    """Export ``net`` to ONNX, run ``onnx.checker`` and compare ONNX Runtime on ``providers`` (default the CPU's)
+    with torch on a random batch; count the nodes ONNX Runtime places off the first provider
+    (``onnx_node_placement``, :func:`~nas.cost.measurement_core.node_placement`; a warning when there are any).
 
     Raises :class:`~nas.errors.ConfigError` naming the difference when the outputs
     differ by more than ``atol`` (absolute, on logits).
@@ -220,7 +236,10 @@ def export_and_check(net: ChildNet, path: Path, atol: float = 1e-4, batch_size: 
     import onnx
     import onnxruntime as ort
 
-    from nas.cost.backends import export_onnx
+    from nas.cost.backends import export_onnx, onnx_providers
+    from nas.cost.measurement_core import create_session, node_placement
+
+    providers = onnx_providers(providers)
 
     net = net.eval()
     shape = (batch_size, net.stem[0].in_channels, net.space.resolution, net.space.resolution)
@@ -230,14 +249,22 @@ def export_and_check(net: ChildNet, path: Path, atol: float = 1e-4, batch_size: 
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = net(x).numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = create_session(ort, str(path), options, providers)
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     diff = float(np.max(np.abs(got - expected)))
     if not diff <= atol:
         raise ConfigError(f"{path}: ONNX Runtime output differs from torch by {diff:.3g} (> train.export.atol="
-                          f"{atol}); the export is not faithful. Report it with the architecture, or raise "
-                          "train.export.atol if the difference is acceptable.")
-    return {"onnx": str(path), "onnx_opset": int(model.opset_import[0].version), "onnx_max_abs_diff": diff}
+                          f"{atol}) on {describe_providers(providers)}; the export is not faithful. Report it with "
+                          "the architecture, or raise train.export.atol if the difference is acceptable.")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    placement = node_placement(ort, str(path), options, providers)
+    if placement["fallback_nodes"]:
+        log.warning("ONNX Runtime runs %s", describe_placement(placement))
+    return {"onnx": str(path), "onnx_opset": int(model.opset_import[0].version), "onnx_max_abs_diff": diff,
+            "onnx_providers": providers, "onnx_node_placement": placement}
 
 
 def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architecture, net: ChildNet,
