@@ -159,6 +159,10 @@ CASES: dict[str, Case] = {
                                        "set hardware.strict=false to use it anyway",
                                        absent=["set hardware.strict=true"]),
     "cuda hardware without a GPU": Case("search.py", ["hardware=cuda"], "CUDA"),
+    "execution provider the build lacks": Case("search.py", ["hardware.backend.providers=[NoSuchExecutionProvider]"],
+                                               "NoSuchExecutionProvider not in this onnxruntime"),
+    "execution providers malformed": Case("search.py", ["hardware.backend.providers=[{nam: x}]"],
+                                          "hardware.backend.providers must be a list of execution provider names"),
     # overrides Hydra parses (also run as subprocesses below)
     "unknown group option": Case("search.py", ["space=nope"], "Could not find 'space/nope'; available options: "
                                                              "cifar, mnasnet, tiny"),
@@ -173,6 +177,9 @@ CASES: dict[str, Case] = {
     "run dir under a file": Case("search.py", [f"hydra.run.dir={f('a_file')}/run"], "is a file, not a folder"),
     # train.py
     "train without arch": Case("train.py", [], "arch is required but not set"),
+    "train with an execution provider the build lacks": Case(
+        "train.py", ["arch=largest", "hardware.backend.providers=[NoSuchExecutionProvider]"],
+        "NoSuchExecutionProvider not in this onnxruntime"),
     "train arch string that is no block": Case("train.py", ["arch=hello_world | ir_r1_kX"],
                                                "is neither an existing arch.json, nor timm:<model name>"),
     "train arch block that does not parse": Case("train.py", ["arch=ir_blah_blah"], "cannot read blah in block"),
