@@ -210,9 +210,20 @@ def onnx_providers(providers: Any, setting: str = "hardware.backend.providers") 
     return normalized
 
 
+def check_precision(precision: Any, setting: str = "hardware.backend.precision") -> str:
+    """``precision`` (``fp32`` or ``int8``), or a one-line :class:`~nas.errors.ConfigError`."""
+    if precision not in ("fp32", "int8"):
+        raise ConfigError(f"{setting} must be fp32 or int8, got {precision!r}")
+    return str(precision)
+
+
 class OnnxRuntimeCPU(LatencyBackend):
     """ONNX Runtime, all graph optimisations, sequential execution; on the CPU execution provider unless
     ``providers`` (names or ``{name, options}``, in order of preference) name others.
+
+    ``precision="int8"`` measures every model statically quantised (:mod:`nas.cost.quantization`: QDQ, per-channel
+    int8 weights, int8 activations, calibrated on a seeded synthetic set); the precision and the quantisation recipe
+    then enter the fingerprint. ``fp32`` (the default) leaves the fingerprint as it was before precisions existed.
 
     The providers and their options are part of the fingerprint (when they differ from the CPU default). With any
     provider other than the CPU's, every prepared model is also checked for the nodes ONNX Runtime leaves to a
@@ -224,9 +235,10 @@ class OnnxRuntimeCPU(LatencyBackend):
 
     def __init__(self, threads: int = 1, batch_size: int = 1, warmup: int = 10, repeats: int = 30,
                  cache_flush_mb: float = 0.0, calibration_networks: int = 0, statistic: str = "median",
-                 sessions: int = 1, providers: Any = None) -> None:
+                 sessions: int = 1, providers: Any = None, precision: str = "fp32") -> None:
         super().__init__(threads, batch_size, warmup, repeats, cache_flush_mb, calibration_networks, statistic,
                          sessions)
+        self.precision = check_precision(precision)
         self.providers = onnx_providers(providers)
         #: node placements are counted only where a provider other than the CPU's can take nodes
         self.check_placement = not is_default_providers(self.providers)
@@ -238,11 +250,37 @@ class OnnxRuntimeCPU(LatencyBackend):
         return {"onnxruntime": onnxruntime.__version__}
 
     def fingerprint(self) -> dict[str, Any]:
-        return cpu_fingerprint(self.name, self.threads, self.batch_size, self.cache_flush_mb, self.statistic,
-                               self.versions(), self.providers)
+        fingerprint = cpu_fingerprint(self.name, self.threads, self.batch_size, self.cache_flush_mb, self.statistic,
+                                      self.versions(), self.providers)
+        if self.precision != "fp32":  # fp32 keeps the fingerprint (and cache key) of LUTs cached before precisions
+            from nas.cost.quantization import INT8_RECIPE
+
+            fingerprint["precision"] = self.precision
+            fingerprint["quantization"] = dict(INT8_RECIPE)
+        return fingerprint
 
     def hardware_record(self) -> dict[str, Any]:
-        return {**super().hardware_record(), "providers": self.providers}
+        record = {**super().hardware_record(), "providers": self.providers}
+        if self.precision != "fp32":
+            record["precision"] = self.precision
+        return record
+
+    def model_bytes(self, module: nn.Module, shape: tuple[int, ...]) -> bytes:
+        """The ONNX model this backend measures for ``module`` on ``shape``: the fp32 export, quantised to int8
+        (calibrated on a seeded synthetic set of ``shape``) when ``precision`` is int8."""
+        data = export_onnx(module, shape)
+        if self.precision == "int8":
+            from nas.cost.quantization import quantize_int8, synthetic_batches
+
+            data = quantize_int8(data, synthetic_batches(shape))
+        return data
+
+    def model_sessions(self, model_bytes: bytes, shape: tuple[int, ...]) -> list[Callable[[], object]]:
+        """``sessions`` timed callables of a ready ONNX model (e.g. train.py's ``model_int8.onnx``), as measured
+        for the LUT; counted for node placement like every prepared model."""
+        if self.check_placement:
+            self._placements.append(self.node_placement(model_bytes))
+        return [self._session_timer(model_bytes, shape) for _ in range(self.sessions)]
 
     def session(self, model_bytes: bytes):  # noqa: ANN201
         import onnxruntime as ort
@@ -262,7 +300,7 @@ class OnnxRuntimeCPU(LatencyBackend):
         return merge_placements(self._placements)
 
     def _timer(self, module: nn.Module, shape: tuple[int, ...]):  # noqa: ANN202
-        data = export_onnx(module, shape)
+        data = self.model_bytes(module, shape)
         if self.check_placement:
             self._placements.append(self.node_placement(data))
         return self._session_timer(data, shape)
@@ -273,16 +311,14 @@ class OnnxRuntimeCPU(LatencyBackend):
         return lambda: sess.run(None, feeds)
 
     def prepare_sessions(self, module: nn.Module, input_shape: tuple[int, int, int]) -> list[Callable[[], object]]:
-        """One export, ``sessions`` ONNX Runtime sessions of it."""
+        """One export (quantised when int8), ``sessions`` ONNX Runtime sessions of it."""
         shape = (self.batch_size, *input_shape)
-        data = export_onnx(module, shape)
-        if self.check_placement:
-            self._placements.append(self.node_placement(data))
-        return [self._session_timer(data, shape) for _ in range(self.sessions)]
+        return self.model_sessions(self.model_bytes(module, shape), shape)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(threads={self.threads}, batch_size={self.batch_size}, "
-                f"providers=[{describe_providers(self.providers)}])")
+                f"providers=[{describe_providers(self.providers)}]"
+                + (f", precision={self.precision})" if self.precision != "fp32" else ")"))
 
 
 class TorchEagerCPU(LatencyBackend):

@@ -68,6 +68,10 @@ def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: i
     if backend.name != "onnxruntime-cpu":
         raise ConfigError(f"device export measures with ONNX Runtime; select hardware=cpu_onnx (got backend "
                           f"'{backend.name}')")
+    if getattr(backend, "precision", "fp32") != "fp32":
+        raise ConfigError("the device export ships fp32 ONNX models and its runner measures them as they are; "
+                          "hardware.backend.precision=int8 is not supported by export-ops yet (profile int8 LUTs "
+                          "on the target with profile-lut hardware=cpu_onnx_int8)")
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()):
         if not (out / MANIFEST_NAME).exists():

@@ -156,6 +156,7 @@ class LatencyLUT:
             providers = self.hardware.get("providers")
             names = (", providers=" + "+".join(str(p.get("name")) for p in providers if isinstance(p, dict))
                      if isinstance(providers, list) else "")
+            names = f", precision={self.hardware.get('precision', 'fp32')}" + names
             msg = (f"{self.source}: LUT fingerprint {lut_id} ({self.hardware.get('backend')}, "
                    f"threads={self.hardware.get('threads')}, batch={self.hardware.get('batch_size')}{names}) does not "
                    f"match the selected hardware ({fingerprint_id}); its latencies may not hold here. Re-profile "

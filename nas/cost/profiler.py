@@ -128,7 +128,10 @@ def profile_space(space: SearchSpace, backend: LatencyBackend, in_channels: int,
 
 def cache_path(cache_dir: str | os.PathLike, space: SearchSpace, backend: LatencyBackend, in_channels: int,
                num_classes: int) -> Path:
-    return Path(cache_dir) / (f"{space.name}-{space.digest}-i{in_channels}-c{num_classes}-{backend.name}"
+    # a precision other than fp32 is named in the file name too (fp32 keeps the names of LUTs cached before it)
+    precision = getattr(backend, "precision", "fp32")
+    label = backend.name if precision == "fp32" else f"{backend.name}-{precision}"
+    return Path(cache_dir) / (f"{space.name}-{space.digest}-i{in_channels}-c{num_classes}-{label}"
                               f"-t{backend.threads}-b{backend.batch_size}-{backend.fingerprint_id()}.json")
 
 

@@ -49,7 +49,8 @@ def profile(cfg: DictConfig) -> None:
         lut.save(cfg.out)
     print(f"space '{space.name}' ({space.digest}), input {in_channels} channel(s), {num_classes} classes, "
           f"{len(lut.entries)} ops on {backend.name} "
-          f"(threads={backend.threads}, batch={backend.batch_size}, fingerprint {backend.fingerprint_id()})")
+          f"(threads={backend.threads}, batch={backend.batch_size}, precision={getattr(backend, 'precision', 'fp32')}, "
+          f"fingerprint {backend.fingerprint_id()})")
     what = "read from cache" if cached else f"profiled {lut.meta.get('profiled_ops', 0)} ops"
     print(f"calibration {lut.describe_calibration()}; {what} in {seconds:.1f} s; LUT: {path}"
           + (f" and {cfg.out}" if cfg.out else ""))
