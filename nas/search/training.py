@@ -158,6 +158,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     check_train_config(cfg)
     check_trainer_config(cfg.trainer)
     providers = check_providers(cfg)  # a provider this onnxruntime lacks fails now, not after training
+    int8 = int8_export_requested(cfg)  # so does a precision other than fp32 or int8
     out = Path(cfg.paths.output_dir)
     space = SearchSpace.from_config(cfg.space)
     datamodule = instantiate(cfg.data)
@@ -192,9 +193,19 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         result.update(export_and_check(net, out / "model.onnx", float(export_cfg.get("atol", 1e-4)),
                                        batch_size=int(cfg.hardware.backend.get("batch_size", 1)),
                                        providers=providers))
+        int8_model = None
+        if int8:
+            int8_result = export_int8_and_check(
+                out / "model.onnx", out / "model_int8.onnx", datamodule,
+                batch_size=int(cfg.hardware.backend.get("batch_size", 1)), providers=providers,
+                calibration_images=int(export_cfg.get("int8_calibration_images", 64)))
+            int8_model = (out / "model_int8.onnx").read_bytes()
+            result.update(int8_result)
+            if result["onnx_test_acc"] is not None and result["int8_test_acc"] is not None:
+                result["int8_acc_delta"] = result["int8_test_acc"] - result["onnx_test_acc"]
         if export_cfg.get("latency", True):
             result.update(predicted_vs_measured(cfg, space, arch, net, datamodule.in_channels,
-                                                datamodule.num_classes))
+                                                datamodule.num_classes, int8_model=int8_model))
     if trainer.is_global_zero:
         print(f"\ntrained {' '.join(arch.keys)} ({result['parameters']} parameters) for {result['epochs']} epochs: "
               f"test accuracy {_fmt(result['test_acc'])} (val {_fmt(result['val_acc'])}); outputs in {out}")
@@ -207,6 +218,18 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
                   f"measured {result['measured_latency_ms']:.4f} ms (IQR {result['measured_latency_iqr_ms']:.4f}, "
                   f"{result['latency_error_pct']:+.2f} %); with its ops re-measured alongside it: predicted "
                   f"{result['remeasured_prediction_ms']:.4f} ms ({result['remeasured_error_pct']:+.2f} %)")
+        if "int8_onnx" in result:
+            print(f"int8: {result['int8_onnx']} (onnx.checker passed; {result['int8_qdq_nodes']} QuantizeLinear/"
+                  f"DequantizeLinear nodes): test accuracy {_fmt(result['int8_test_acc'])} vs fp32 "
+                  f"{_fmt(result['onnx_test_acc'])} in ONNX Runtime (torch {_fmt(result['test_acc'])}) on "
+                  f"{result['onnx_test_images']} test images")
+        if result.get("int8_measured_latency_ms") is not None:
+            predicted = result.get("int8_predicted_latency_ms")
+            print(f"int8 latency: measured {result['int8_measured_latency_ms']:.4f} ms (IQR "
+                  f"{result['int8_measured_latency_iqr_ms']:.4f})"
+                  + (f", predicted {predicted:.4f} ms ({result['int8_latency_error_pct']:+.2f} %)"
+                     if predicted is not None else ", no int8 prediction (the LUT is fp32; "
+                     "hardware=cpu_onnx_int8 predicts int8 latency)"))
     return result
 
 
@@ -221,6 +244,94 @@ def check_providers(cfg: DictConfig) -> list[dict[str, Any]]:
     from nas.cost.backends import onnx_providers
 
     return onnx_providers((cfg.hardware.get("backend") or {}).get("providers"))
+
+
+def int8_export_requested(cfg: DictConfig) -> bool:
+    """Whether train.py also writes ``model_int8.onnx``: ``train.export.int8``, by default (null) whether
+    ``hardware.backend.precision`` is int8; a precision other than fp32 or int8 is a
+    :class:`~nas.errors.ConfigError` (checked before training)."""
+    from nas.cost.backends import check_precision
+
+    backend = cfg.hardware.get("backend") or {}
+    precision = check_precision(backend.get("precision", "fp32"))
+    export_cfg = cfg.train.get("export") or {}
+    if not export_cfg.get("onnx", True):
+        return False
+    requested = export_cfg.get("int8")
+    return precision == "int8" if requested is None else bool(requested)
+
+
+def calibration_images_of(datamodule: pl.LightningDataModule, count: int, batch_size: int) -> list[Any]:
+    """``count`` images of ``datamodule`` (rounded down to whole batches of ``batch_size``, at least one) as float32
+    arrays of ``batch_size`` images: the validation split (not augmented), the training split when it is empty."""
+    import numpy as np
+
+    datamodule.setup("fit")
+    images: list[Any] = []
+    for loader in (datamodule.val_dataloader, datamodule.train_dataloader):
+        for x, _ in loader():
+            images.extend(x.numpy())
+            if len(images) >= count:
+                break
+        if images:
+            break
+    if not images:
+        raise ConfigError("the data module has no images to calibrate the int8 model on")
+    usable = max(batch_size, count // batch_size * batch_size)
+    images = (images * (usable // len(images) + 1))[:usable]  # repeated when the split has fewer
+    return [np.stack(images[i:i + batch_size]).astype(np.float32) for i in range(0, usable, batch_size)]
+
+
+def onnx_test_accuracy(session: Any, datamodule: pl.LightningDataModule, batch_size: int) -> tuple[float, int]:
+    """Top-1 accuracy of an ONNX Runtime ``session`` (fixed batch dimension ``batch_size``) on the data module's test
+    split, and the number of test images: each test batch is cut into ``batch_size`` chunks (the last one padded)."""
+    import numpy as np
+
+    name = session.get_inputs()[0].name
+    correct = total = 0
+    datamodule.setup("test")
+    for x, y in datamodule.test_dataloader():
+        images, labels = x.numpy().astype(np.float32), y.numpy()
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            n = len(chunk)
+            if n < batch_size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
+            logits = session.run(None, {name: chunk})[0][:n]
+            correct += int((logits.argmax(1) == labels[start:start + n]).sum())
+            total += n
+    return (correct / total if total else float("nan")), total
+
+
+def export_int8_and_check(fp32_path: Path, path: Path, datamodule: pl.LightningDataModule, batch_size: int = 1,
+                          providers: Any = None, calibration_images: int = 64) -> dict[str, Any]:
+    """Quantise the exported ``fp32_path`` to int8 (:func:`nas.cost.quantization.quantize_int8`, calibrated on
+    images of ``datamodule``), write ``path``, run ``onnx.checker`` on it, and measure the test accuracy of both
+    models in ONNX Runtime on ``providers`` (``onnx_test_acc``: fp32, ``int8_test_acc``: int8)."""
+    import onnx
+    import onnxruntime as ort
+
+    from nas.cost.backends import onnx_providers
+    from nas.cost.measurement_core import create_session
+    from nas.cost.quantization import quantize_int8
+    from nas.io import atomic_write_bytes
+
+    providers = onnx_providers(providers)
+    batches = calibration_images_of(datamodule, calibration_images, batch_size)
+    data = quantize_int8(fp32_path.read_bytes(), batches)
+    atomic_write_bytes(path, data)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    qdq = sum(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+    accuracy = {}
+    for label, source in (("onnx", fp32_path), ("int8", path)):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        accuracy[label], images = onnx_test_accuracy(create_session(ort, str(source), options, providers),
+                                                     datamodule, batch_size)
+    return {"int8_onnx": str(path), "int8_qdq_nodes": qdq, "int8_calibration_images": len(batches) * batch_size,
+            "onnx_test_acc": finite_or_none(accuracy["onnx"]), "int8_test_acc": finite_or_none(accuracy["int8"]),
+            "onnx_test_images": images}
 
 
 def export_and_check(net: ChildNet, path: Path, atol: float = 1e-4, batch_size: int = 1,
@@ -268,7 +379,7 @@ def export_and_check(net: ChildNet, path: Path, atol: float = 1e-4, batch_size: 
 
 
 def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architecture, net: ChildNet,
-                          in_channels: int, num_classes: int) -> dict[str, Any]:
+                          in_channels: int, num_classes: int, int8_model: bytes | None = None) -> dict[str, Any]:
     """The runtime model's prediction for ``arch`` and the network's measured latency.
 
     ``predicted_latency_ms`` comes from the LUT the search uses for this space and hardware
@@ -276,6 +387,11 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
     re-measured now (``remeasured_prediction_ms``: ``RuntimeModel.predict`` on the LUT with the fresh entries, its
     calibration unchanged), so the second comparison is free of any drift since the LUT was profiled; both are
     reported.
+
+    With ``int8_model`` (train.py's ``model_int8.onnx``), that model is measured too, on the hardware backend's
+    settings at int8 (``int8_measured_latency_ms``); where the hardware's precision is int8, the prediction is the
+    int8 LUT's (``int8_predicted_latency_ms`` = ``predicted_latency_ms``, and ``measured_latency_ms`` is the network
+    quantised as its ops were, on synthetic inputs), else there is no int8 prediction (``None``).
     """
     import dataclasses
 
@@ -297,9 +413,39 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
     entry = measured["network"]
     fresh = dataclasses.replace(lut, entries={**lut.entries, **{k: measured[k] for k in keys}})
     remeasured = RuntimeModel(space, fresh, in_channels, num_classes).predict(arch)
-    return {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
-            "predicted_latency_ms": predicted, "measured_latency_ms": entry.ms,
-            "measured_latency_iqr_ms": entry.iqr_ms,
-            "latency_error_pct": 100 * (predicted - entry.ms) / entry.ms,
-            "remeasured_prediction_ms": remeasured,
-            "remeasured_error_pct": 100 * (remeasured - entry.ms) / entry.ms}
+    precision = getattr(backend, "precision", "fp32")
+    result = {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
+              "latency_precision": precision,
+              "predicted_latency_ms": predicted, "measured_latency_ms": entry.ms,
+              "measured_latency_iqr_ms": entry.iqr_ms,
+              "latency_error_pct": 100 * (predicted - entry.ms) / entry.ms,
+              "remeasured_prediction_ms": remeasured,
+              "remeasured_error_pct": 100 * (remeasured - entry.ms) / entry.ms}
+    if int8_model is not None:
+        result.update(measure_int8_model(backend, int8_model, (in_channels, space.resolution, space.resolution),
+                                         predicted if precision == "int8" else None))
+    return result
+
+
+def measure_int8_model(backend: Any, model: bytes, input_shape: tuple[int, int, int],
+                       predicted: float | None) -> dict[str, Any]:
+    """``model`` (int8 ONNX) timed as the LUT's models are (``sessions`` sessions, warm-up, ``repeats`` interleaved
+    rounds, the backend's statistic) on ``backend``'s settings at int8; ``None`` fields where the backend is not
+    ONNX Runtime."""
+    from nas.cost.backends import OnnxRuntimeCPU, summarize
+    from nas.cost.measurement_core import time_interleaved
+
+    empty = {"int8_measured_latency_ms": None, "int8_measured_latency_iqr_ms": None,
+             "int8_predicted_latency_ms": predicted, "int8_latency_error_pct": None}
+    if not isinstance(backend, OnnxRuntimeCPU):
+        log.warning("model_int8.onnx is not timed: hardware.backend is %s, not ONNX Runtime", backend.name)
+        return empty
+    shape = (backend.batch_size, *input_shape)
+    with backend.threads_context():
+        runs = {"int8": backend.model_sessions(model, shape)}
+        for run in runs["int8"]:
+            backend.time_calls(run, backend.warmup)
+        samples = time_interleaved(runs, backend.time_calls, backend.repeats, backend.repeats)
+    entry = summarize([t for session in samples["int8"] for t in session], backend.statistic)
+    return {**empty, "int8_measured_latency_ms": entry.ms, "int8_measured_latency_iqr_ms": entry.iqr_ms,
+            "int8_latency_error_pct": None if predicted is None else 100 * (predicted - entry.ms) / entry.ms}
