@@ -575,7 +575,10 @@ def report_table(records: list[dict[str, Any]]) -> str:
         from scipy.stats import spearmanr
 
         def trend(key: str) -> str:
-            rho = spearmanr([r[key] for r in cloud], [r["test_acc"] for r in cloud])
+            pairs = [(r[key], r["test_acc"]) for r in cloud if r.get(key) is not None]
+            if len(pairs) < 3:
+                return "n/a"
+            rho = spearmanr(*zip(*pairs))
             return f"ρ = {rho.statistic:+.2f} (p = {rho.pvalue:.2g})"
 
         lines += ["", f"Random cloud, n = {len(cloud)}: Spearman rank correlation of test accuracy with measured "
