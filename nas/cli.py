@@ -336,12 +336,9 @@ def stop_on_signals() -> Iterator[None]:
 
 def resume_command(setting: str, value: str) -> str:
     """The command line of this process with ``setting=value`` in place of any earlier ``setting=...``."""
-    import shlex
+    from nas.run_shell import command_line
 
-    program = Path(sys.argv[0]).name if sys.argv else "spnas"
-    prefix = "python " + program if program.endswith(".py") else program
-    kept = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+") != setting]
-    return " ".join([prefix, *map(shlex.quote, kept), f"{setting}={shlex.quote(str(value))}"])
+    return command_line(setting, value)
 
 
 def hydra_command(task: Task | Callable[[DictConfig], object], config_name: str) -> tuple[Callable[[], object],

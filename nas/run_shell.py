@@ -66,13 +66,16 @@ def is_global_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def command_line() -> str:
-    """This process's command line as a user would type it again."""
+def command_line(setting: str | None = None, value: str | None = None) -> str:
+    """This process's command line as a user would type it again; with ``setting``, ``setting=value`` in place of
+    any earlier ``setting=...`` (:func:`nas.cli.resume_command`)."""
     import shlex
 
     program = Path(sys.argv[0]).name if sys.argv else "spnas"
     prefix = f"python {program}" if program.endswith(".py") else program
-    return " ".join([prefix, *map(shlex.quote, sys.argv[1:])])
+    kept = [a for a in sys.argv[1:] if setting is None or a.split("=", 1)[0].lstrip("+") != setting]
+    extra = [] if setting is None else [f"{setting}={shlex.quote(str(value))}"]
+    return " ".join([prefix, *map(shlex.quote, kept), *extra])
 
 
 def spnas_version() -> str | None:
