@@ -82,6 +82,30 @@ def test_idx_module_resizes_limits_and_augments(tmp_path):
     assert batch.shape == (10, 1, 16, 16) and labels.shape == (10,)
 
 
+def test_idx_module_random_erasing_sets_a_rectangle_to_the_mean(tmp_path):
+    from nas.errors import DataError
+    from nas.search.data import IDXDataModule
+
+    root = make_idx_set(tmp_path / "fm")
+    plain = IDXDataModule(root=str(root), image_size=28, val_size=20, crop_padding=0, seed=0)
+    erased = IDXDataModule(root=str(root), image_size=28, val_size=20, crop_padding=0, erasing=1.0, seed=0)
+    plain.setup()
+    erased.setup()
+    torch.manual_seed(0)
+    changed = 0
+    for i in range(10):
+        original, x = plain.train_set[i][0], erased.train_set[i][0]
+        diff = original != x
+        if diff.any():
+            changed += 1
+            assert torch.all(x[diff] == 0)  # erased pixels hold the mean (0 after standardisation)
+            rows, cols = diff[0].any(dim=1).nonzero(), diff[0].any(dim=0).nonzero()
+            assert int(rows.max() - rows.min() + 1) * int(cols.max() - cols.min() + 1) <= 0.4 * 28 * 28 + 28
+    assert changed >= 8  # p=1: every image is erased (an erased area can coincide with zero pixels)
+    with pytest.raises(DataError, match="data.erasing is a probability"):
+        IDXDataModule(root=str(root), erasing=1.5)
+
+
 @pytest.mark.parametrize("defect, message", [
     ("no folder", "does not exist"),
     ("missing file", "has no t10k-labels-idx1-ubyte"),

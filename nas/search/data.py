@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
-from torchvision.transforms.v2 import Compose, RandomCrop, RandomHorizontalFlip
+from torchvision.transforms.v2 import Compose, RandomCrop, RandomErasing, RandomHorizontalFlip
 
 from nas.errors import DataError
 from nas.search.loaders import resumable_loader, trainer_progress
@@ -232,7 +232,8 @@ class IDXDataModule(_SplitDataModule):
     held out for validation (what the search reports on); the official test images are the test split. Images
     are scaled to [0, 1], padded or resized to ``image_size`` (``fit``) and standardised with the training split's
     mean and std. Augmentation (training split only): a random translation by up to ``crop_padding`` pixels and,
-    with ``hflip``, a horizontal flip; each item's draw is seeded (:mod:`nas.search.loaders`).
+    with ``hflip``, a horizontal flip, and with probability ``erasing`` a random erased rectangle; each item's draw
+    is seeded (:mod:`nas.search.loaders`).
     ``limit`` keeps the first N images of the training file and of the test file (quick runs); the validation
     split then shrinks in proportion.
     """
@@ -243,7 +244,7 @@ class IDXDataModule(_SplitDataModule):
     def __init__(self, root: str, name: str = "Fashion-MNIST", install: str | None = None, image_size: int = 32,
                  fit: str = "auto", batch_size: int = 128, eval_batch_size: int | None = 1000,
                  val_size: int = 10000, augment: bool = True, crop_padding: int = 2, hflip: bool = False,
-                 limit: int | None = None, num_workers: int = 0, seed: int = 0) -> None:
+                 erasing: float = 0.0, limit: int | None = None, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, seed)
         if fit not in ("auto", "pad", "resize"):
             raise DataError(f"data.fit must be auto, pad or resize, got {fit!r}")
@@ -251,6 +252,8 @@ class IDXDataModule(_SplitDataModule):
             raise DataError(f"data.val_size must be an integer >= 1, got {val_size!r}; e.g. data.val_size=10000")
         if limit is not None and (not isinstance(limit, int) or limit < 2):
             raise DataError(f"data.limit must be an integer >= 2 or null, got {limit!r}; e.g. data.limit=5000")
+        if isinstance(erasing, bool) or not isinstance(erasing, int | float) or not 0.0 <= erasing <= 1.0:
+            raise DataError(f"data.erasing is a probability in [0, 1], got {erasing!r}; e.g. data.erasing=0.5")
         self.root = Path(os.path.expanduser(str(root)))
         self.name = name
         self.install = install
@@ -260,6 +263,7 @@ class IDXDataModule(_SplitDataModule):
         self.augment = augment
         self.crop_padding = crop_padding
         self.hflip = hflip
+        self.erasing = float(erasing)
         self.limit = limit
 
     def _fix(self) -> str:
@@ -330,6 +334,10 @@ class IDXDataModule(_SplitDataModule):
             steps.append(RandomCrop(self.image_size, padding=self.crop_padding, fill=float(-mean / std)))
         if self.augment and self.hflip:
             steps.append(RandomHorizontalFlip())
+        if self.augment and self.erasing > 0:
+            # Random Erasing (Zhong et al., AAAI 2020, Alg. 1): a rectangle of 2-40 % of the image, aspect 0.3-3.3,
+            # set to 0, which after standardisation is the training mean
+            steps.append(RandomErasing(p=self.erasing, value=0.0))
         self.train_set = TransformedImages(train, Compose(steps)) if steps else train
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
         self.test_set = TensorDataset(x_test, y_test)

@@ -48,14 +48,16 @@ class AnchorStudy(SolverStudy):
         self.setup_model()
         done = {r.get("key"): r for r in read_jsonl(self.records_path, "anchor network")}
         for found in chosen:
-            key = f"long/{found['key']}"
+            # the first recipe's records are keyed long/...; another recipe keys its own, so both are kept
+            prefix = "long" if self.cfg.retrain.recipe == "fashion_mnist_long" else str(self.cfg.retrain.recipe)
+            key = f"{prefix}/{found['key']}"
             if key in done:
                 continue
             arch_path = self.work / "arch" / f"{found['key'].replace('/', '_')}.json"
             if not arch_path.is_file():
                 self.space.architecture([LayerChoice.from_key(k) for k in found["architecture"]]).save(arch_path)
             arch = Architecture.load(arch_path, self.space)
-            print(f"{key}: retraining with recipe={self.cfg.recipe} (val acc in Study A {found['val_acc']:.4f})",
+            print(f"{key}: retraining with recipe={self.cfg.retrain.recipe} (val acc in Study A {found['val_acc']:.4f})",
                   flush=True)
             trained = self.retrain(key, arch_path)
             cpu = [found.get("search_cpu_s"), trained.get("retrain_cpu_s")]
@@ -65,7 +67,7 @@ class AnchorStudy(SolverStudy):
                       "predicted_latency_ms": self.model.predict(arch), **trained, "macs": self.macs(arch),
                       "search_wall_s": found.get("search_wall_s"), "search_cpu_s": found.get("search_cpu_s"),
                       "total_cpu_s": sum(cpu) if None not in cpu else None, "space": self.cfg.space,
-                      "data": self.cfg.data, "hardware": self.cfg.hardware, "recipe": self.cfg.recipe,
+                      "data": self.cfg.data, "hardware": self.cfg.hardware, "recipe": self.cfg.retrain.recipe,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             append_jsonl(self.records_path, record)
             done[key] = record

@@ -276,7 +276,7 @@ class SolverStudy:
                 "predicted_latency_ms": self.model.predict(arch), **found, **trained,
                 "macs": self.macs(arch), "space": self.cfg.space, "data": self.cfg.data,
                 "hardware": self.cfg.hardware, "lut_fingerprint": self.lut.hardware.get("fingerprint_id"),
-                "recipe": self.cfg.recipe, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "recipe": self.cfg.retrain.recipe, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     def timm_string(self, arch: Any) -> str:
         from nas.space.timm_interop import timm_string
@@ -374,7 +374,7 @@ class SolverStudy:
         run_dir = self.work / "train" / key.replace("/", "_")
         summary_path = run_dir / "train_summary.json"
         if not summary_path.is_file():
-            overrides = [*self.base_overrides(), f"recipe={self.cfg.recipe}", *self.cfg.retrain.overrides,
+            overrides = [*self.base_overrides(), f"recipe={self.cfg.retrain.recipe}", *self.cfg.retrain.overrides,
                          f"seed={int(self.cfg.retrain.seed)}", f"arch={arch_path}"]
             self._run_in(run_dir, "train", overrides, f"retraining of {key}")
         s = json.loads(self._summary(summary_path, f"retraining of {key}", run_dir).read_text())
