@@ -18,7 +18,9 @@ from nas.space.search_space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# at most 2 threads, and no more than the cores this process may run on (taskset): extra threads only spin
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+torch.set_num_threads(min(2, CORES))
 
 MICRO_SPACE = {
     "name": "micro",

@@ -134,6 +134,9 @@ CASES: dict[str, Case] = {
     "proxyless within warm-up": Case("search.py", ["solver=proxyless", "trainer.max_epochs=1"],
                                      "solver.arch_warmup_epochs=2"),
     "random without target": Case("search.py", ["solver=random"], "solver=random needs a runtime target"),
+    "distillation without the sandwich rule": Case("search.py", ["solver=supernet", "solver.sampling=uniform",
+                                                                 "solver.distill=true"],
+                                                   "solver.distill=true needs solver.sampling=sandwich"),
     "gpu trainer without CUDA": Case("search.py", ["trainer=gpu"], "no CUDA GPU"),
     "tpu trainer without torch_xla": Case("search.py", ["trainer=tpu"], "trainer=tpu needs torch_xla"),
     # checkpoints

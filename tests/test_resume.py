@@ -91,13 +91,13 @@ def _search(micro_space, micro_lut) -> SinglePathSearch:
                        bn_calibration_batches=2)
 
 
-def _fit(module, root, callbacks=(), ckpt_path=None, every=None) -> pl.Trainer:
+def _fit(module, root, callbacks=(), ckpt_path=None, every=None, max_epochs=3, limit=320) -> pl.Trainer:
     pl.seed_everything(0, verbose=False)
     if ckpt_path is not None:
         torch.manual_seed(1234)  # a fresh process: the resumed run must get its RNG state from the checkpoint
-    dm = DigitsDataModule(image_size=16, batch_size=32, limit=320, seed=0)
+    dm = DigitsDataModule(image_size=16, batch_size=32, limit=limit, seed=0)
     checkpoint = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=every)
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=root, callbacks=[*callbacks, checkpoint],
                          plugins=[AtomicCheckpointIO()], limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -125,3 +125,23 @@ def test_search_killed_mid_epoch_resumes_to_the_uninterrupted_result(micro_space
     for (name, a), b in zip(resumed.supernet.named_parameters(), reference.supernet.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert resumed.derive_architecture().keys == reference.derive_architecture().keys
+
+
+def test_distilled_supernet_killed_mid_epoch_resumes_to_the_uninterrupted_result(micro_space, micro_lut, tmp_path):
+    """solver=supernet with in-place distillation: sampling is a function of (seed, step) and the teacher's logits
+    come from the same batch, so a resumed run trains exactly what an uninterrupted one does."""
+    def supernet():
+        torch.manual_seed(0)
+        return make_solver("supernet", micro_space, micro_lut, sampling="sandwich", num_random=1, distill=True,
+                           optimizer=TEST_SGD, bn_calibration_batches=2)
+
+    small = {"max_epochs": 2, "limit": 160}  # 3 steps per epoch
+    reference = supernet()
+    assert _fit(reference, tmp_path / "ref", **small).global_step == 6
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit(supernet(), tmp_path / "run", callbacks=[Crash(step=5)], every=2, **small)
+    assert load_checkpoint(tmp_path / "run" / "last.ckpt")["global_step"] == 4  # inside the second epoch
+    resumed = supernet()
+    _fit(resumed, tmp_path / "run", ckpt_path=str(tmp_path / "run" / "last.ckpt"), every=2, **small)
+    for (name, a), b in zip(resumed.supernet.named_parameters(), reference.supernet.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

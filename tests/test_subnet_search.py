@@ -143,6 +143,66 @@ def test_supernet_solver_samples_deterministically_and_learns_no_thresholds(micr
         make_solver("supernet", micro_space, micro_lut, sampling="uniform", num_random=0)
 
 
+def test_distilled_step_teaches_the_other_subnets_with_the_largest_ones_detached_logits(micro_space, micro_lut):
+    """In-place distillation (BigNAS): the step loss is (CE(largest, labels) + Σ T²·KL(largest ‖ other)) / n, computed
+    by hand; the labels reach the loss only through the largest network; no gradient flows into the teacher
+    through its soft target."""
+    import torch.nn.functional as F
+
+    temperature = 2.0
+    module = make_solver("supernet", micro_space, micro_lut, sampling="sandwich", num_random=1, distill=True,
+                         distill_temperature=temperature)
+    net = module.supernet
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    archs = sample_step_architectures(micro_space, "sandwich", 1, seed=module.seed, step=0)
+    assert archs[0] == micro_space.largest() and len(archs) == 3
+
+    def by_hand(labels: torch.Tensor, detach: bool = True) -> torch.Tensor:
+        teacher = net(x, net.fixed_decisions(archs[0]))
+        soft = teacher.detach() if detach else teacher
+        log_t = F.log_softmax(soft / temperature, 1)
+        kd = [temperature ** 2 * (log_t.exp() * (log_t - F.log_softmax(net(x, net.fixed_decisions(a)) / temperature,
+                                                                       1))).sum(1).mean() for a in archs[1:]]
+        return (F.cross_entropy(teacher, labels, label_smoothing=module.label_smoothing) + sum(kd)) / len(archs)
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        net.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in net.weight_parameters() if p.grad is not None]
+
+    logged: dict[str, torch.Tensor] = {}
+    module.log_dict = lambda values, **kw: logged.update(values)  # no trainer: catch the step's logs
+    step = module.training_step((x, y), 0)
+    assert float(step.detach()) == pytest.approx(float(by_hand(y).detach()), rel=1e-5)
+    # the distillation loss is logged: the mean over the students, the step loss less the teacher's share
+    assert float(logged["train/distill"]) == pytest.approx(float(3 * step - logged["train/ce_largest"]) / 2, rel=1e-5)
+    # other labels change the loss by the teacher's cross-entropy only: the students never see the labels
+    y2 = (y + 1) % 10
+    teacher = net(x, net.fixed_decisions(archs[0]))
+    delta = (F.cross_entropy(teacher, y2, label_smoothing=0.1) - F.cross_entropy(teacher, y, label_smoothing=0.1)) / 3
+    assert float(module.training_step((x, y2), 0) - step) == pytest.approx(float(delta), rel=1e-4, abs=1e-6)
+    # gradients: those of the hand-made loss with the teacher's soft target detached, not without the detach
+    got = grads(module.training_step((x, y), 0))
+    detached, attached = grads(by_hand(y)), grads(by_hand(y, detach=False))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, detached))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, attached))
+    # without distillation every sub-network learns from the labels (the step loss differs)
+    plain = make_solver("supernet", micro_space, micro_lut, sampling="sandwich", num_random=1)
+    plain.supernet.load_state_dict(net.state_dict())
+    assert float(plain.training_step((x, y), 0)) != pytest.approx(float(step), rel=1e-3)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"sampling": "uniform", "num_random": 2, "distill": True}, "solver.distill=true needs solver.sampling=sandwich"),
+    ({"distill": True, "distill_temperature": 0.0}, "distill_temperature must be a finite number > 0"),
+    ({"distill": "yes"}, "solver.distill must be true or false"),
+])
+def test_bad_distillation_settings_are_config_errors(micro_space, micro_lut, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        make_solver("supernet", micro_space, micro_lut, **settings)
+
+
 def test_solver_supernet_checkpoint_feeds_subnet_search(tmp_path):
     from nas.search.pipeline import run_search
 

@@ -91,6 +91,11 @@ def check_search_config(cfg: DictConfig) -> dict[str, Any]:
     if "target_ms" in solver and solver["target_ms"] is None and str(solver.get("_target_", "")).endswith("Random"
                                                                                                      "Search"):
         raise ConfigError("solver=random needs a runtime target: set hardware.target_ms=<ms> (or solver.target_ms)")
+    if str(solver.get("_target_", "")).endswith("SupernetTraining"):
+        from nas.search.solvers.supernet_training import check_sampling_settings
+
+        check_sampling_settings(solver.get("sampling"), solver.get("num_random"), solver.get("distill", False),
+                                solver.get("distill_temperature", 1.0))
     check_optimization(solver, "solver")
     check_epoch_budget(trainer, solver)
     ckpt = values.get("ckpt_path")
