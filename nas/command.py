@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
                       "Study A: solvers vs a cloud of random networks, every network retrained (resumable)"),
     "study-anchors": ("study_anchors", "main", None,
                       "Study B: Study A's best searched network retrained longer vs published results"),
+    "study-truth": ("study_truth", "main", None,
+                    "truth study: supernet-measured vs retrained error of Study A's networks, per supernet variant"),
 }
 
 

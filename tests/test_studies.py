@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -239,3 +241,157 @@ def test_study_b_selects_by_validation_accuracy_within_the_parameter_budget():
     table = anchor_table([{"key": "long/b", "params": 95000, "macs": 2000000, "measured_latency_ms": 0.1,
                            "test_acc": 0.9312, "total_cpu_s": 7200.0}], {"MobileNet": 0.95})
     assert "| long/b | 95,000 | 2,000,000 | 0.1000 | 93.12 % | 2.00 |" in table and "| MobileNet | 95.0 % |" in table
+
+
+# ---------------------------------------------------------------------- truth study (issue 19)
+def _ground_truth(path: Path, n: int = 6) -> list[dict]:
+    """A fake Study A: ``n`` distinct tiny-space networks with made-up retrained accuracies, one architecture
+    recorded twice (a second search finding it) and one record of another data set (ignored)."""
+    import random
+
+    from tests.conftest import load_space
+
+    space = load_space("tiny")
+    rng = random.Random(0)
+    archs = {tuple(space.smallest().keys): space.smallest(), tuple(space.largest().keys): space.largest()}
+    while len(archs) < n:
+        arch = space.sample(rng)
+        archs.setdefault(tuple(arch.keys), arch)
+    records = [{"key": f"cloud/{i:03d}", "kind": "cloud", "solver": None, "architecture": arch.keys,
+                "test_acc": 0.80 + 0.01 * i, "val_acc": 0.81 + 0.01 * i, "measured_latency_ms": 0.05 + 0.01 * i,
+                "params": 10000 * (i + 1), "macs": 100000 * (i + 1), "space": "tiny", "data": "fashion_mnist"}
+               for i, arch in enumerate(archs.values())]
+    records.append({**records[2], "key": "search/random/seed0", "kind": "search", "solver": "random"})
+    records.append({**records[3], "key": "cloud/other", "data": "mnist"})
+    for r in records:
+        append_jsonl(path, r)
+    return records
+
+
+def _truth_study(tmp_path: Path, *overrides: str):
+    from nas.studies.truth_study import TruthStudy
+
+    data = make_idx_set(tmp_path / "fm", n_train=160, n_test=40)
+    common = [f"data.root={data}", "data.val_size=40", f"paths.cache_dir={tmp_path / 'cache'}", "progress=false"]
+    cfg = compose_config("study_truth", with_choices=True, overrides=[
+        f"source={tmp_path}/solvers.jsonl", f"records={tmp_path}/truth.jsonl", f"work_dir={tmp_path}/work",
+        f"table={tmp_path}/truth.md", f"figure={tmp_path}/truth.png", "sitting.file=null",
+        f"common={json.dumps(common)}", "eval.bn_batches=1", "bootstrap.resamples=200",
+        'supernet.overrides=["solver=supernet","seed=0","trainer.max_epochs=1","trainer.limit_train_batches=1",'
+        '"trainer.limit_val_batches=1"]',
+        *overrides])
+    return TruthStudy(study_config(cfg))
+
+
+@pytest.mark.slow
+def test_truth_study_trains_each_variant_once_records_every_network_and_reports_tau(tmp_path, monkeypatch):
+    """End to end on small IDX files: two supernets (search.py, 1 epoch; one distilled), every distinct ground-truth
+    network validated with each; a second run trains and validates nothing; the report has τ and ρ with
+    intervals per variant."""
+    from nas.studies.truth_study import write_truth_report
+    from nas.subnet_search.evaluation import SupernetEvaluator
+
+    truth = _ground_truth(tmp_path / "solvers.jsonl")
+    study = _truth_study(tmp_path, 'variants={sandwich:[],distill:["solver.distill=true"]}')
+    records = study.run()
+    assert sorted(r["key"] for r in records) == sorted(f"{v}/cloud/{i:03d}" for v in ("sandwich", "distill")
+                                                       for i in range(6))
+    by_key = {r["key"]: r for r in records}
+    assert by_key["distill/cloud/002"]["same_architecture"] == ["search/random/seed0"]
+    for r in records:
+        source = next(t for t in truth if t["key"] == r["network"])
+        assert r["architecture"] == source["architecture"] and r["format"] == "spnas-truth-network"
+        assert r["retrained_test_error"] == pytest.approx(1 - source["test_acc"])
+        assert 0.0 <= r["supernet_error"] <= 1.0 and r["eval"]["val_samples"] == 40
+    digests = {v: {r["supernet_digest"] for r in records if r["variant"] == v} for v in ("sandwich", "distill")}
+    assert all(len(d) == 1 for d in digests.values()) and digests["sandwich"] != digests["distill"]
+    # each variant's overrides reached its supernet's training
+    for variant, distill in (("sandwich", False), ("distill", True)):
+        summary = json.loads((tmp_path / "work" / "supernet" / variant / "summary.json").read_text())
+        assert summary["solver"] == "supernet" and summary["config"]["solver"]["distill"] is distill
+    # rerun: everything is recorded, nothing is trained or validated again
+    monkeypatch.setattr(SolverStudy, "_run", lambda *a: pytest.fail("a finished supernet was trained again"))
+    monkeypatch.setattr(SupernetEvaluator, "validate", lambda *a: pytest.fail("a recorded network was validated"))
+    assert len(_truth_study(tmp_path, 'variants={sandwich:[],distill:["solver.distill=true"]}').run()) == 12
+    assert len(read_jsonl(tmp_path / "truth.jsonl")) == 12
+    cfg = OmegaConf.create({"table": str(tmp_path / "truth.md"), "figure": str(tmp_path / "truth.png"),
+                            "bootstrap": {"resamples": 200, "confidence": 0.95, "seed": 0}})
+    table = write_truth_report(read_jsonl(tmp_path / "truth.jsonl"), cfg)
+    assert (tmp_path / "truth.png").read_bytes()[:4] == b"\x89PNG"
+    for variant in ("sandwich", "distill"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {variant} | 6 |"))
+        assert row.count("[") >= 2  # τ and ρ with their intervals (or n/a when the errors are all tied)
+    # the reference row of the retrained validation error: fake errors that rank exactly as the test errors
+    assert "| reference: retrained validation error | 6 | +1.00 [+1.00, +1.00] |" in table
+
+
+def test_truth_report_computes_tau_rho_and_a_seeded_bootstrap_interval():
+    from scipy.stats import kendalltau, spearmanr
+
+    from nas.studies.truth_study import agreement, bootstrap_interval, kendall_tau_b, spearman_rho, truth_table
+
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=40)
+    x = y + rng.normal(scale=0.8, size=40)
+    # the vectorised statistics are scipy's, ties (and a bootstrap's repeated networks) included
+    for a, b in ((x, y), (np.round(x), np.round(y, 1)), (x[[0, 0, 1, 2, 2, 3]], y[[0, 0, 1, 2, 2, 3]])):
+        assert kendall_tau_b(a, b) == pytest.approx(kendalltau(a, b).statistic, abs=1e-12)
+        assert spearman_rho(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert np.isnan(kendall_tau_b([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    stats = agreement(x, y, resamples=500, confidence=0.95, seed=3)
+    assert stats["n"] == 40 and stats["kendall_tau"] == pytest.approx(kendalltau(x, y).statistic)
+    ci = stats["kendall_ci"]
+    assert ci["low"] < stats["kendall_tau"] < ci["high"] and ci["resamples"] == 500 and ci["undefined"] == 0
+    assert stats["spearman_ci"]["low"] < stats["spearman_rho"] < stats["spearman_ci"]["high"]
+    assert agreement(x, y, resamples=500, confidence=0.95, seed=3) == stats  # seeded
+    wider = bootstrap_interval(x, y, kendall_tau_b, 500, 0.99, seed=3)
+    assert wider["low"] < ci["low"] and wider["high"] > ci["high"]
+    # the interval is the quantiles of the statistic over the seeded resamples of the pairs
+    idx = np.random.default_rng(3).integers(0, 40, size=(500, 40))
+    by_hand = [kendalltau(x[i], y[i]).statistic for i in idx]
+    assert [ci["low"], ci["high"]] == pytest.approx(list(np.quantile(by_hand, [0.025, 0.975])))
+    # a constant resample has no τ: dropped and counted, not a NaN interval
+    tied = bootstrap_interval([0.1, 0.1, 0.2], [1.0, 2.0, 3.0], kendall_tau_b, 200)
+    assert tied["undefined"] > 0 and tied["low"] is not None
+    table = truth_table({"distill": {**stats, "overrides": ["solver.distill=true"], "supernet_error": [0.1, 0.3],
+                                     "supernet_cpu_s": 600.0, "eval_cpu_s": 6.25}}, 0.95, 500)
+    assert (f"| distill | 40 | {stats['kendall_tau']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}] |" in table
+            and "| 10.0-30.0 % | 10.0 | 6.2 | `solver.distill=true` |" in table)
+
+
+def test_truth_study_resumes_a_cut_supernet_and_refuses_changed_variants(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(self, entry, overrides, log_path, what):
+        calls.append(overrides)
+        run_dir = Path(dict(o.split("=", 1) for o in overrides)["hydra.run.dir"])
+        (run_dir / "summary.json").write_text("{}")
+
+    monkeypatch.setattr(SolverStudy, "_run", fake_run)
+    study = _truth_study(tmp_path, 'variants={distill:["solver.distill=true"]}')
+    last = tmp_path / "work" / "supernet" / "distill" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"cut")
+    study.train_variant("distill")
+    assert f"ckpt_path={last}" in calls[0] and "solver.distill=true" in calls[0]
+    study.train_variant("distill")
+    assert len(calls) == 1  # finished: not trained again
+    changed = _truth_study(tmp_path, 'variants={distill:["solver.distill=true","solver.num_random=2"]}')
+    with pytest.raises(ConfigError, match="variant distill was trained in .* rename the variant"):
+        changed.train_variant("distill")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (['+variants.bad=["solver.sampling=uniform","solver.distill=true"]'], "needs solver.sampling=sandwich"),
+    (['+variants.single=["solver=single_path"]'], "not a weight-sharing supernet"),
+    (["~variants", "+variants={a.b:[]}"], "variant name 'a.b'"),
+    (["~variants", "+variants={}"], "variants must map a name"),
+    (["bootstrap.resamples=10"], "bootstrap.resamples must be an integer >= 100"),
+    (["eval.via=nope"], "eval.via must be"),
+])
+def test_bad_truth_study_settings_fail_before_any_training(tmp_path, monkeypatch, overrides, message):
+    _ground_truth(tmp_path / "solvers.jsonl")
+    monkeypatch.setattr(SolverStudy, "_run", lambda *a: pytest.fail("trained despite a bad setting"))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _truth_study(tmp_path, *overrides).run()
+    assert not (tmp_path / "truth.jsonl").exists()
