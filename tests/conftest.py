@@ -18,9 +18,15 @@ from nas.space.search_space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# at most 2 threads, and no more than the cores this process may run on (taskset): extra threads only spin
+# at most 2 threads, and no more than this process's share of the cores it may run on (taskset; with pytest-xdist,
+# `-n 2`, each worker gets its share): extra threads only spin. The commands the tests start inherit the share
+# through OMP_NUM_THREADS, so two workers' subprocesses do not oversubscribe the cores either.
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-torch.set_num_threads(min(2, CORES))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, CORES // WORKERS))
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 MICRO_SPACE = {
     "name": "micro",
@@ -45,7 +51,11 @@ def load_space(name: str) -> SearchSpace:
 def onnx_lut_cache(tmp_path_factory) -> Path:
     """One LUT cache for the end-to-end runs on ONNX Runtime with the same fast settings (the tiny space, one
     channel, 10 classes: digits and Fashion-MNIST alike): the suite profiles that LUT once, as a user's second
-    command reuses the first one's."""
+    command reuses the first one's. Under pytest-xdist the workers share it (LUT files are written atomically)."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = tmp_path_factory.getbasetemp().parent / "lut-cache"
+        shared.mkdir(exist_ok=True)
+        return shared
     return tmp_path_factory.mktemp("lut-cache")
 
 

@@ -36,6 +36,8 @@ CPU_ONNX = OmegaConf.load(ROOT / "nas" / "conf" / "hardware" / "cpu_onnx.yaml")
 SMALL = ["hardware.backend.warmup=1", "hardware.backend.repeats=3", "hardware.backend.calibration_networks=2"]
 FAST = ["progress=false", "data.limit=400", *SMALL]
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
+# the end-to-end runs: the tiny space with 3x3 kernels and no SE only (a third of the ops to quantise and profile)
+NARROW = ["space.candidates.kernels=[3]", "space.candidates.se_ratios=[0]"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -155,7 +157,7 @@ def test_bad_precision_from_the_shell_fails_before_profiling(tmp_path):
 def int8_runs(tmp_path_factory):
     """profile-lut, search.py and train.py at int8, each the real command line."""
     tmp = tmp_path_factory.mktemp("int8")
-    common = [f"paths.cache_dir={tmp}/cache"]
+    common = [f"paths.cache_dir={tmp}/cache", *NARROW]
     profile = run("-m", "nas.command", "profile-lut", "hardware=cpu_onnx_int8", "in_channels=1", "num_classes=10",
                   "progress=false", *SMALL, *common, f"hydra.run.dir={tmp}/profile")
     assert profile.returncode == 0, profile.stderr[-3000:]
