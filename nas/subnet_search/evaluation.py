@@ -88,23 +88,26 @@ class SupernetEvaluator:
         via: ``supernet`` runs the superkernels with fixed indicators; ``child`` extracts the sub-network with
             the shared weights (``extract_child``) and runs that: the same logits (tested to 1e-5), cheaper for
             small sub-networks because skipped layers and unused channels are not computed.
+        device: where the networks run (``cpu``, ``cuda:0``); the supernet and the batches are moved there once.
     """
 
     def __init__(self, supernet: SinglePathSupernet, calibration: list[torch.Tensor],
-                 validation: list[tuple[torch.Tensor, torch.Tensor]], via: str = "supernet") -> None:
+                 validation: list[tuple[torch.Tensor, torch.Tensor]], via: str = "supernet",
+                 device: str | torch.device = "cpu") -> None:
         if not validation:
             raise ConfigError("the validation split is empty; check data=... and data.limit")
         if via not in ("supernet", "child"):
             raise ConfigError(f"eval.via must be 'supernet' or 'child', got {via!r}")
         self.via = via
-        self.supernet = supernet.eval()
-        self.calibration = calibration
-        self.validation = validation
+        self.device = torch.device(device)
+        self.supernet = supernet.to(self.device).eval()
+        self.calibration = [x.to(self.device) for x in calibration]
+        self.validation = [(x.to(self.device), y.to(self.device)) for x, y in validation]
 
     @classmethod
     def from_datamodule(cls, supernet: SinglePathSupernet, datamodule: Any, bn_batches: int, seed: int,
                         batch_size: int | None = None, val_batches: int | None = None,
-                        via: str = "supernet") -> SupernetEvaluator:
+                        via: str = "supernet", device: str | torch.device = "cpu") -> SupernetEvaluator:
         """Draw ``bn_batches`` training batches once (seeded shuffle, the training augmentation included) and
         hold the validation split (its first ``val_batches`` batches, or all) in memory."""
         datamodule.setup("fit")
@@ -125,7 +128,7 @@ class SupernetEvaluator:
             if val_batches is not None and i >= val_batches:
                 break
             validation.append((x, y))
-        return cls(supernet, calibration, validation, via)
+        return cls(supernet, calibration, validation, via, device)
 
     @property
     def num_val_samples(self) -> int:
@@ -148,7 +151,7 @@ class SupernetEvaluator:
     def validate(self, arch: Architecture) -> dict[str, float]:
         """``{"error": top-1 error, "ce": mean cross-entropy}`` on the validation split."""
         if self.via == "child":
-            child = self.supernet.extract_child(arch)
+            child = self.supernet.extract_child(arch).to(self.device)
             reestimate_batchnorm(child, child, self.calibration)
             run = child.eval()
         else:
