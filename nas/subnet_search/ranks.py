@@ -108,6 +108,11 @@ def thread_share(local_world_size: int) -> int:
     return max(1, cpus // max(1, local_world_size))
 
 
+def cuda_index(local_rank: int) -> int:
+    """This rank's GPU: ``cuda:<local rank>``, or the one GPU srun's ``--gpus-per-task 1`` leaves visible."""
+    return local_rank % max(1, torch.cuda.device_count())
+
+
 def init_ranks(launch: Launch, device: str = "cpu") -> Any:
     """Join the process group of ``launch`` (gloo, or NCCL for ``device="cuda"``), set this rank's threads (and
     GPU); return the gloo group that carries the search's messages."""
@@ -115,7 +120,7 @@ def init_ranks(launch: Launch, device: str = "cpu") -> Any:
     torch.set_num_threads(threads)
     backend = "gloo"
     if device == "cuda":
-        torch.cuda.set_device(launch.local_rank)
+        torch.cuda.set_device(cuda_index(launch.local_rank))
         backend = "nccl"
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
@@ -186,8 +191,8 @@ class RankPool:
             op(*args, **kwargs)
         except (RuntimeError, dist.DistBackendError) as err:
             self.broken = True
-            raise RankLost(f"rank {self.rank}: another rank stopped answering ({str(err).splitlines()[0][:200]})") \
-                from None
+            reason = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", str(err).strip()).split(". ")[0].splitlines()[0]
+            raise RankLost(f"rank {self.rank}: another rank stopped answering ({reason[:160]})") from None
 
     def _share(self, archs: Sequence[Architecture], weights: Sequence[float]) -> dict[int, Any]:
         """This rank's validations of a batch: ``{index: values}``, or ``{-1: error text}`` when one failed."""

@@ -30,7 +30,7 @@ from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, fil
 from nas.subnet_search.hypervolume import Normalisation
 from nas.subnet_search.popdb import load_mask
 from nas.subnet_search.predictors import ObjectivePredictor, check_predictor_config
-from nas.subnet_search.ranks import Launch, RankLost, RankPool, agree, init_ranks, launch_from_env
+from nas.subnet_search.ranks import Launch, RankLost, RankPool, agree, cuda_index, init_ranks, launch_from_env
 from nas.subnet_search.report import format_table, load_warm_start, plot_fronts, plot_hv, write_hv_csv, write_pareto
 from nas.subnet_search.search_objectives import ObjectiveSpace, Target, check_objective_names
 from nas.subnet_search.store import ValidationStore
@@ -187,8 +187,8 @@ def eval_device(cfg: DictConfig) -> str:
 
 
 def device_of(device: str, launch: Launch | None) -> str:
-    """The torch device of this process: ``cuda:<local rank>`` for ``cuda``."""
-    return f"cuda:{launch.local_rank if launch is not None else 0}" if device == "cuda" else "cpu"
+    """The torch device of this process: its GPU (:func:`~nas.subnet_search.ranks.cuda_index`) for ``cuda``."""
+    return f"cuda:{cuda_index(launch.local_rank if launch is not None else 0)}" if device == "cuda" else "cpu"
 
 
 def serve(pool: RankPool, rank: int) -> dict[str, Any]:
