@@ -299,11 +299,14 @@ class BudgetedSearch:
         archs = [self.codec.decode(genes) for _, genes, _ in pending]
         weights = self.space.costs["macs"](np.array([genes for _, genes, _ in pending])).tolist()
         values = validate_many(self.validator, archs, weights)
-        for (position, genes, key), arch, measured in zip(pending, archs, values):
-            record = self._record(genes, key, arch, measured)
-            self.result.fresh += 1
-            self.result.F[position] = self._vector(record, self.space.costs_of(genes, self.target), key)
-            self._advance()
+        try:
+            for (position, genes, key), arch, measured in zip(pending, archs, values):
+                record = self._record(genes, key, arch, measured)
+                self.result.fresh += 1
+                self.result.F[position] = self._vector(record, self.space.costs_of(genes, self.target), key)
+                self._advance()
+        finally:
+            self.store.sync()  # one fsync per batch; each record is already in the file (safe from a kill)
 
     def _record(self, genes: np.ndarray, key: str, arch: Architecture, values: Mapping[str, float]) -> dict[str, Any]:
         try:
@@ -319,7 +322,7 @@ class BudgetedSearch:
                   "lut_fingerprints": {t.name: t.fingerprint for t in self.space.targets},
                   "macs_m": float(self.space.costs["macs"](g)[0]),
                   "params_m": float(self.space.costs["params"](g)[0])}
-        return self.store.add(record)
+        return self.store.add(record, durable=False)
 
     def _evaluate(self, X: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
         """Price rows of ``X`` in order, stopping at the first one the budget cannot pay; validate the new ones."""
