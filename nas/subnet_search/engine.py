@@ -7,7 +7,10 @@ validated), and validates the feasible ones with the evaluator (the costly unit)
 sub-networks a search consumes: it stops exactly at ``budget``, truncating the last generation, and never
 validates a sub-network twice. Because consumption is defined per search and cached records are reused, a search
 for a second device (or a resumed search) computes exactly what a standalone run with the same seed computes,
-with fewer supernet evaluations.
+with fewer supernet evaluations. Each generation is planned first (priced, checked, looked up) and its new
+sub-networks are then validated as one batch, which :class:`~nas.subnet_search.ranks.RankPool` splits over the
+ranks of a multi-process search, and recorded in the order of the plan: records and result are those of
+validating one sub-network at a time.
 
 NSGA-II follows §4.2: crossover probability 0.9 and mutation rate 1/population (per gene), duplicates
 eliminated. Genes are categorical (candidate indices), so the default operators are uniform crossover and a
