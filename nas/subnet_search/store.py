@@ -5,8 +5,8 @@ genome, the validated objectives (error, cross-entropy), its latency per device 
 fingerprint, MACs, parameters and the digests of the supernet checkpoint and the space. Records are appended
 one by one, each line in one write, so a killed search loses at most the record being written (a torn last line
 is dropped when the file is reopened); they are fsynced each (``durable``) or once per batch (:meth:`sync`: the
-search's engine), which only matters if the machine itself goes down. Reopening refuses records of another checkpoint, space or LUT with an error
-naming both digests: their objective values do not belong to this search.
+search's engine), which only matters if the machine itself goes down. Reopening refuses records of another
+checkpoint, space or LUT with an error naming both digests: their objective values do not belong to this search.
 """
 
 from __future__ import annotations
