@@ -7,12 +7,13 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
 
-from nas.errors import ConfigError, Interrupted
+from nas.errors import ConfigError, Interrupted, NASError
 from nas.subnet_search.ranks import launch_from_env, shares, slurm_tasks_on_node, thread_share
 from nas.subnet_search.run import run_subnet_search
 from tests.test_subnet_search import AdditiveError, fake_checkpoint, objective_space, subnet_cfg
@@ -54,7 +55,7 @@ class Counting:
 
 
 def rank_main(rank: int, tmp: str, ckpt: str, port: int, overrides: list[str], table: bool,
-              die_after: int | None) -> None:
+              die_after: int | None, rank1_overrides: list[str]) -> None:
     """One rank of a 2-rank search (a ``torch.multiprocessing`` process); writes ``rank<r>.json``."""
     os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -62,7 +63,7 @@ def rank_main(rank: int, tmp: str, ckpt: str, port: int, overrides: list[str], t
     from nas.subnet_search import evaluation
     from tests.conftest import MICRO_SPACE
 
-    cfg = subnet_cfg(Path(tmp), Path(ckpt), *overrides, out="ranks")
+    cfg = subnet_cfg(Path(tmp), Path(ckpt), *overrides, *(rank1_overrides if rank == 1 else []), out="ranks")
     counted: list[Counting] = []
     if table:  # a fast synthetic objective
         space = objective_space(SearchSpace.from_config(MICRO_SPACE))
@@ -85,18 +86,21 @@ def rank_main(rank: int, tmp: str, ckpt: str, port: int, overrides: list[str], t
     except Interrupted as err:
         report["stopped"] = str(err)
         report["exit_code"] = err.exit_code
+    except NASError as err:
+        report["error"] = str(err)
+        report["exit_code"] = 2
     report["validated"] = counted[0].count if table else len(counted)
     Path(tmp, f"rank{rank}.json").write_text(json.dumps(report))
     sys.exit(report.get("exit_code", 0))
 
 
-def run_ranks(tmp: Path, ckpt: Path, overrides: list[str], table: bool = False,
-              die_after: int | None = None) -> tuple[list[int], list[dict]]:
+def run_ranks(tmp: Path, ckpt: Path, overrides: list[str], table: bool = False, die_after: int | None = None,
+              rank1_overrides: Sequence[str] = ()) -> tuple[list[int], list[dict]]:
     """Run the search on 2 spawned ranks; their exit codes and reports."""
     ctx = context()
     port = free_port()
-    procs = [ctx.Process(target=rank_main, args=(r, str(tmp), str(ckpt), port, overrides, table, die_after))
-             for r in range(WORLD)]
+    procs = [ctx.Process(target=rank_main, args=(r, str(tmp), str(ckpt), port, overrides, table, die_after,
+                                                 list(rank1_overrides))) for r in range(WORLD)]
     for p in procs:
         p.start()
     for p in procs:
@@ -148,6 +152,16 @@ def test_a_killed_rank_leaves_the_store_whole_and_resume_gives_the_uninterrupted
     assert (tmp_path / "ranks" / "pareto.json").read_bytes() == (tmp_path / "full" / "pareto.json").read_bytes()
     assert [r["key"] for r in records(store)] == [r["key"] for r in records(tmp_path / "full" / "validations.jsonl")]
     assert full["summary"]["ranks"] == 1
+
+
+def test_a_rank_that_cannot_start_stops_every_rank_before_any_work(ckpt, tmp_path):
+    codes, reports = run_ranks(tmp_path, ckpt, ["budget=24", "algorithm.population=8"],
+                               rank1_overrides=[f"supernet={tmp_path / 'missing.ckpt'}"])
+    assert codes == [2, 2]
+    error = reports[1]["error"]
+    assert error.startswith("supernet checkpoint") and "missing.ckpt does not exist" in error
+    assert reports[0]["error"] == f"rank 1: {reports[1]['error']}" and reports[0]["validated"] == 0
+    assert not (tmp_path / "ranks" / "validations.jsonl").exists()
 
 
 def test_the_launch_is_read_from_torchrun_or_srun():

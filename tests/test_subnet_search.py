@@ -364,6 +364,7 @@ def test_warm_start_seeds_the_first_population(micro_space, micro_ckpt, tmp_path
     (["hv.reference=[0.0,1.0]"], "not dominated by any sub-network"),
     (["constraints.latency_ms=0.000001"], "below the smallest possible value.*has [0-9.]+ ms"),
     (["algorithm=ga"], "single-objective but 2 objectives"),
+    (["eval.device=gpu"], "eval.device must be 'cpu' or 'cuda'"),
 ])
 def test_bad_inputs_fail_before_any_work_and_write_nothing(micro_ckpt, tmp_path, overrides, message):
     cfg = subnet_cfg(tmp_path, micro_ckpt, *overrides)
