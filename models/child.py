@@ -17,11 +17,12 @@ class ChildNet(nn.Module):
     """The network of one architecture: stem, the chosen blocks in order (keyed by their layer index), head.
 
     ``space`` and ``arch`` are the search space and architecture it was built from (kept for reporting and
-    export; the network does not use them).
+    export; the network does not use them). ``init=False`` keeps the given modules' weights (a network assembled
+    from trained parts).
     """
 
     def __init__(self, stem: nn.Module, blocks: Mapping[str, nn.Module], head: nn.Module, *, space: Any = None,
-                 arch: Any = None, in_channels: int = 3) -> None:
+                 arch: Any = None, in_channels: int = 3, init: bool = True) -> None:
         super().__init__()
         self.space = space
         self.arch = arch
@@ -29,7 +30,8 @@ class ChildNet(nn.Module):
         self.stem = stem
         self.blocks = nn.ModuleDict(dict(blocks))
         self.head = head
-        init_weights(self)
+        if init:
+            init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -18,7 +18,7 @@ from tests.conftest import ROOT, load_space
 from tests.test_subnet_search import fake_checkpoint
 
 BENCHMARKS = ["bench_hyperpower", "bench_search_step", "bench_solvers", "bench_subnet_search", "bench_tactics",
-              "calibration_ablation", "compare_solvers", "latency_report", "supernet_truth"]
+              "bench_validation", "calibration_ablation", "compare_solvers", "latency_report", "supernet_truth"]
 MEASUREMENTS = ROOT / "docs" / "measurements"
 
 
@@ -160,3 +160,23 @@ def test_subnet_benchmark_and_truth_check_on_a_supernet_checkpoint(tmp_path, cap
     with pytest.raises(SystemExit) as stop:
         weight_sharing_truth.main(["--checkpoint", str(ckpt)])
     assert stop.value.code == 2 and "expected label=path" in capsys.readouterr().err
+
+
+def test_validation_throughput_measures_validate_against_its_forward_passes(tmp_path, capsys):
+    from nas.benchmarks import validation_throughput
+
+    out = tmp_path / "throughput.json"
+    doc = validation_throughput.main(["--spaces", "tiny", "--archs", "1", "--repeats", "1", "--bn-batches", "1",
+                                      "--engine-budget", "50", "--json", str(out)])
+    tiny = doc["spaces"]["tiny"]
+    p = tiny["per_validation"]
+    assert set(p) == {"limit", "validate", "rebuild", "engine"}
+    assert all(v["cpu_s"] > 0 and v["wall_s"] > 0 for v in p.values())
+    assert tiny["ratio_to_limit"]["cpu_s"] == pytest.approx(
+        p["limit"]["cpu_s"] / (p["validate"]["cpu_s"] + p["engine"]["cpu_s"]))
+    assert tiny["bn_batches"] == 1 and tiny["val_samples"] > 0 and doc["conditions"]["threads"] == 1
+    assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+    assert "ratio" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        validation_throughput.main(["--archs", "0"])
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith("error: --archs")

@@ -33,6 +33,7 @@ from nas.subnet_search.hypervolume import Normalisation, front_2d
 from nas.subnet_search.run import run_subnet_search
 from nas.subnet_search.search_objectives import ObjectiveSpace, Target
 from nas.subnet_search.store import ValidationStore
+from nas.supernets.bn_calibration import reestimate_batchnorm
 from nas.supernets.single_path_supernet import SinglePathSupernet
 from tests.conftest import MICRO_SPACE, ROOT, make_solver, proxy_lut
 
@@ -129,6 +130,26 @@ def test_fixed_decisions_give_the_extracted_childs_logits(micro_space):
 
 
 # ---------------------------------------------------------------------- solver=supernet
+def test_a_validation_assembles_its_child_from_kept_blocks_with_the_numbers_of_a_fresh_extraction(micro_space):
+    torch.manual_seed(0)
+    net = SinglePathSupernet(micro_space, 1, 10)
+    calibration = [torch.randn(16, 1, 16, 16) for _ in range(2)]
+    val = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,)))]
+    evaluator = SupernetEvaluator(net, calibration, val, via="child")
+    rng = random.Random(3)
+    archs = [micro_space.sample(rng) for _ in range(6)] + [micro_space.largest(), micro_space.smallest()]
+    for arch in archs + archs[:3]:  # blocks kept from earlier sub-networks, their BN statistics overwritten since
+        child = net.extract_child(arch)
+        reestimate_batchnorm(child, child, calibration)
+        with torch.no_grad():
+            out = child.eval()(val[0][0])
+        expected = {"error": float((out.argmax(1) != val[0][1]).float().mean()),
+                    "ce": float(torch.nn.functional.cross_entropy(out.double(), val[0][1]))}
+        assert evaluator.validate(arch) == pytest.approx(expected, abs=0, rel=0), arch.keys
+    distinct = {(i, c.key) for a in archs for i, c in enumerate(a.layers) if not c.is_skip}
+    assert len(evaluator._parts) == len(distinct) + 2  # one extraction per layer choice, plus stem and head
+
+
 def test_supernet_solver_samples_deterministically_and_learns_no_thresholds(micro_space, micro_lut):
     steps = [sample_step_architectures(micro_space, "sandwich", 2, seed=3, step=s) for s in range(4)]
     assert all(a[0] == micro_space.largest() and a[1] == micro_space.smallest() and len(a) == 4 for a in steps)
@@ -403,6 +424,7 @@ def test_warm_start_seeds_the_first_population(micro_space, micro_ckpt, tmp_path
     (["hv.reference=[0.0,1.0]"], "not dominated by any sub-network"),
     (["constraints.latency_ms=0.000001"], "below the smallest possible value.*has [0-9.]+ ms"),
     (["algorithm=ga"], "single-objective but 2 objectives"),
+    (["eval.device=gpu"], "eval.device must be 'cpu' or 'cuda'"),
 ])
 def test_bad_inputs_fail_before_any_work_and_write_nothing(micro_ckpt, tmp_path, overrides, message):
     cfg = subnet_cfg(tmp_path, micro_ckpt, *overrides)

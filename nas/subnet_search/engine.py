@@ -7,7 +7,10 @@ validated), and validates the feasible ones with the evaluator (the costly unit)
 sub-networks a search consumes: it stops exactly at ``budget``, truncating the last generation, and never
 validates a sub-network twice. Because consumption is defined per search and cached records are reused, a search
 for a second device (or a resumed search) computes exactly what a standalone run with the same seed computes,
-with fewer supernet evaluations.
+with fewer supernet evaluations. Each generation is planned first (priced, checked, looked up) and its new
+sub-networks are then validated as one batch, which :class:`~nas.subnet_search.ranks.RankPool` splits over the
+ranks of a multi-process search, and recorded in the order of the plan: records and result are those of
+validating one sub-network at a time.
 
 NSGA-II follows §4.2: crossover probability 0.9 and mutation rate 1/population (per gene), duplicates
 eliminated. Genes are categorical (candidate indices), so the default operators are uniform crossover and a
@@ -18,7 +21,7 @@ with rounding instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,9 +44,24 @@ ALGORITHMS = ("nsga2", "agemoea", "ga", "random")
 
 
 class Validator(Protocol):
-    """Measures the validated objectives of one sub-network (the supernet evaluator, or a table in tests)."""
+    """Measures the validated objectives of one sub-network (the supernet evaluator, or a table in tests).
+
+    A validator may also offer ``validate_batch(archs, weights)``, an iterator of the values of ``archs`` in
+    order (:class:`~nas.subnet_search.ranks.RankPool` splits a batch over the ranks, ``weights`` being the
+    expected cost of each, here its MACs); :func:`validate_many` uses it where it exists.
+    """
 
     def validate(self, arch: Architecture) -> dict[str, float]: ...
+
+
+def validate_many(validator: Validator, archs: Sequence[Architecture],
+                  weights: Sequence[float]) -> Iterator[dict[str, float]]:
+    """The values of ``archs``, in order: through ``validator.validate_batch`` where it has one, else one
+    ``validate`` at a time (lazily, so each record is written before the next validation starts)."""
+    batch = getattr(validator, "validate_batch", None)
+    if batch is not None:
+        return iter(batch(archs, weights))
+    return (validator.validate(arch) for arch in archs)
 
 
 @dataclass
@@ -231,6 +249,7 @@ class BudgetedSearch:
         self.on_generation = on_generation
         self.result = SearchResult(target)
         self._seen: dict[str, int] = {}
+        self._pending: list[tuple[int, np.ndarray, str]] = []  # planned, not yet validated: (position, genes, key)
         self._progress = progress
         self._bar: Any = None
         self.initial = initial_population(self.codec, first, seed, initial)
@@ -238,38 +257,63 @@ class BudgetedSearch:
         self._penalty = upper + (upper - np.array(normalisation.lower))  # F of infeasible (never ranked by F)
 
     # ------------------------------------------------------------------ one genome
-    def _price(self, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool] | None:
-        """``(F, G, feasible)`` of one genome; ``None`` when it needs a validation the budget cannot pay."""
+    def _price(self, genes: np.ndarray) -> tuple[int | None, np.ndarray] | None:
+        """Plan one genome: ``(position, G)``, ``position`` in the result of a consumed feasible sub-network (its
+        ``F`` is known once :meth:`_settle` validated the pending ones) or ``None`` for an infeasible one; ``None``
+        when it needs a validation the budget cannot pay."""
         genes = np.asarray(genes).astype(int)
         costs = self.space.costs_of(genes, self.target)
         G = self.space.violations(costs)
         if np.any(G > 0):
-            return self._penalty.copy(), G, False
+            return None, G
         key = self.codec.key(genes)
         if key in self._seen:
-            return self.result.F[self._seen[key]], G, True
+            return self._seen[key], G
         if self.result.consumed >= self.budget:
             return None
-        record = self.store.get(key)
-        if record is None:
-            record = self._validate(genes, key)
-            self.result.fresh += 1
-        values = {n: float(record[n]) for n in ("error", "ce")}
-        F = self.space.vector(values, costs)
-        check_finite(F.tolist(), key)
-        self._seen[key] = self.result.consumed
+        position = self.result.consumed
+        self._seen[key] = position
         self.result.genes.append(genes.copy())
         self.result.keys.append(key)
-        self.result.F.append(F)
+        record = self.store.get(key)
+        if record is None:
+            self.result.F.append(None)  # type: ignore[arg-type]  # filled by _settle
+            self._pending.append((position, genes.copy(), key))
+        else:
+            self.result.F.append(self._vector(record, costs, key))
+            self._advance()
+        return position, G
+
+    def _vector(self, record: Mapping[str, Any], costs: Mapping[str, Any], key: str) -> np.ndarray:
+        F = self.space.vector({n: float(record[n]) for n in ("error", "ce")}, costs)
+        check_finite(F.tolist(), key)
+        return F
+
+    def _advance(self) -> None:
         if self._bar is not None:
             self._bar.update(1)
-        return F, G, True
 
-    def _validate(self, genes: np.ndarray, key: str) -> dict[str, Any]:
-        arch = self.codec.decode(genes)
-        values = self.validator.validate(arch)
+    def _settle(self) -> None:
+        """Validate the planned sub-networks that no record holds, as one batch (split over the ranks of a
+        :class:`~nas.subnet_search.ranks.RankPool`), and record each in order as its values arrive."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        archs = [self.codec.decode(genes) for _, genes, _ in pending]
+        weights = self.space.costs["macs"](np.array([genes for _, genes, _ in pending])).tolist()
+        values = validate_many(self.validator, archs, weights)
         try:
-            check_finite(values, key)
+            for (position, genes, key), arch, measured in zip(pending, archs, values):
+                record = self._record(genes, key, arch, measured)
+                self.result.fresh += 1
+                self.result.F[position] = self._vector(record, self.space.costs_of(genes, self.target), key)
+                self._advance()
+        finally:
+            self.store.sync()  # one fsync per batch; each record is already in the file (safe from a kill)
+
+    def _record(self, genes: np.ndarray, key: str, arch: Architecture, values: Mapping[str, float]) -> dict[str, Any]:
+        try:
+            check_finite(dict(values), key)
         except ConfigError:
             raise ConfigError(f"sub-network [{key}] (genes {genes.tolist()}) has a non-finite objective "
                               f"{ {k: float(v) for k, v in values.items()} }; NaN/inf is never written. The "
@@ -281,19 +325,21 @@ class BudgetedSearch:
                   "lut_fingerprints": {t.name: t.fingerprint for t in self.space.targets},
                   "macs_m": float(self.space.costs["macs"](g)[0]),
                   "params_m": float(self.space.costs["params"](g)[0])}
-        return self.store.add(record)
+        return self.store.add(record, durable=False)
 
     def _evaluate(self, X: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-        """Price rows of ``X`` in order; stop at the first one the budget cannot pay."""
-        Fs, Gs = [], []
+        """Price rows of ``X`` in order, stopping at the first one the budget cannot pay; validate the new ones."""
+        planned = []
         for genes in X:
             priced = self._price(genes)
             if priced is None:
                 break
-            Fs.append(priced[0])
-            Gs.append(priced[1])
-        n = len(Fs)
-        return (n, np.array(Fs).reshape(n, self.space.n_obj), np.array(Gs).reshape(n, self.space.n_constr))
+            planned.append(priced)
+        self._settle()
+        n = len(planned)
+        Fs = [self._penalty.copy() if pos is None else self.result.F[pos] for pos, _ in planned]
+        return (n, np.array(Fs).reshape(n, self.space.n_obj),
+                np.array([G for _, G in planned]).reshape(n, self.space.n_constr))
 
     def _record_generation(self, generation: int) -> None:
         F = np.array(self.result.F).reshape(-1, self.space.n_obj)
@@ -373,6 +419,7 @@ class BudgetedSearch:
                 tries += 1
                 if self._price(genes) is None:
                     break
+            self._settle()
             generation += 1
             self._record_generation(generation)
             stall = stall + 1 if self.result.consumed == before else 0

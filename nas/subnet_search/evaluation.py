@@ -9,21 +9,27 @@ with the search's seed). The validation split is then scored in eval mode: top-1
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
+from models.child import ChildNet
 from nas.errors import ConfigError
 from nas.search.checkpoint import load_checkpoint
 from nas.space.architecture import Architecture
 from nas.space.search_space import SearchSpace
 from nas.supernets.bn_calibration import reestimate_batchnorm
 from nas.supernets.single_path_supernet import SinglePathSupernet
+from nas.supernets.superkernel import SuperMBConv
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -85,26 +91,33 @@ class SupernetEvaluator:
         supernet: a trained :class:`SinglePathSupernet`.
         calibration: input batches for re-estimating BatchNorm statistics (fixed for every sub-network).
         validation: ``(x, y)`` batches of the validation split.
-        via: ``supernet`` runs the superkernels with fixed indicators; ``child`` extracts the sub-network with
-            the shared weights (``extract_child``) and runs that: the same logits (tested to 1e-5), cheaper for
-            small sub-networks because skipped layers and unused channels are not computed.
+        via: ``supernet`` runs the superkernels with fixed indicators; ``child`` runs the extracted sub-network
+            with the shared weights (``extract_child``): the same logits (tested to 1e-5), cheaper for small
+            sub-networks because skipped layers and unused channels are not computed. Each layer's choice is
+            extracted once and kept (at most every candidate of every layer: about 9x the supernet's searchable
+            weights), so a validation assembles its child instead of building and initialising new modules; the
+            supernet's weights are read when a choice is first used and must not change afterwards.
+        device: where the networks run (``cpu``, ``cuda:0``); the supernet and the batches are moved there once.
     """
 
     def __init__(self, supernet: SinglePathSupernet, calibration: list[torch.Tensor],
-                 validation: list[tuple[torch.Tensor, torch.Tensor]], via: str = "supernet") -> None:
+                 validation: list[tuple[torch.Tensor, torch.Tensor]], via: str = "supernet",
+                 device: str | torch.device = "cpu") -> None:
         if not validation:
             raise ConfigError("the validation split is empty; check data=... and data.limit")
         if via not in ("supernet", "child"):
             raise ConfigError(f"eval.via must be 'supernet' or 'child', got {via!r}")
         self.via = via
-        self.supernet = supernet.eval()
-        self.calibration = calibration
-        self.validation = validation
+        self.device = torch.device(device)
+        self.supernet = supernet.to(self.device).eval()
+        self.calibration = [x.to(self.device) for x in calibration]
+        self.validation = [(x.to(self.device), y.to(self.device)) for x, y in validation]
+        self._parts: dict[Any, nn.Module] = {}  # (layer index, choice key) -> extracted block; stem; head
 
     @classmethod
     def from_datamodule(cls, supernet: SinglePathSupernet, datamodule: Any, bn_batches: int, seed: int,
                         batch_size: int | None = None, val_batches: int | None = None,
-                        via: str = "supernet") -> SupernetEvaluator:
+                        via: str = "supernet", device: str | torch.device = "cpu") -> SupernetEvaluator:
         """Draw ``bn_batches`` training batches once (seeded shuffle, the training augmentation included) and
         hold the validation split (its first ``val_batches`` batches, or all) in memory."""
         datamodule.setup("fit")
@@ -125,7 +138,7 @@ class SupernetEvaluator:
             if val_batches is not None and i >= val_batches:
                 break
             validation.append((x, y))
-        return cls(supernet, calibration, validation, via)
+        return cls(supernet, calibration, validation, via, device)
 
     @property
     def num_val_samples(self) -> int:
@@ -144,16 +157,40 @@ class SupernetEvaluator:
         self.supernet.eval()
         return self.supernet(x, self.supernet.fixed_decisions(arch))
 
+    def _part(self, key: Any, extract: Callable[[], nn.Module | None]) -> nn.Module | None:
+        if key not in self._parts:
+            part = extract()
+            self._parts[key] = None if part is None else part.to(self.device)
+        return self._parts[key]
+
+    @torch.no_grad()
+    def child(self, arch: Architecture) -> ChildNet:
+        """The child network of ``arch`` with the shared weights (``extract_child``'s), assembled from the kept
+        extracted blocks; its BatchNorm statistics are whatever the last sub-network that used them left."""
+        net = self.supernet
+        arch.validate(net.space)
+        blocks = {}
+        for spec, layer, choice in zip(net.space.layers, net.layers, arch.layers):
+            if choice.is_skip:
+                continue
+            extract = (partial(layer.extract, choice, net.space.act) if isinstance(layer, SuperMBConv)
+                       else partial(copy.deepcopy, layer))
+            blocks[str(spec.index)] = self._part((spec.index, choice.key), extract)
+        return ChildNet(self._part("stem", partial(copy.deepcopy, net.stem)), blocks,
+                        self._part("head", partial(copy.deepcopy, net.head)), space=net.space, arch=arch,
+                        in_channels=net.in_channels, init=False)
+
     @torch.no_grad()
     def validate(self, arch: Architecture) -> dict[str, float]:
         """``{"error": top-1 error, "ce": mean cross-entropy}`` on the validation split."""
         if self.via == "child":
-            child = self.supernet.extract_child(arch)
+            child = self.child(arch)
             reestimate_batchnorm(child, child, self.calibration)
             run = child.eval()
         else:
-            self.recalibrate(arch)
             decisions = self.supernet.fixed_decisions(arch)
+            reestimate_batchnorm(self.supernet, lambda x: self.supernet(x, decisions), self.calibration)
+            self.supernet.eval()
 
             def run(x: torch.Tensor) -> torch.Tensor:
                 return self.supernet(x, decisions)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from nas.cli import CONFIG_DIR, SignalStop, compose_config, resume_command, stop_on_signals
 from nas.cost.backends import build_backend
 from nas.cost.profiler import obtain_lut
-from nas.errors import ConfigError, Interrupted
+from nas.errors import ConfigError, Interrupted, NASError
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.encoding import GenomeCodec
-from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch, GenerationRecord, check_budget
+from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch, GenerationRecord, check_budget, validate_many
 from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
 from nas.subnet_search.hypervolume import Normalisation
 from nas.subnet_search.popdb import load_mask
 from nas.subnet_search.predictors import ObjectivePredictor, check_predictor_config
+from nas.subnet_search.ranks import Launch, RankLost, RankPool, agree, cuda_index, init_ranks, launch_from_env
 from nas.subnet_search.report import format_table, load_warm_start, plot_fronts, plot_hv, write_hv_csv, write_pareto
 from nas.subnet_search.search_objectives import ObjectiveSpace, Target, check_objective_names
 from nas.subnet_search.store import ValidationStore
@@ -71,8 +73,9 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
-def prepare(cfg: DictConfig) -> dict[str, Any]:
-    """Check every input and load what the search needs; nothing is written (except the LUT cache)."""
+def prepare(cfg: DictConfig, priced: bool = True) -> dict[str, Any]:
+    """Check every input and load what the search needs; nothing is written (except the LUT cache). Without
+    ``priced`` (a rank that only validates) no LUT is obtained: ``objectives`` and ``norms`` are ``None``."""
     names = [str(n) for n in cfg.objectives]
     check_objective_names(names)
     algorithm = AlgorithmConfig.from_config(_plain(cfg.algorithm))
@@ -99,6 +102,17 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     warm = load_warm_start(cfg.warm_start, space, codec, cfg.get("warm_start_device")) if cfg.warm_start else None
     datamodule = instantiate(cfg.data)
     in_ch, n_cls = datamodule.in_channels, datamodule.num_classes
+    parts = {"space": space, "codec": codec, "algorithm": algorithm, "tactic": tactic, "objectives": None,
+             "norms": None, "warm": warm, "datamodule": datamodule, "supernet_digest": file_digest(cfg.supernet)}
+    if priced:
+        parts["objectives"], parts["norms"] = price(cfg, space, codec, names, reference, mask, in_ch, n_cls)
+    parts["supernet"] = load_supernet(ckpt, space, in_ch, n_cls, source=str(cfg.supernet))
+    return parts
+
+
+def price(cfg: DictConfig, space: SearchSpace, codec: GenomeCodec, names: list[str], reference: Any, mask: Any,
+          in_ch: int, n_cls: int) -> tuple[ObjectiveSpace, dict[str, Normalisation]]:
+    """The objectives of the target devices (their LUTs obtained or profiled) and each device's normalisation."""
     targets = []
     for hw in device_configs(cfg):
         backend = build_backend(hw["backend"])
@@ -109,10 +123,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     # hypervolumes are normalised with the bounds of the whole space, so a masked search is comparable
     unmasked = objectives if mask is None else ObjectiveSpace.build(GenomeCodec(space), names, targets, in_ch, n_cls)
     norms = {t.name: Normalisation.build(names, unmasked.bounds(t.name), reference) for t in targets}
-    supernet = load_supernet(ckpt, space, in_ch, n_cls, source=str(cfg.supernet))
-    return {"space": space, "codec": codec, "algorithm": algorithm, "tactic": tactic, "objectives": objectives,
-            "norms": norms,
-            "warm": warm, "datamodule": datamodule, "supernet": supernet, "supernet_digest": file_digest(cfg.supernet)}
+    return objectives, norms
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -126,18 +137,78 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
-    """Run the search of ``cfg``; ``validator`` replaces the supernet evaluator (tests)."""
+    """Run the search of ``cfg``; ``validator`` replaces the supernet evaluator (tests).
+
+    Under torchrun or srun (:func:`~nas.subnet_search.ranks.launch_from_env`) every rank runs this: each checks
+    the inputs and builds its evaluator, rank 0 searches and writes, the others validate their shares
+    (:class:`~nas.subnet_search.ranks.RankPool`); every rank returns rank 0's result."""
     start = time.perf_counter()
     torch.manual_seed(int(cfg.seed))
-    out = output_dir(cfg)
-    parts = prepare(cfg)
+    device = eval_device(cfg)
+    launch = launch_from_env()
+    group = init_ranks(launch, device) if launch is not None else None
+    rank = launch.rank if launch is not None else 0
+    failure: NASError | None = None
+    try:
+        out = output_dir(cfg)
+        parts = prepare(cfg, priced=rank == 0)
+        if validator is None:
+            validator = SupernetEvaluator.from_datamodule(
+                parts["supernet"], parts["datamodule"], int(cfg.eval.bn_batches), int(cfg.eval.seed),
+                batch_size=cfg.eval.get("batch_size"), val_batches=cfg.eval.get("val_batches"),
+                via=str(cfg.eval.get("via", "supernet")), device=device_of(device, launch))
+    except NASError as err:
+        if launch is None:
+            raise
+        failure = err
+    if launch is not None:
+        agree(failure, group)
+        pool = RankPool(validator, group)
+        if rank != 0:
+            return serve(pool, rank)
+        try:
+            result = search_and_report(cfg, out, parts, pool, start, launch.world_size)
+        except BaseException as err:
+            pool.close(error=f"{type(err).__name__}: {err}".splitlines()[0])
+            raise
+        pool.close(result)
+        return result
+    return search_and_report(cfg, out, parts, validator, start, 1)
+
+
+def eval_device(cfg: DictConfig) -> str:
+    """``eval.device``: ``cpu`` or ``cuda`` (checked before any work)."""
+    device = str(cfg.eval.get("device", "cpu"))
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"eval.device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("eval.device=cuda but torch sees no GPU here; use eval.device=cpu")
+    return device
+
+
+def device_of(device: str, launch: Launch | None) -> str:
+    """The torch device of this process: its GPU (:func:`~nas.subnet_search.ranks.cuda_index`) for ``cuda``."""
+    return f"cuda:{cuda_index(launch.local_rank if launch is not None else 0)}" if device == "cuda" else "cpu"
+
+
+def serve(pool: RankPool, rank: int) -> dict[str, Any]:
+    """A rank other than 0: validate its shares until rank 0 stops; rank 0's result."""
+    try:
+        with stop_on_signals():
+            return pool.serve()
+    except SignalStop as stop:
+        import signal
+
+        raise Interrupted(stop.signum, f"rank {rank} stopped by {signal.Signals(stop.signum).name}; rank 0 keeps "
+                          "the validated sub-networks") from None
+
+
+def search_and_report(cfg: DictConfig, out: Path, parts: dict[str, Any], validator: Any, start: float,
+                      ranks: int) -> dict[str, Any]:
+    """The searches of every device over the shared store, then ``pareto.json``, ``hv.csv``, the figures and the
+    summary (one process, or rank 0 of several with ``validator`` a pool over the ranks)."""
     space, codec, algorithm = parts["space"], parts["codec"], parts["algorithm"]
     objectives, norms = parts["objectives"], parts["norms"]
-    if validator is None:
-        validator = SupernetEvaluator.from_datamodule(
-            parts["supernet"], parts["datamodule"], int(cfg.eval.bn_batches), int(cfg.eval.seed),
-            batch_size=cfg.eval.get("batch_size"), val_batches=cfg.eval.get("val_batches"),
-            via=str(cfg.eval.get("via", "supernet")))
     fingerprints = {t.name: t.fingerprint for t in objectives.targets}
     store = ValidationStore(out / "validations.jsonl", parts["supernet_digest"], space.digest, fingerprints)
     log.info("space '%s': %d searchable layers, %d sub-networks; %d validations on record in %s",
@@ -178,8 +249,9 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
         import signal
 
         raise Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after {timed.count} validations "
-                          f"this run; the {len(store)} validated sub-networks are safe in {out / 'validations.jsonl'}"
-                          f"\nresume with: {resume_command('resume', str(out))}") from None
+                          f"this run; {safe(store, out)}") from None
+    except RankLost as lost:
+        raise RankLost(f"{lost}; {safe(store, out)}") from None
     finally:
         writer.flush()
 
@@ -211,13 +283,19 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
                "records_resumed": store.loaded,
                "validation_seconds": round(timed.seconds, 3),
                "validations_per_second": round(timed.count / timed.seconds, 3) if timed.seconds > 0 else None,
-               "wall_time_s": round(wall, 2)}
+               "ranks": ranks, "wall_time_s": round(wall, 2)}
     writer.add_scalar("validations_per_second", summary["validations_per_second"] or 0.0, 0)
     writer.close()
     print(format_table(doc))
     print(f"\n{timed.count} supernet evaluations this run ({store.loaded} resumed from validations.jsonl), "
           f"{summary['validations_per_second']} validations/s; outputs in {out}")
     return {"summary": summary, "pareto": doc, "results": results}
+
+
+def safe(store: ValidationStore, out: Path) -> str:
+    """What a stopped search kept, and the command that resumes it."""
+    return (f"the {len(store)} validated sub-networks are safe in {out / 'validations.jsonl'}\n"
+            f"resume with: {resume_command('resume', str(out))}")
 
 
 def save_predictors(out: Path, results: list[Any], objectives: ObjectiveSpace, codec: GenomeCodec,
@@ -256,3 +334,12 @@ class TimedValidator:
         self.seconds += time.perf_counter() - t
         self.count += 1
         return values
+
+    def validate_batch(self, archs: Sequence[Any], weights: Sequence[float]) -> Iterator[dict[str, float]]:
+        """The inner validator's batch (or one at a time), timed while waiting for each value."""
+        t = time.perf_counter()
+        for values in validate_many(self.inner, archs, weights):
+            self.seconds += time.perf_counter() - t
+            self.count += 1
+            yield values
+            t = time.perf_counter()

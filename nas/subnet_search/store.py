@@ -3,9 +3,10 @@
 Each line is a JSON object (``format: spnas-subnet-validation``, ``version: 1``) with the architecture, its
 genome, the validated objectives (error, cross-entropy), its latency per device with each device's LUT
 fingerprint, MACs, parameters and the digests of the supernet checkpoint and the space. Records are appended
-and flushed + fsynced one by one, so a killed search loses at most the record being written (a torn last line is
-dropped when the file is reopened). Reopening refuses records of another checkpoint, space or LUT with an error
-naming both digests: their objective values do not belong to this search.
+one by one, each line in one write, so a killed search loses at most the record being written (a torn last line
+is dropped when the file is reopened); they are fsynced each (``durable``) or once per batch (:meth:`sync`: the
+search's engine), which only matters if the machine itself goes down. Reopening refuses records of another
+checkpoint, space or LUT with an error naming both digests: their objective values do not belong to this search.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ValidationStore:
         self.lut_fingerprints = dict(lut_fingerprints)
         self.records: dict[str, dict[str, Any]] = {}
         self.loaded = 0
+        self._unsynced = False
         if self.path is not None and self.path.is_file():
             self._load()
 
@@ -98,8 +100,9 @@ class ValidationStore:
         return self.records.get(key)
 
     # ------------------------------------------------------------------ writing
-    def add(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Stamp ``record`` with format and digests, append it durably and cache it."""
+    def add(self, record: dict[str, Any], durable: bool = True) -> dict[str, Any]:
+        """Stamp ``record`` with format and digests, append it (fsynced if ``durable``, else at :meth:`sync`)
+        and cache it."""
         full = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "index": len(self.records), **record,
                 "supernet_digest": self.supernet_digest, "space_digest": self.space_digest}
         check_finite(full, full.get("key", "?"))
@@ -108,9 +111,18 @@ class ValidationStore:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(full, allow_nan=False) + "\n")
                 handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    os.fsync(handle.fileno())
+            self._unsynced = not durable or self._unsynced
         self.records[full["key"]] = full
         return full
+
+    def sync(self) -> None:
+        """fsync the records appended without ``durable`` since the last sync."""
+        if self._unsynced and self.path is not None:
+            with open(self.path, "ab") as handle:
+                os.fsync(handle.fileno())
+            self._unsynced = False
 
 
 def read_records(path: str | os.PathLike, space_name: str, space_digest: str, setting: str) -> list[dict[str, Any]]:

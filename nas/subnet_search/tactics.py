@@ -156,6 +156,7 @@ class PredictorSearch(BudgetedSearch):
                 continue
             if self._price(genes) is None:
                 break
+        self._settle()
         return self.result.consumed - start
 
     def _train(self, round_: int) -> ObjectivePredictor:
