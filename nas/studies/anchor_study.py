@@ -57,8 +57,8 @@ class AnchorStudy(SolverStudy):
             if not arch_path.is_file():
                 self.space.architecture([LayerChoice.from_key(k) for k in found["architecture"]]).save(arch_path)
             arch = Architecture.load(arch_path, self.space)
-            print(f"{key}: retraining with recipe={self.cfg.retrain.recipe} (val acc in Study A {found['val_acc']:.4f})",
-                  flush=True)
+            print(f"{key}: retraining with recipe={self.cfg.retrain.recipe} "
+                  f"(val acc in Study A {found['val_acc']:.4f})", flush=True)
             trained = self.retrain(key, arch_path)
             cpu = [found.get("search_cpu_s"), trained.get("retrain_cpu_s")]
             record = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "key": key, "kind": "long",
