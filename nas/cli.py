@@ -139,7 +139,8 @@ def hydra_entry(main: Callable[[], object], config_name: str, argv: Sequence[str
 def check_command_line(config_name: str, args: Sequence[str]) -> None:
     """Compose ``config_name`` with ``args`` as Hydra will, raising :class:`ConfigError` with one line if it fails.
 
-    Also creates the run folder (``hydra.run.dir``), as Hydra does next, so an unwritable one is a clear error.
+    Also checks the ``threads`` setting (:mod:`nas.threads`), and that the run folder (``hydra.run.dir``) can be
+    created, as Hydra does next, so an unwritable one is a clear error.
     """
     if any(arg.startswith("-") for arg in args):
         return  # Hydra flags (-m sweeps, --cfg, --help, ...): Hydra's own handling
@@ -159,6 +160,9 @@ def check_command_line(config_name: str, args: Sequence[str]) -> None:
     finally:
         GlobalHydra.instance().clear()
     check_target_settings(cfg)
+    from nas.threads import parse_setting
+
+    parse_setting(cfg.get("threads"))  # nas.threads: refused here, before the command's heavy imports
     if run_dir:
         check_writable_dir(str(run_dir), "hydra.run.dir")
 
@@ -231,11 +235,14 @@ def entry_command(name: str) -> list[str]:
     return [sys.executable, "-m", "nas.command", name.replace("_", "-")]
 
 
-def run_entry(name: str, args: Sequence[str], log_path: str | os.PathLike) -> tuple[int, resource.struct_rusage]:
+def run_entry(name: str, args: Sequence[str], log_path: str | os.PathLike,
+              jobs: int = 1) -> tuple[int, resource.struct_rusage]:
     """Run entry point ``name`` (:func:`entry_command`) with ``args`` in a new process of this Python, its output
     (stdout and stderr) into ``log_path`` (its folder is created). Returns the exit status and the process'
     resource usage (:func:`os.wait4`): CPU time ``ru_utime + ru_stime`` (s), peak memory ``ru_maxrss`` (KiB on
-    Linux), the process' own, whatever else this one holds.
+    Linux), the process' own, whatever else this one holds. ``jobs``: how many such processes the caller runs side
+    by side; each then gets its share of the CPUs in ``OMP_NUM_THREADS`` (:func:`nas.threads.child_environment`;
+    one alone takes its own budget, :mod:`nas.threads`).
 
     Stopped by :class:`SignalStop` (inside :func:`stop_on_signals`) while the process runs, it hands SIGTERM on to
     the process (a Ctrl-C in a terminal reaches the whole process group already), waits until the process has
@@ -245,7 +252,9 @@ def run_entry(name: str, args: Sequence[str], log_path: str | os.PathLike) -> tu
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    from nas.threads import child_environment
+
+    env = {**child_environment(jobs), "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
     with open(log_path, "w") as handle:
         proc = subprocess.Popen([*entry_command(name), *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
         try:

@@ -4,6 +4,8 @@ One :class:`Task` per command says what the command does (a function of the comp
 result) and what it leaves behind (the summary file's name). :func:`run_task` does the rest the same way for
 every command, so no entry point writes it again:
 
+* the thread budget: torch's threads set to this process' share of its CPUs, or ``threads=`` of the config, and
+  logged (:func:`nas.threads.apply_thread_budget`), first, so a bad value is refused before any work;
 * seeding: ``seed`` of the config, through Lightning's ``seed_everything`` (Python, NumPy and torch, and the
   data-loader workers), before the task runs;
 * the output folder: ``paths.output_dir`` (a task may name another, e.g. the folder of the run it resumes, with
@@ -11,7 +13,7 @@ every command, so no entry point writes it again:
 * timing: ``wall_time_s`` of the whole task unless the task measured its own (a resumed search adds the time of
   its earlier processes);
 * the summary file: the task's summary with non-finite numbers as ``null`` and a ``run`` block (command line,
-  spnas version, start time in UTC, seed, wall time), written atomically by the process of global rank 0 only.
+  spnas version, start time in UTC, seed, threads, wall time), written atomically by the process of global rank 0 only.
 
 Composition and the command-line preflight (:func:`nas.cli.hydra_entry`), the one-line errors
 (:func:`nas.cli.main_guard`) and the logger (:func:`nas.search.monitoring.build_logger`, ``logger=`` group) sit
@@ -106,9 +108,13 @@ def seed_run(cfg: DictConfig) -> int | None:
 
 
 def run_task(task: Task, cfg: DictConfig) -> Any:
-    """Seed, run ``task`` on ``cfg`` and time it, then write its summary file (see the module docstring)."""
+    """Set the thread budget, seed, run ``task`` on ``cfg`` and time it, then write its summary file (see the module
+    docstring)."""
+    from nas.threads import apply_thread_budget
+
     started = datetime.now(timezone.utc)
     start = time.perf_counter()
+    threads = apply_thread_budget(cfg)
     seed = seed_run(cfg)
     result = task.run(cfg)
     wall = round(time.perf_counter() - start, 2)
@@ -120,6 +126,6 @@ def run_task(task: Task, cfg: DictConfig) -> Any:
     if is_global_zero():
         run = {"format": RUN_FORMAT, "version": RUN_VERSION, "command": command_line(), "cwd": os.getcwd(),
                "spnas_version": spnas_version(), "started_utc": started.isoformat(timespec="seconds"),
-               "seed": seed, "wall_time_s": wall}
+               "seed": seed, "threads": threads.threads, "wall_time_s": wall}
         atomic_write_json(out / task.summary, null_non_finite({**summary, "run": run}))
     return result

@@ -267,6 +267,7 @@ def hyperpower_cfg(*overrides, tmp_path="/tmp"):
     (["hyperpower.constraints.memory_mb=-1"], "memory_mb must be > 0 MB"),
     (["hyperpower.constraints.memory_mb=0.5", "hyperpower.method=grid"], "hyperpower.method must be one of"),
     ([], "HyperPower needs at least one constraint"),
+    (["hyperpower.constraints.memory_mb=0.5", "storage=hp.db"], "storage='hp.db' is neither an Optuna storage URL"),
 ])
 def test_bad_settings_are_refused_before_any_work(overrides, message):
     from nas.hyperpower.study import check_config

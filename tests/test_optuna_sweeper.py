@@ -90,3 +90,27 @@ def test_lambda_sweep_composes_with_the_slurm_launcher():
                       return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.sweeper.n_jobs == 4 and cfg.hydra.sweeper.params["solver.lambda_"].startswith("tag(log")
+
+
+def test_sweeps_sharing_a_storage_end_at_n_trials_evaluations_in_total(tmp_path):
+    """Two sweep processes on one SQLite study, then a third started after them: 5 evaluations in all."""
+    import optuna
+
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+
+    def sweep(i: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(app), "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=5",
+                                 "hydra.sweeper.direction=maximize", "hydra.sweeper.sampler.seed=1",
+                                 f"hydra.sweeper.storage=sqlite:///{tmp_path}/sweep.db", "hydra.sweeper.study_name=s",
+                                 "+x=interval(0.0, 1.0)", "+opt=choice(a, b)", f"hydra.sweep.dir={tmp_path}/sweep{i}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+    for batch in ([sweep(0), sweep(1)], [sweep(2)]):
+        errors = [p.communicate(timeout=300)[1] for p in batch]
+        assert [p.returncode for p in batch] == [0] * len(batch), [e[-2000:] for e in errors]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/sweep.db")
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    launched = sum(1 for i in range(3) for p in (tmp_path / f"sweep{i}").glob("*") if p.is_dir())
+    assert len(complete) == 5 == launched  # no job launched beyond the budget; the third process found it spent
+    assert len({(t.params["+x"], t.params["+opt"]) for t in complete}) == 5  # the two processes proposed apart

@@ -5,6 +5,11 @@ Structure (after hydra-optuna-sweeper 1.3.0's ``_impl.py``, rewritten for the cu
 node and the command-line sweep overrides into Optuna distributions, then repeats: ``study.ask`` a batch of
 ``n_jobs`` trials, launch them as one batch of jobs, ``study.tell`` each job's return value (or FAIL). The
 best parameters are written to ``<sweep dir>/optimization_results.yaml``.
+
+With a ``storage`` (``sqlite:///sweep.db``, an RDB URL, a ``*.journal`` file), several sweep processes work on one
+study (:mod:`nas.shared_study`): the study ends at ``n_trials`` evaluations in total (a second process, or a
+re-run, continues it instead of adding ``n_trials`` more), a surplus ask is failed, never launched, and each
+process' sampler is reseeded so no two propose the same points.
 """
 
 from __future__ import annotations
@@ -113,16 +118,31 @@ class OptunaSweeper(Sweeper):
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         import optuna
 
+        from nas import shared_study
+
         distributions, fixed = self._parse(arguments)
-        study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
+        storage = shared_study.open_storage(str(self.storage), "hydra.sweeper.storage") if self.storage else None
+        if storage is not None and self.sampler is not None:
+            self.sampler.reseed_rng()  # workers sharing one study and one seed would propose the same points
+        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
                                     directions=self.directions, load_if_exists=True)
+        if storage is not None:
+            stale = shared_study.fail_dead_workers(study)
+            log.info("Study %s in %s: %d of %d evaluations made or under way%s", study.study_name,
+                     shared_study.redact(str(self.storage)), shared_study.evaluations(study), self.n_trials,
+                     f"; marked the trials {stale} of stopped processes failed" if stale else "")
         log.info("Study %s, sampler %s, directions %s", study.study_name, type(study.sampler).__name__,
                  self.directions)
         log.info("Search space: %s", ", ".join(f"{k}: {d}" for k, d in distributions.items()))
-        failures, remaining = 0, self.n_trials
-        while remaining > 0:
+        failures = 0
+        while (remaining := self.n_trials - shared_study.evaluations(study)) > 0:
             batch = min(remaining, self.n_jobs)
-            trials = [study.ask(fixed_distributions=distributions) for _ in range(batch)]
+            asked = [study.ask(fixed_distributions=distributions) for _ in range(batch)]
+            for trial in asked:
+                shared_study.mark_worker(trial)
+            trials = [trial for trial in asked if shared_study.claim(study, trial, self.n_trials)]
+            if not trials:  # other processes took the remaining evaluations meanwhile
+                break
             overrides = [tuple(f"{k}={v}" for k, v in trial.params.items()) + tuple(f"{k}={v}" for k, v in
                                                                                       fixed.items())
                          for trial in trials]
@@ -142,7 +162,6 @@ class OptunaSweeper(Sweeper):
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     if failures > self.max_failure_rate * self.n_trials:
                         raise
-            remaining -= batch
         self._write_results(study)
 
     def _write_results(self, study: optuna.Study) -> None:

@@ -25,9 +25,14 @@ def study_command(doc: str, config_name: str, run: Callable[[Any], None]) -> Non
         return
     from nas.cli import compose_config, main_guard
     from nas.studies.solver_study import study_config
+    from nas.threads import apply_thread_budget
 
-    main_guard(lambda: run_until_stopped(run, study_config(compose_config(config_name, args, with_choices=True),
-                                                           args)))
+    def study() -> None:
+        cfg = compose_config(config_name, args, with_choices=True)
+        apply_thread_budget(cfg)  # this process' threads (its jobs, one at a time, take their own)
+        run_until_stopped(run, study_config(cfg, args))
+
+    main_guard(study)
 
 
 def run_until_stopped(run: Callable[[Any], None], cfg: Any) -> None:

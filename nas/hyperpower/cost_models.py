@@ -101,23 +101,32 @@ class CostModels:
     def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:  # noqa: N803
         return {m: model.predict(X) for m, model in self.models.items()}
 
+    def document(self) -> dict[str, Any]:
+        """The profile and the fitted models as plain JSON (what :meth:`save` writes, less format and version)."""
+        return {"configs": self.configs, "models": {m: model.to_dict() for m, model in self.models.items()}}
+
     def save(self, path: str | Path) -> Path:
         """Versioned JSON (refit from the stored profile on load, so no pickles)."""
-        return save_document(path, FORMAT, VERSION, {"configs": self.configs, "models": {
-            m: model.to_dict() for m, model in self.models.items()}})
+        return save_document(path, FORMAT, VERSION, self.document())
 
     @classmethod
     def load(cls, path: str | Path, feature_names: list[str], features_of: Any, seed: int = 0) -> CostModels:
         """Read ``cost_models.json`` and refit each model on its stored profile (same folds, same features)."""
         data = load_document(path, "hyperpower.cost_models.path", FORMAT, VERSION,
                              "a cost_models.json of hyperpower.py", "drop hyperpower.cost_models.path to profile anew")
+        return cls.from_document(data, feature_names, features_of, seed, str(path))
+
+    @classmethod
+    def from_document(cls, data: Mapping[str, Any], feature_names: list[str], features_of: Any, seed: int = 0,
+                      source: str = "the cost models") -> CostModels:
+        """Refit the models of a :meth:`document` on its stored profile (same folds, same features)."""
         first = next(iter(data["models"].values()))
         if first["feature_names"] != feature_names:
-            raise ConfigError(f"{path} was fitted for the hyperparameters {first['feature_names']}, but this "
+            raise ConfigError(f"{source} was fitted for the hyperparameters {first['feature_names']}, but this "
                               f"space has {feature_names}; profile again (drop hyperpower.cost_models.path)")
         X = np.stack([features_of(c) for c in data["configs"]])  # noqa: N806
         measured = {m: d["actual"] for m, d in data["models"].items()}
-        return cls.fit(data["configs"], measured, X, feature_names, first["folds"], first["features"], seed)
+        return cls.fit(list(data["configs"]), measured, X, feature_names, first["folds"], first["features"], seed)
 
     def summary(self) -> dict[str, float]:
         return {m: model.rmspe_cv for m, model in self.models.items()}

@@ -136,10 +136,19 @@ def expected_improvement(mu: np.ndarray, sd: np.ndarray, best: float, xi: float 
 class _FullSpaceSampler(BaseSampler):
     """Base: every parameter is sampled jointly (relative) over a search space fixed at construction."""
 
-    def __init__(self, distributions: dict[str, BaseDistribution], seed: int | None = None) -> None:
+    def __init__(self, distributions: dict[str, BaseDistribution], seed: int | None = None,
+                 per_trial_seed: bool = False) -> None:
         self.codec = SpaceCodec(distributions)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.per_trial_seed = bool(per_trial_seed) and seed is not None
         self._fallback = RandomSampler(seed=seed)
+
+    def _start_trial(self, trial: FrozenTrial) -> None:
+        """``per_trial_seed``: draw this trial's proposal from ``(seed, trial number)``, so workers sharing one
+        study (and one seed) propose different points, each as any worker would for that trial number."""
+        if self.per_trial_seed:
+            self.rng = np.random.default_rng([int(self.seed), int(trial.number)])  # type: ignore[arg-type]
 
     def reseed_rng(self) -> None:
         self.rng = np.random.default_rng()
@@ -161,13 +170,13 @@ class ConstraintAwareSampler(_FullSpaceSampler):
     """
 
     def __init__(self, distributions: dict[str, BaseDistribution], feasible: Feasible, n_startup_trials: int = 5,
-                 n_candidates: int = 2048, seed: int | None = None, max_rounds: int = 20) -> None:
-        super().__init__(distributions, seed)
+                 n_candidates: int = 2048, seed: int | None = None, max_rounds: int = 20,
+                 per_trial_seed: bool = False) -> None:
+        super().__init__(distributions, seed, per_trial_seed)
         self.feasible = feasible
         self.n_startup_trials = int(n_startup_trials)
         self.n_candidates = int(n_candidates)
         self.max_rounds = int(max_rounds)
-        self.seed = seed
 
     def _feasible_candidates(self, anchors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for _ in range(self.max_rounds):
@@ -183,6 +192,7 @@ class ConstraintAwareSampler(_FullSpaceSampler):
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        self._start_trial(trial)
         configs, ys = observations(study)
         if len(ys) < self.n_startup_trials:
             return self._feasible_candidates([])[0]  # constrained random start
@@ -216,8 +226,8 @@ class RandomWalkSampler(_FullSpaceSampler):
     """
 
     def __init__(self, distributions: dict[str, BaseDistribution], sigma: float = 0.15, n_startup_trials: int = 1,
-                 seed: int | None = None) -> None:
-        super().__init__(distributions, seed)
+                 seed: int | None = None, per_trial_seed: bool = False) -> None:
+        super().__init__(distributions, seed, per_trial_seed)
         if not sigma > 0:
             raise ConfigError(f"hyperpower.random_walk_sigma must be > 0, got {sigma}")
         self.sigma = float(sigma)
@@ -225,6 +235,7 @@ class RandomWalkSampler(_FullSpaceSampler):
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        self._start_trial(trial)
         configs, ys = observations(study, feasible_only=True)
         if len(ys) < self.n_startup_trials:
             return self.codec.random(self.rng)

@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from models.child import ChildNet
+from nas import shared_study
 from nas.cli import SignalStop, resume_command, stop_on_signals
 from nas.cost.vocabulary import UNITS
 from nas.errors import ConfigError, Interrupted
@@ -52,7 +53,7 @@ from nas.hyperpower.cost_models import CostModels, check_samples
 from nas.hyperpower.measure import GPU_METRICS, METRICS, measure, require_gpu
 from nas.hyperpower.samplers import ConstraintAwareSampler, RandomWalkSampler
 from nas.hyperpower.structure import StructureSpace
-from nas.io import append_jsonl, read_jsonl
+from nas.io import append_jsonl, null_non_finite, read_jsonl
 from nas.search.objectives import Measurements, Objective, build_objective
 from nas.space.networks import build_child
 
@@ -125,6 +126,10 @@ def check_config(cfg: DictConfig) -> tuple[Objective, dict[str, float], str]:
         raise ConfigError(f"hyperpower.margin must be a fraction in [0, 1) or 'rmspe', got {margin!r}")
     if int(hp.n_trials) < 1:
         raise ConfigError(f"hyperpower.n_trials must be >= 1, got {hp.n_trials}")
+    shared_study.check_storage(cfg.get("storage"))
+    name = cfg.get("study_name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError(f"study_name must be a non-empty name (or null: hyperpower-<method>-<seed>), got {name!r}")
     return objective, constraints, method
 
 
@@ -216,7 +221,11 @@ def resolve_margin(margin: Any, models: CostModels, metric: str) -> float:
 
 
 def make_sampler(method: str, structure: StructureSpace, models: CostModels, constraints: dict[str, float],
-                 hp: DictConfig, seed: int, known: KnownCosts | None = None) -> optuna.samplers.BaseSampler:
+                 hp: DictConfig, seed: int, known: KnownCosts | None = None,
+                 shared: bool = False) -> optuna.samplers.BaseSampler:
+    """The sampler of ``method``. ``shared`` (workers on one study, one seed): HyperPower's and the random walk's
+    proposals are drawn from ``(seed, trial number)``, Optuna's samplers are seeded per process, so no two workers
+    propose the same points."""
     distributions = structure.distributions()
     if method == "hyperpower":
         margins = {m: resolve_margin(hp.get("margin", 0.0), models, m) for m in constraints}
@@ -231,13 +240,15 @@ def make_sampler(method: str, structure: StructureSpace, models: CostModels, con
                     ok[i] &= (value <= limit) if value is not None else predictions[m][i] <= limit * (1 - margins[m])
             return ok
 
-        return ConstraintAwareSampler(distributions, feasible, int(hp.n_startup_trials), int(hp.n_candidates), seed)
+        return ConstraintAwareSampler(distributions, feasible, int(hp.n_startup_trials), int(hp.n_candidates), seed,
+                                      per_trial_seed=shared)
+    own_seed = None if shared else seed
     if method == "vanilla_bo":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=int(hp.n_startup_trials),
+        return optuna.samplers.GPSampler(seed=own_seed, n_startup_trials=int(hp.n_startup_trials),
                                          constraints_func=lambda t: t.user_attrs["constraints"])
     if method == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return RandomWalkSampler(distributions, float(hp.random_walk_sigma), seed=seed)
+        return optuna.samplers.RandomSampler(seed=own_seed)
+    return RandomWalkSampler(distributions, float(hp.random_walk_sigma), seed=seed, per_trial_seed=shared)
 
 
 def train_candidate(cfg: DictConfig, net: ChildNet, optimizer: Any, datamodule: Any,
@@ -257,11 +268,19 @@ def train_candidate(cfg: DictConfig, net: ChildNet, optimizer: Any, datamodule: 
 
 
 def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
-    """Fit or load the cost models, then run ``hyperpower.n_trials`` evaluations; write ``hyperpower.json``."""
+    """Fit or load the cost models, then run ``hyperpower.n_trials`` evaluations; write ``hyperpower.json``.
+
+    ``storage=<URL>``: the study lives in that Optuna storage and this process is one of its workers
+    (:mod:`nas.shared_study`): the cost models are the study's (the first worker profiles and publishes them), every
+    worker proposes through Eq 3.4 with them, and the study ends at ``n_trials`` evaluations in total. Each worker
+    writes its own run folder (``trials.jsonl``, one writer); the summary covers the whole study so far."""
     start = time.perf_counter()
     objective, constraints, method = check_config(cfg)
     hp = cfg.hyperpower
     seed = int(cfg.seed)
+    n_trials = int(hp.n_trials)
+    storage_url = shared_study.check_storage(cfg.get("storage"))
+    shared = storage_url is not None
     out = Path(cfg.resume) if cfg.get("resume") else Path(cfg.paths.output_dir)
     trials_path = out / "trials.jsonl"  # one record per finished evaluation: what a resumed run continues from
     models_path = hp.cost_models.get("path")
@@ -272,6 +291,23 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
     elif trials_path.is_file():
         raise ConfigError(f"{out} already holds a hyperpower run (trials.jsonl); continue it with resume={out}, or "
                           "choose another run folder (hydra.run.dir=...)")
+    # Optuna's storage keeps the study's trials: a stopped run's sampler sees them again on resume, and workers
+    # sharing one storage see each other's
+    out.mkdir(parents=True, exist_ok=True)
+    if shared:
+        storage: Any = shared_study.open_storage(storage_url)
+        where = f"storage {shared_study.redact(storage_url)}"
+    else:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+        where = str(out / "optuna.journal")
+    study_name = str(cfg.get("study_name") or f"hyperpower-{method}-{seed}")
+    study = optuna.create_study(direction="minimize", storage=storage, study_name=study_name, load_if_exists=True)
+    if shared:
+        check_same_settings(study, {"method": method, "constraints": constraints, "margin": hp.get("margin", 0.0),
+                                    "space": str(cfg.space.name)})
     if hp.get("threads"):
         # tiny networks gain nothing from intra-op threads, and spinning threads collapse on a loaded machine
         import torch
@@ -294,14 +330,25 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
 
     if models_path:
         models = CostModels.load(models_path, structure.feature_names, structure.features, seed)
-        missing = set(metrics) - set(models.models)
-        if missing:
-            raise ConfigError(f"{models_path} has no cost model for {sorted(missing)}; profile again")
+    elif shared and "cost_models" in study.user_attrs:
+        log.info("Cost models: study %s's (profiled by its first worker)", study_name)
+        models = CostModels.from_document(study.user_attrs["cost_models"], structure.feature_names,
+                                          structure.features, seed, f"study {study_name}")
     else:
         log.info("Profiling %d networks for the cost models of %s", int(hp.cost_models.samples), metrics)
         models = profile_cost_models(structure, metrics, input_shape, datamodule.in_channels,
                                      datamodule.num_classes, int(hp.cost_models.samples),
                                      int(hp.cost_models.folds), str(hp.cost_models.features), seed, backend)
+    if shared:
+        if "cost_models" not in study.user_attrs:
+            study.set_user_attr("cost_models", null_non_finite(models.document()))
+        # every worker gates its proposals with the study's models (the first published, if two profiled at once)
+        models = CostModels.from_document(study.user_attrs["cost_models"], structure.feature_names,
+                                          structure.features, seed, f"study {study_name}")
+    missing = set(metrics) - set(models.models)
+    if missing:
+        raise ConfigError(f"{models_path or 'the study'}'s cost models have no model for {sorted(missing)}; "
+                          "profile again")
     models.save(out / "cost_models.json")
     for m, model in models.models.items():
         log.info("Cost model %s: %d-fold CV RMSPE %.2f %% on %d networks", m, model.folds, model.rmspe_cv,
@@ -311,30 +358,37 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
     known = KnownCosts(structure)
     for i, config in enumerate(models.configs):
         known.add(config, {m: model.actual[i] for m, model in models.models.items()})
-    trials: list[dict[str, Any]] = read_jsonl(trials_path, "hyperpower trial")
+    trials: list[dict[str, Any]] = read_jsonl(trials_path, "hyperpower trial")  # this run folder's evaluations
     for record in trials:  # a resumed run: what the stopped one measured
         known.add(record["params"], record["measured"])
-    best_error: float | None = trials[-1]["best_error_so_far"] if trials else None
-    sampler = make_sampler(method, structure, models, constraints, hp, seed, known)
-    # Optuna's journal file keeps the study's trials on disk, so a stopped run's sampler sees them again on resume
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    out.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
-    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner, storage=storage,
-                                study_name=f"hyperpower-{method}-{seed}", load_if_exists=True)
-    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # the evaluation a stop cut short
+    if shared:
+        stale = shared_study.fail_dead_workers(study)  # trials of workers of this host that were killed
+    else:
+        stale = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        for number in stale:
+            study.tell(number, state=optuna.trial.TrialState.FAIL)  # the evaluation a stop cut short
+    if stale:
+        log.info("Marked %d stopped evaluation(s) failed: trial(s) %s", len(stale), stale)
+    sampler = make_sampler(method, structure, models, constraints, hp, seed, known, shared)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     distributions = structure.distributions()
     trial = None
     try:
         with stop_on_signals():
-            for _ in range(max(0, int(hp.n_trials) - len(trials))):
+            while True:
+                records = study_records(study, trials)
+                for record in records:  # other workers' measurements replace predictions as well
+                    known.add(record["params"], record["measured"])
+                if shared_study.evaluations(study) >= n_trials:
+                    break
                 trial = study.ask(fixed_distributions=distributions)
-                record, best_error = evaluate_trial(
+                shared_study.mark_worker(trial)
+                if not shared_study.claim(study, trial, n_trials):  # another worker took the last one meanwhile
+                    trial = None
+                    break
+                record, _ = evaluate_trial(
                     trial, study, cfg, structure, models, metrics, constraints, objective, method, datamodule,
-                    input_shape, backend, known, y_untrained, best_error)
+                    input_shape, backend, known, y_untrained, best_error_of(records), shared)
                 append_jsonl(trials_path, record)
                 trials.append(record)
                 trial = None
@@ -342,22 +396,65 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
         signum = stop.signum if isinstance(stop, SignalStop) else signal.SIGTERM
         if trial is not None:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} after {len(trials)} of "
-                          f"{int(hp.n_trials)} evaluations (kept in {trials_path} and {out / 'optuna.journal'})\n"
+        done = shared_study.evaluations(study)
+        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} after {done} of {n_trials} evaluations"
+                          f" (kept in {trials_path} and {where})\n"
                           f"resume with: {resume_command('resume', str(out))}") from None
-    result = summarise(trials, method, seed, constraints, models, best_pred, objective)
+    result = summarise(study_records(study, trials), method, seed, constraints, models, best_pred, objective)
+    if shared:
+        workers = {r.get("worker") for r in result["trials"]}
+        result["study"] = {"name": study_name, "storage": shared_study.redact(storage_url), "workers": len(workers),
+                           "evaluations_by_this_worker": len(trials)}
     result["output_dir"] = str(out)
     result["wall_time_s"] = round(time.perf_counter() - start, 2)
     print(format_summary(result, out))
     return result
 
 
+def check_same_settings(study: optuna.Study, settings: dict[str, Any]) -> None:
+    """A shared study's settings (method, constraints, margin, space) are the first worker's: a worker with other
+    settings would gate its proposals differently; refused with one line."""
+    settings = null_non_finite(OmegaConf.to_container(OmegaConf.create(settings), resolve=True))
+    if "settings" not in study.user_attrs:
+        study.set_user_attr("settings", settings)
+    first = study.user_attrs["settings"]
+    if first != settings:
+        changed = sorted(k for k in set(first) | set(settings) if first.get(k) != settings.get(k))
+        raise ConfigError(f"study {study.study_name} runs with {', '.join(f'{k}={first.get(k)!r}' for k in changed)}"
+                          f", this worker with {', '.join(f'{k}={settings.get(k)!r}' for k in changed)}; use the "
+                          "same settings, or another study_name=")
+
+
+def study_records(study: optuna.Study, local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every finished evaluation's record in trial order: this run folder's (``local``) and the ones the study holds
+    (user attribute ``record``: other workers'), with ``best_error_so_far`` over the whole study."""
+    by_number = {int(r["number"]): r for r in local}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                      optuna.trial.TrialState.PRUNED)):
+        if "record" in t.user_attrs:
+            by_number.setdefault(t.number, t.user_attrs["record"])
+    out, best = [], None
+    for number in sorted(by_number):
+        record = by_number[number]
+        if record["trained"] and not record["pruned"] and record["val_error"] is not None:
+            best = record["val_error"] if best is None else min(best, record["val_error"])
+        out.append({**record, "best_error_so_far": best})
+    return out
+
+
+def best_error_of(records: list[dict[str, Any]]) -> float | None:
+    """The best validation error so far (of :func:`study_records`)."""
+    return records[-1]["best_error_so_far"] if records else None
+
+
 def evaluate_trial(trial: Any, study: Any, cfg: DictConfig, structure: Any, models: CostModels, metrics: list[str],
                    constraints: dict[str, float], objective: Objective, method: str, datamodule: Any,
                    input_shape: tuple[int, ...], backend: Any, known: Any, y_untrained: float,
-                   best_error: float | None) -> tuple[dict[str, Any], float | None]:
+                   best_error: float | None, shared: bool = False) -> tuple[dict[str, Any], float | None]:
     """One evaluation (thesis Sec 3.3): build the proposed network, measure its costs, train it unless a
-    baseline measured a violation, and tell the study; returns its record and the best error so far."""
+    baseline measured a violation, and tell the study; returns its record and the best error so far. The record
+    goes to the study too (user attribute ``record``), for the summaries of the workers sharing it (``shared``:
+    with this worker's ``host:pid``)."""
     seed = int(cfg.seed)
     t0 = time.perf_counter()
     params = dict(trial.params)
@@ -376,24 +473,29 @@ def evaluate_trial(trial: Any, study: Any, cfg: DictConfig, structure: Any, mode
         "predicted_feasible": all(predicted[m] <= constraints[m] for m in metrics),
         "violated": violated, "trained": False, "pruned": False, "val_acc": None, "val_error": None,
         "objective": None}
+    if shared:
+        record["worker"] = "{host}:{pid}".format(**shared_study.worker_id())
+    value: float | None = None
     if violated and method != "hyperpower":
         trial.set_user_attr("y", y_untrained)
-        study.tell(trial, y_untrained)
+        value = y_untrained
     else:
         pruning = PruningCallback(trial)
         acc = train_candidate(cfg, net, structure.optimizer_config(params), datamodule, [pruning])
         score = objective(Measurements(acc, device_power_w=objective.device_power_w,
                                        **{m: measured[m] for m in metrics if m != "cuda_memory_mb"}))
         trial.set_user_attr("y", -score)
-        if pruning.pruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, -score)
+        value = None if pruning.pruned else -score
         record.update(trained=True, pruned=pruning.pruned, val_acc=acc, val_error=1.0 - acc, objective=score)
         if not pruning.pruned:
             best_error = record["val_error"] if best_error is None else min(best_error, record["val_error"])
     record["best_error_so_far"] = best_error
     record["wall_s"] = round(time.perf_counter() - t0, 3)
+    trial.set_user_attr("record", null_non_finite(record))
+    if value is None:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, value)
     log.info("[%s] trial %d: %s%s%s, error %s, best %s (%.1f s)", method, trial.number,
              ", ".join(f"{m} {measured[m]:.4g} (pred {predicted[m]:.4g})" for m in metrics),
              " VIOLATES " + ",".join(violated) if violated else "",
@@ -441,6 +543,10 @@ def format_summary(result: dict[str, Any], out: Path) -> str:
              f"{result['violating_proposals']} violating proposals, {result['violating_trained']} violating "
              f"networks trained",
              f"cost models ({next(iter(result['cost_models'].values()))['folds']}-fold CV RMSPE): {rmspe}"]
+    if "study" in result:
+        study = result["study"]
+        lines.append(f"study {study['name']} ({study['storage']}): {result['num_trials']} evaluations by "
+                     f"{study['workers']} worker(s), {study['evaluations_by_this_worker']} by this one")
     if best:
         lines.append(f"best: validation error {best['val_error']:.4f} at evaluation {best['number'] + 1} "
                      f"({' '.join(best['architecture'])}); within 1 % after "

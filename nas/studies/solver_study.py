@@ -421,9 +421,11 @@ def cpu_seconds(log_path: Path) -> float | None:
 
 def forwarded_settings(args: list[str]) -> list[str]:
     """The command line's settings inside the space / data / hardware groups (``data.root=...``,
-    ``hardware.backend.threads=2``): the study hands them to every search and retraining (with ``common``)."""
-    return [a for a in args if "=" in a and "." in a.split("=", 1)[0]
-            and a.split("=", 1)[0].lstrip("+~").split(".")[0] in ("space", "data", "hardware")]
+    ``hardware.backend.threads=2``) and its ``threads=``: the study hands them to every search and retraining (with
+    ``common``)."""
+    return [a for a in args if "=" in a and ("." in a.split("=", 1)[0]
+            and a.split("=", 1)[0].lstrip("+~").split(".")[0] in ("space", "data", "hardware")
+            or a.split("=", 1)[0] == "threads")]
 
 
 def study_config(cfg: DictConfig, args: list[str] | None = None) -> DictConfig:
