@@ -213,21 +213,23 @@ def local_processes(env: Mapping[str, str], trainer: Mapping[str, Any] | None = 
     return max(1, ranks) * max(1, int(jobs))
 
 
-def thread_budget(cfg: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ThreadBudget:
+def thread_budget(cfg: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                  processes: int | None = None) -> ThreadBudget:
     """The budget of this process under config ``cfg`` (its ``threads`` and ``trainer``): reads the affinity, the
-    cgroup quota, the environment and the Hydra launcher."""
+    cgroup quota, the environment and the Hydra launcher; ``processes`` (the local ranks a launcher such as srun
+    reported) replaces the count of processes sharing the CPUs."""
     env = os.environ if env is None else env
     trainer = cfg.get("trainer") if hasattr(cfg, "get") else None
-    return resolve(cfg.get("threads"), env, affinity_cpus(), cgroup_cpus(),
-                   local_processes(env, trainer, launcher_jobs()))
+    local = local_processes(env, trainer, launcher_jobs()) if processes is None else processes
+    return resolve(cfg.get("threads"), env, affinity_cpus(), cgroup_cpus(), local)
 
 
-def apply_thread_budget(cfg: Mapping[str, Any]) -> ThreadBudget:
+def apply_thread_budget(cfg: Mapping[str, Any], processes: int | None = None) -> ThreadBudget:
     """Set torch's intra-op threads (and its inter-op threads, where torch still allows it) to this process'
     budget and log it (once per process while it stays the same); the budget. A bad ``threads`` value is a
-    :class:`ConfigError` before anything runs."""
+    :class:`ConfigError` before anything runs. ``processes``: as in :func:`thread_budget`."""
     global _last_logged
-    budget = thread_budget(cfg)
+    budget = thread_budget(cfg, processes=processes)
     import torch
 
     torch.set_num_threads(budget.threads)

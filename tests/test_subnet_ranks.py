@@ -14,8 +14,9 @@ import pytest
 import torch.multiprocessing as mp
 
 from nas.errors import ConfigError, Interrupted, NASError
-from nas.subnet_search.ranks import launch_from_env, shares, slurm_tasks_on_node, thread_share
+from nas.subnet_search.ranks import launch_from_env, shares, slurm_tasks_on_node
 from nas.subnet_search.run import run_subnet_search
+from nas.threads import thread_budget
 from tests.test_subnet_search import AdditiveError, fake_checkpoint, objective_space, subnet_cfg
 
 WORLD = 2
@@ -182,7 +183,8 @@ def test_the_launch_is_read_from_torchrun_or_srun():
         slurm_tasks_on_node("two", 0)
     with pytest.raises(ConfigError, match="RANK='x'"):
         launch_from_env({"WORLD_SIZE": "2", "RANK": "x"})
-    assert thread_share(len(os.sched_getaffinity(0)) * 4) == 1
+    # a rank's threads: its share over the node's ranks that srun reported, at least 1
+    assert thread_budget({"threads": None}, env={}, processes=len(os.sched_getaffinity(0)) * 4).threads == 1
 
 
 def test_shares_balance_the_expected_cost_over_the_ranks():

@@ -15,7 +15,7 @@ Rank 0 alone owns the algorithm, the validation store and every output; the othe
 The messages are Python objects on a gloo group (``broadcast_object_list`` / ``gather_object``), also when the
 default group is NCCL (``eval.device=cuda``): they are small and need no GPU. A rank that dies breaks the group:
 the others see the closed connection and stop (:class:`RankLost`), and ``resume=`` continues from the records
-rank 0 wrote. Each rank uses ``cpus // local ranks`` intra-op threads (at least 1).
+rank 0 wrote. Each rank uses its share of the cores (``cpus // local ranks``, :mod:`nas.threads`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from nas.errors import ConfigError, Interrupted, NASError
 from nas.space.architecture import Architecture
+from nas.threads import apply_thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +103,16 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
     return None
 
 
-def thread_share(local_world_size: int) -> int:
-    """Intra-op threads of one of ``local_world_size`` processes on this machine: its share of the usable cores."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // max(1, local_world_size))
-
-
 def cuda_index(local_rank: int) -> int:
     """This rank's GPU: ``cuda:<local rank>``, or the one GPU srun's ``--gpus-per-task 1`` leaves visible."""
     return local_rank % max(1, torch.cuda.device_count())
 
 
-def init_ranks(launch: Launch, device: str = "cpu") -> Any:
-    """Join the process group of ``launch`` (gloo, or NCCL for ``device="cuda"``), set this rank's threads (and
-    GPU); return the gloo group that carries the search's messages."""
-    threads = thread_share(launch.local_world_size)
-    torch.set_num_threads(threads)
+def init_ranks(launch: Launch, device: str = "cpu", threads_setting: Any = None) -> Any:
+    """Join the process group of ``launch`` (gloo, or NCCL for ``device="cuda"``), set this rank's threads (its
+    share of the cores over the node's ranks, :mod:`nas.threads`; ``threads_setting``: the ``threads`` config)
+    and GPU; return the gloo group that carries the search's messages."""
+    threads = apply_thread_budget({"threads": threads_setting}, processes=launch.local_world_size).threads
     backend = "gloo"
     if device == "cuda":
         torch.cuda.set_device(cuda_index(launch.local_rank))

@@ -146,7 +146,7 @@ def run_subnet_search(cfg: DictConfig, validator: Any = None) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     device = eval_device(cfg)
     launch = launch_from_env()
-    group = init_ranks(launch, device) if launch is not None else None
+    group = init_ranks(launch, device, cfg.get("threads")) if launch is not None else None
     rank = launch.rank if launch is not None else 0
     failure: NASError | None = None
     try:
