@@ -75,6 +75,8 @@ def rank_correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float
 
     from nas.io import finite_or_none
 
+    if len(x) < 2 or np.ptp(np.asarray(x, dtype=float)) == 0 or np.ptp(np.asarray(y, dtype=float)) == 0:
+        return {"kendall_tau": None, "kendall_p": None, "spearman_rho": None, "spearman_p": None}
     tau, rho = kendalltau(x, y), spearmanr(x, y)
     return {"kendall_tau": finite_or_none(tau.statistic), "kendall_p": finite_or_none(tau.pvalue),
             "spearman_rho": finite_or_none(rho.statistic), "spearman_p": finite_or_none(rho.pvalue)}
@@ -123,11 +125,7 @@ def agreement(x: Sequence[float], y: Sequence[float], resamples: int, confidence
               seed: int) -> dict[str, Any]:
     """τ and ρ of ``x`` against ``y`` with p-values and bootstrap intervals (:func:`bootstrap_interval`, the same
     resamples for both), and n."""
-    import warnings
-
-    with warnings.catch_warnings():  # constant values: no correlation (None), reported as n/a
-        warnings.simplefilter("ignore")
-        out: dict[str, Any] = {"n": len(x), **rank_correlations(x, y)}
+    out: dict[str, Any] = {"n": len(x), **rank_correlations(x, y)}  # constant values: None, reported as n/a
     out["kendall_ci"] = bootstrap_interval(x, y, kendall_tau_b, resamples, confidence, seed)
     out["spearman_ci"] = bootstrap_interval(x, y, spearman_rho, resamples, confidence, seed)
     return out
