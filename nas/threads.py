@@ -30,10 +30,11 @@ such pid, or another start time); entries of another pid namespace are ignored a
 
 Why ``max`` and not a sum: the ranks and jobs of this run register themselves too, so a sum would count each of
 them twice; ``max`` counts them once whether or not they have registered yet, and every process outside this run
-adds one. Every spnas process registers, whatever its budget's source (one with ``threads=1`` still takes a CPU
-from the others; each counts as one process); only an automatic budget is divided by the count. A parent that
-waits on a child it started (a study's job, :func:`nas.cli.run_entry`) withdraws its entry while it waits
-(:func:`waiting_on_children`), so the child is not counted twice either.
+adds one (while some of this run's own processes have not registered yet, an outsider can be missed; the next
+:func:`rebalance` counts it). Every spnas process registers, whatever its budget's source (one with
+``threads=1`` still takes a CPU from the others; each counts as one process); only an automatic budget is divided
+by the count. A parent that waits on a child it started (a study's job, :func:`nas.cli.run_entry`) withdraws its
+entry while it waits (:func:`waiting_on_children`), so the child is not counted twice either.
 
 The count changes while a process runs: :func:`rebalance` (rate-limited to once every
 :data:`REBALANCE_INTERVAL_S` s of wall time, one ``listdir`` and a liveness check per entry) re-applies an

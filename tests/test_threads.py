@@ -291,6 +291,18 @@ def test_a_parent_waiting_on_its_child_is_not_counted(registry):
     assert path.exists()
 
 
+def test_a_study_waiting_on_its_job_is_not_counted_by_the_job(registry, tmp_path, monkeypatch):
+    """:func:`nas.cli.run_entry` (the studies' jobs): the parent's entry is out of the registry while its child
+    runs, and back afterwards."""
+    from nas import cli
+
+    script = "import os, sys; print(sorted(os.listdir(sys.argv[1])))"
+    monkeypatch.setattr(cli, "entry_command", lambda name: [sys.executable, "-c", script])
+    path = register()
+    status, _ = cli.run_entry("search", [str(registry)], tmp_path / "job.log")
+    assert status == 0 and (tmp_path / "job.log").read_text().strip() == "[]" and path.exists()
+
+
 def test_a_process_leaves_the_registry_at_exit_and_a_forked_child_leaves_its_entry(tmp_path):
     script = """if True:
         import os, sys
