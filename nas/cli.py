@@ -242,7 +242,8 @@ def run_entry(name: str, args: Sequence[str], log_path: str | os.PathLike,
     resource usage (:func:`os.wait4`): CPU time ``ru_utime + ru_stime`` (s), peak memory ``ru_maxrss`` (KiB on
     Linux), the process' own, whatever else this one holds. ``jobs``: how many such processes the caller runs side
     by side; each then gets its share of the CPUs in ``OMP_NUM_THREADS`` (:func:`nas.threads.child_environment`;
-    one alone takes its own budget, :mod:`nas.threads`).
+    one alone takes its own budget, :mod:`nas.threads`). While it waits, this process is out of the registry of
+    spnas processes (:func:`nas.threads.waiting_on_children`): its child does not count it.
 
     Stopped by :class:`SignalStop` (inside :func:`stop_on_signals`) while the process runs, it hands SIGTERM on to
     the process (a Ctrl-C in a terminal reaches the whole process group already), waits until the process has
@@ -252,10 +253,10 @@ def run_entry(name: str, args: Sequence[str], log_path: str | os.PathLike,
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    from nas.threads import child_environment
+    from nas.threads import child_environment, waiting_on_children
 
     env = {**child_environment(jobs), "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
-    with open(log_path, "w") as handle:
+    with open(log_path, "w") as handle, waiting_on_children():  # the idle parent is not counted beside its child
         proc = subprocess.Popen([*entry_command(name), *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
         try:
             _, wait_status, usage = os.wait4(proc.pid, 0)

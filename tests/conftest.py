@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,11 @@ THREADS = max(1, min(2, CORES // WORKERS))
 torch.set_num_threads(THREADS)
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+# the registry of live spnas processes (nas.threads) of the tests and the commands they start: their own folder, not
+# the user's, so a test's thread count does not depend on what else runs on the machine
+if not os.environ.get("SPNAS_RUNTIME_DIR"):
+    os.environ["SPNAS_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="spnas-test-runtime-")
+    atexit.register(shutil.rmtree, os.environ["SPNAS_RUNTIME_DIR"], True)
 
 MICRO_SPACE = {
     "name": "micro",

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +21,15 @@ from nas.threads import (
     child_environment,
     local_processes,
     quota_cpus,
+    rebalance,
+    register,
+    registered_processes,
     resolve,
     share,
+    start_time,
+    thread_budget,
     trainer_processes,
+    waiting_on_children,
 )
 from tests.conftest import load_space
 from tests.test_package import spnas
@@ -146,3 +156,185 @@ def test_a_study_hands_its_threads_setting_to_every_job():
 
     args = ["threads=2", "data.root=/d", "seeds=[0]", "threads_x=1"]
     assert forwarded_settings(args) == ["threads=2", "data.root=/d"]
+
+
+# ------------------------------------------------------------------------------------ the registry (issue 22)
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """An empty registry folder of this test's own; this process not registered in it, no budget applied, no
+    OMP_NUM_THREADS or LOCAL_WORLD_SIZE, and 4 CPUs (0-3) in its affinity without a cgroup quota; torch's threads
+    restored afterwards."""
+    import nas.threads as threads
+
+    monkeypatch.setenv("SPNAS_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for name in ("_entry", "_entry_pid", "_applied"):
+        monkeypatch.setattr(threads, name, None)
+    monkeypatch.setattr(threads, "affinity_set", lambda: frozenset({0, 1, 2, 3}))
+    monkeypatch.setattr(threads, "cgroup_cpus", lambda *a: None)
+    before = torch.get_num_threads()
+    folder = tmp_path / "runtime" / "processes"
+    folder.mkdir(parents=True, mode=0o700)
+    yield folder
+    threads.unregister()
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def sleepers():
+    """Start sleeping processes (``start()``: its pid and start time); all killed afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def start() -> tuple[int, int]:
+        proc = subprocess.Popen(["sleep", "60"])
+        started.append(proc)
+        return proc.pid, start_time(proc.pid)
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def entry(folder, pid, started, affinity=(0, 1, 2, 3), pidns=None):
+    """A registry file as :func:`nas.threads.register` writes it, for another process."""
+    from nas.threads import _pid_namespace
+
+    path = folder / f"{pid}-{started}.json"
+    path.write_text(json.dumps({"pid": pid, "start": started, "affinity": list(affinity),
+                                "pidns": _pid_namespace() if pidns is None else pidns}))
+    return path
+
+
+def test_start_times_tell_a_live_process_from_a_dead_or_reused_pid(sleepers):
+    pid, started = sleepers()
+    assert isinstance(started, int) and start_time(pid) == started and start_time(os.getpid()) is not None
+    done = subprocess.Popen(["true"])
+    done.wait()
+    assert start_time(done.pid) is None
+
+
+def test_registry_counts_live_processes_on_these_cpus_and_deletes_stale_entries(registry, sleepers):
+    live, other_cpus, other_namespace = sleepers(), sleepers(), sleepers()
+    done = subprocess.Popen(["true"])
+    done.wait()
+    kept = [entry(registry, *live),
+            entry(registry, *other_cpus, affinity=[7]),                    # alive, on other CPUs: not counted
+            entry(registry, *other_namespace, pidns="pid:[1]")]            # another container's: not judged
+    stale = [entry(registry, done.pid, 123),                              # dead
+             entry(registry, live[0], live[1] + 1)]                        # the pid reused by another process
+    (registry / "notes.txt").write_text("not an entry")
+    assert registered_processes() == 2  # this process and the live one on its CPUs
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+    assert registered_processes(frozenset({7})) == 2 and registered_processes(frozenset({9})) == 1
+    assert register() is not None and registered_processes() == 2  # this process counts once, registered or not
+
+
+@pytest.mark.parametrize("others,expected", [(0, 4), (1, 2), (2, 1)])
+def test_the_automatic_share_divides_the_cpus_over_the_registered_processes(registry, sleepers, others, expected):
+    for _ in range(others):
+        entry(registry, *sleepers())
+    budget = thread_budget({"threads": None})
+    assert (budget.registered, budget.threads) == (1 + others, expected)  # 4 CPUs over 1, 2, 3 processes
+    assert budget.describe().endswith(f"1 local process, {1 + others} spnas process{'es' if others else ''} "
+                                      f"on these CPUs)")
+
+
+def test_a_runs_own_processes_count_once(registry, sleepers):
+    """2 DDP ranks that registered are 2 processes, not 4; one outside the run makes 3."""
+    assert resolve(None, {}, 4, None, 2, 2).threads == 2 and resolve(None, {}, 4, None, 2, 1).threads == 2
+    assert resolve(None, {}, 4, None, 2, 3).threads == 1 and resolve(None, {}, 8, None, 1, 3).threads == 2
+    entry(registry, *sleepers())  # the other rank
+    assert thread_budget({"threads": None}, env={"LOCAL_WORLD_SIZE": "2"}).threads == 2
+
+
+def test_rebalance_lowers_and_raises_the_threads_as_processes_come_and_go(registry, sleepers, caplog):
+    alone = apply_thread_budget({"threads": None})
+    assert (alone.threads, alone.registered, torch.get_num_threads()) == (4, 1, 4)
+    assert next(registry.glob(f"{os.getpid()}-*.json")).exists()  # registered itself
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        entry(registry, other.pid, start_time(other.pid))
+        assert rebalance() is None  # rate-limited: too soon after the budget was applied
+        with caplog.at_level("INFO", logger="nas"):
+            assert rebalance(force=True).threads == 2 and torch.get_num_threads() == 2
+        assert any(r.getMessage().startswith("rebalanced: threads: 2 of 4 CPUs") and "(was 4)" in r.getMessage()
+                   for r in caplog.records)
+        assert rebalance(now=1e12).threads == 2  # the count unchanged: nothing to do
+    finally:
+        other.kill()
+        other.wait()
+    assert rebalance(force=True).threads == 4 and torch.get_num_threads() == 4  # it left: back up
+    assert not list(registry.glob(f"{other.pid}-*.json"))  # its entry cleaned by the reader
+
+
+@pytest.mark.parametrize("fixed", ["threads", "OMP_NUM_THREADS"])
+def test_rebalance_leaves_a_chosen_budget_alone(registry, sleepers, monkeypatch, fixed):
+    if fixed == "threads":
+        budget = apply_thread_budget({"threads": 3})
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        budget = apply_thread_budget({"threads": None})
+    assert budget.threads == 3 and torch.get_num_threads() == 3
+    assert next(registry.glob(f"{os.getpid()}-*.json")).exists()  # still counted by the others
+    entry(registry, *sleepers())
+    entry(registry, *sleepers())
+    assert rebalance(force=True) is None and torch.get_num_threads() == 3
+
+
+def test_a_parent_waiting_on_its_child_is_not_counted(registry):
+    path = register()
+    assert path is not None and path.exists()
+    with waiting_on_children():
+        assert not path.exists()
+    assert path.exists()
+
+
+def test_a_study_waiting_on_its_job_is_not_counted_by_the_job(registry, tmp_path, monkeypatch):
+    """:func:`nas.cli.run_entry` (the studies' jobs): the parent's entry is out of the registry while its child
+    runs, and back afterwards."""
+    from nas import cli
+
+    script = "import os, sys; print(sorted(os.listdir(sys.argv[1])))"
+    monkeypatch.setattr(cli, "entry_command", lambda name: [sys.executable, "-c", script])
+    path = register()
+    status, _ = cli.run_entry("search", [str(registry)], tmp_path / "job.log")
+    assert status == 0 and (tmp_path / "job.log").read_text().strip() == "[]" and path.exists()
+
+
+def test_a_process_leaves_the_registry_at_exit_and_a_forked_child_leaves_its_entry(tmp_path):
+    script = """if True:
+        import os, sys
+        from nas.threads import register
+        path = register()
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # the child's exit runs the inherited atexit handler: it must not remove the parent's entry
+        os.waitpid(pid, 0)
+        print(path, path.exists())
+    """
+    env = {**os.environ, "SPNAS_RUNTIME_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path, existed = proc.stdout.split()
+    assert existed == "True" and Path(path).parent == tmp_path / "processes" and not Path(path).exists()
+
+
+def test_training_rebalances_through_a_callback(registry, sleepers):
+    """Search, train and HyperPower's trials carry :class:`ThreadRebalance`; before a batch it re-applies the
+    budget (once the rate limit allows)."""
+    import nas.threads as threads
+    from nas.search.callbacks import ThreadRebalance
+
+    for module in ("nas/search/pipeline.py", "nas/search/training.py", "nas/hyperpower/study.py"):
+        assert "ThreadRebalance()" in (Path(__file__).resolve().parents[1] / module).read_text()
+    assert apply_thread_budget({"threads": None}).threads == 4
+    entry(registry, *sleepers())
+    callback = ThreadRebalance()
+    callback.on_train_batch_start(None, None, None, 0)
+    assert torch.get_num_threads() == 4  # within the rate limit
+    threads._applied.checked -= threads.REBALANCE_INTERVAL_S
+    callback.on_validation_batch_start(None, None, None, 0)
+    assert torch.get_num_threads() == 2

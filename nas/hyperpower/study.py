@@ -255,10 +255,13 @@ def train_candidate(cfg: DictConfig, net: ChildNet, optimizer: Any, datamodule: 
                     callbacks: list[pl.Callback]) -> float:
     """Train ``net`` for ``trainer.max_epochs`` (or until pruned) with the trial's ``optimizer`` (its searched
     hyperparameters), ``hyperpower.label_smoothing`` and a cosine schedule; its final validation accuracy (0 when
-    it is not finite). The training itself is :func:`nas.search.training.train_child`."""
+    it is not finite). The training itself is :func:`nas.search.training.train_child`; its threads follow the
+    other spnas processes on these CPUs (:class:`~nas.search.callbacks.ThreadRebalance`)."""
+    from nas.search.callbacks import ThreadRebalance
     from nas.search.optimization import warmup_cosine
     from nas.search.training import train_child
 
+    callbacks = [*callbacks, ThreadRebalance()]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks, enable_checkpointing=False,
                                       num_sanity_val_steps=0, enable_progress_bar=False,
                                       enable_model_summary=False)

@@ -17,6 +17,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nas.errors import Interrupted
+from nas.threads import rebalance
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,20 @@ def architecture_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]
     if supernet is not None and hasattr(supernet, "threshold_parameters"):
         return list(supernet.threshold_parameters())
     return list(module.parameters())
+
+
+class ThreadRebalance(pl.Callback):
+    """Re-applies this process' automatic thread budget as other spnas processes on its CPUs come and go
+    (:func:`nas.threads.rebalance`, at most once every 2 s; a clock read otherwise) before each training and
+    validation batch."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        rebalance()
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        rebalance()
 
 
 class RankAgreement(pl.Callback):

@@ -20,7 +20,7 @@ from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import obtain_lut_once
 from nas.errors import Interrupted
 from nas.io import atomic_write_text, finite_or_none
-from nas.search.callbacks import PreemptionCheckpoint, RankAgreement, SearchClock
+from nas.search.callbacks import PreemptionCheckpoint, RankAgreement, SearchClock, ThreadRebalance
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.global_batchnorm import sync_batchnorm_arguments
 from nas.search.monitoring import build_logger, log_final_hparams
@@ -103,7 +103,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     agreement, clock = RankAgreement(), SearchClock(start)
     preemption = PreemptionCheckpoint(out / "checkpoints" / "last.ckpt", resume_hint)
     sync = sync_batchnorm_arguments(cfg.trainer)  # CPU processes: BatchNorm over the global batch
-    callbacks = [agreement, clock, preemption,
+    callbacks = [agreement, clock, preemption, ThreadRebalance(),
                  *checkpoint_callbacks(out, cfg.checkpoint.get("every_n_train_steps"))]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                       plugins=[AtomicCheckpointIO(), *sync.pop("layer_sync", [])], **sync)

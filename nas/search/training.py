@@ -28,7 +28,7 @@ from nas.cli import resume_command
 from nas.cost.measurement_core import describe_placement, describe_providers
 from nas.errors import ConfigError, Interrupted
 from nas.io import finite_or_none
-from nas.search.callbacks import PreemptionCheckpoint
+from nas.search.callbacks import PreemptionCheckpoint, ThreadRebalance
 from nas.search.checkpoint import AtomicCheckpointIO
 from nas.search.monitoring import build_logger
 from nas.search.optimization import OptimizerFactory, SchedulerFactory, build_optimizer, step_schedule
@@ -172,7 +172,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     # SIGTERM / Ctrl-C: save a resumable checkpoint after the running step, say so and print the resume command
     preemption = PreemptionCheckpoint(out / "checkpoints" / "last.ckpt", lambda p: resume_command("ckpt_path", p))
     logger = build_logger(cfg)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint, preemption],
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger,
+                                      callbacks=[checkpoint, preemption, ThreadRebalance()],
                                       plugins=[AtomicCheckpointIO()])
     try:
         trained = train_child(net, datamodule, **recipe_arguments(cfg.train), trainer=trainer,

@@ -37,6 +37,7 @@ from nas.space.architecture import Architecture
 from nas.subnet_search.hypervolume import Normalisation, non_dominated
 from nas.subnet_search.search_objectives import ObjectiveSpace
 from nas.subnet_search.store import ValidationStore, check_finite
+from nas.threads import rebalance
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +302,7 @@ class BudgetedSearch:
             return
         archs = [self.codec.decode(genes) for _, genes, _ in pending]
         weights = self.space.costs["macs"](np.array([genes for _, genes, _ in pending])).tolist()
+        rebalance()  # this process' threads, as other spnas processes come and go (nas.threads; rate-limited)
         values = validate_many(self.validator, archs, weights)
         try:
             for (position, genes, key), arch, measured in zip(pending, archs, values):
@@ -308,6 +310,7 @@ class BudgetedSearch:
                 self.result.fresh += 1
                 self.result.F[position] = self._vector(record, self.space.costs_of(genes, self.target), key)
                 self._advance()
+                rebalance()  # before the next validation of a long batch
         finally:
             self.store.sync()  # one fsync per batch; each record is already in the file (safe from a kill)
 

@@ -15,7 +15,8 @@ Rank 0 alone owns the algorithm, the validation store and every output; the othe
 The messages are Python objects on a gloo group (``broadcast_object_list`` / ``gather_object``), also when the
 default group is NCCL (``eval.device=cuda``): they are small and need no GPU. A rank that dies breaks the group:
 the others see the closed connection and stop (:class:`RankLost`), and ``resume=`` continues from the records
-rank 0 wrote. Each rank uses its share of the cores (``cpus // local ranks``, :mod:`nas.threads`).
+rank 0 wrote. Each rank uses its share of the cores (``cpus // max(local ranks, spnas processes on them)``,
+:mod:`nas.threads`), re-checked before each of its validations.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.distributed as dist
 
 from nas.errors import ConfigError, Interrupted, NASError
 from nas.space.architecture import Architecture
-from nas.threads import apply_thread_budget
+from nas.threads import apply_thread_budget, rebalance
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ class RankPool:
         """This rank's validations of a batch: ``{index: values}``, or ``{-1: error text}`` when one failed."""
         done: dict[int, Any] = {}
         for i in shares(weights, self.world)[self.rank]:
+            rebalance()  # this rank's threads, as other spnas processes come and go (nas.threads; rate-limited)
             try:
                 done[i] = self.validator.validate(archs[i])
             except NASError as err:
