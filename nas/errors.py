@@ -41,3 +41,15 @@ class Interrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def whole_number(value: object) -> int | None:
+    """The integer a setting holds (an int, an integral float or such a string; not a bool), else ``None``: the one
+    check behind every integer setting's error message."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = int(value)  # type: ignore[call-overload]
+        return number if number == float(value) else None  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None

@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from nas.errors import ConfigError
+from nas.errors import ConfigError, whole_number
 from nas.io import atomic_write_json, null_non_finite
 
 #: the ``run`` block of every summary file
@@ -95,12 +95,9 @@ def seed_run(cfg: DictConfig) -> int | None:
     seed = cfg.get("seed")
     if seed is None:
         return None
-    try:
-        value = int(seed)
-        if isinstance(seed, bool) or value != float(seed):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"seed must be an integer, got {seed!r}; set seed=<integer>") from None
+    value = whole_number(seed)
+    if value is None:
+        raise ConfigError(f"seed must be an integer, got {seed!r}; set seed=<integer>")
     import lightning_fabric
 
     lightning_fabric.seed_everything(value, workers=True, verbose=False)

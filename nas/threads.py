@@ -63,7 +63,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nas.errors import ConfigError
+from nas.errors import ConfigError, whole_number
 
 log = logging.getLogger("nas")
 
@@ -123,13 +123,8 @@ def parse_setting(value: Any, name: str = "threads", fix: str = "set threads=<n>
     :class:`ConfigError` naming the fix."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("auto", "")):
         return None
-    try:
-        number = int(value)
-        if isinstance(value, bool) or number != float(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
+    number = whole_number(value)
+    if number is None or number < 1:
         raise ConfigError(f"{name} must be an integer >= 1 or null (automatic: this process' share of its CPUs), "
                           f"got {value!r}; {fix}")
     return number
