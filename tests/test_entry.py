@@ -108,7 +108,12 @@ def test_train_py_trains_the_derived_architecture(search_run):
     assert summary["onnx_max_abs_diff"] <= 1e-4
     # latency on the target backend, against the runtime model's prediction from the search's LUT
     assert summary["measured_latency_ms"] > 0 and summary["predicted_latency_ms"] > 0
-    assert summary["remeasured_prediction_ms"] > 0
+    # the drift since the LUT: its 3 calibration networks measured again with the network (nas.cost.drift)
+    drift = summary["drift"]
+    assert drift["references"] == 3 and drift["low"] <= drift["factor"] <= drift["high"]
+    low, high = summary["drift_range_ms"]
+    assert low <= summary["drift_predicted_ms"] <= high
+    assert summary["drift_predicted_ms"] == pytest.approx(summary["predicted_latency_ms"] * drift["factor"])
     assert summary["lut"].startswith(str(tmp / "cache"))
     assert "predicted" in proc.stdout and "measured" in proc.stdout
 

@@ -188,17 +188,24 @@ def test_latency_script_predicts_and_measures(tmp_path):
                                f"hydra.run.dir={tmp_path}/run", *overrides], cwd=ROOT, capture_output=True, text=True,
                               env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=600)
 
-    proc = run(f"arch={timm_string(arch, space)}")
+    # MacsProxy with calibration networks: a deterministic LUT whose references measure now exactly as then
+    proc = run(f"arch={timm_string(arch, space)}", "+hardware.backend.calibration_networks=12", "drift_references=4")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     for start in ("predicted, plain per-op sum", "predicted, calibrated:", "measured (median of 1 runs):",
-                  "device repeatability (split halves):", "predicted from ops measured alongside:"):
+                  "device repeatability (split halves):", "drift since the LUT x1.000 (4 reference networks"):
         assert sum(line.startswith(start) for line in lines) == 1, proc.stdout
     result = json.loads((tmp_path / "run" / "latency.json").read_text())
     assert result["architecture"] == arch.keys and result["measured_ms"] > 0
-    assert result["predicted_ms"] == pytest.approx(result["predicted_plain_ms"])  # MacsProxy: no calibration
-    # the network's ops measured alongside it, priced by the same model (MacsProxy: deterministic, no drift)
-    assert result["remeasured_prediction_ms"] == pytest.approx(result["predicted_ms"])
+    # the drift since the LUT: none on a deterministic backend (the LUT stores times rounded to 1e-6 ms), so the
+    # rescaled prediction is the prediction
+    assert result["drift"]["references"] == 4 and result["drift"]["factor"] == pytest.approx(1.0, rel=1e-3)
+    assert result["drift_predicted_ms"] == pytest.approx(result["predicted_ms"], rel=1e-3)
+    # no drift check: said, not hidden
+    proc = run("arch=smallest", "drift_references=0")
+    assert proc.returncode == 0 and "drift since the LUT not checked: drift check off" in proc.stdout
+    proc = run("arch=smallest", "drift_references=-1")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: drift_references must be an integer >= 0")
     # predict only; and a network that does not fit the space is one error line, exit 2
     proc = run("arch=smallest", "measure=false")
     assert proc.returncode == 0 and "measured" not in proc.stdout

@@ -10,7 +10,9 @@ Two modes:
   measured in the same interleaved rounds, so slow load drift on a shared machine hits all of them alike and
   the error measured is the model's, not the drift's.
 * ``lut`` (a LUT given, e.g. the one a search used or one written by the device runner): only the networks
-  are measured now; the error then also contains any drift since the LUT was profiled.
+  are measured now; the error then also contains any drift since the LUT was profiled. The LUT's reference
+  networks (:mod:`nas.cost.drift`) are measured in the same rounds, so the drift is measured too and the model
+  is also scored with its predictions rescaled by it (``calibrated_drift``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from nas.cost.backends import LatencyBackend
+from nas.cost.drift import DEFAULT_REFERENCES, calibration_error_band, estimate_drift, reference_networks
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import calibrate_networks, profile_ops
 from nas.cost.runtime_model import RuntimeModel
@@ -144,7 +147,8 @@ def repeatability(samples: dict[str, list[list[float]]], names: list[str], stati
 
 def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int, *,
                            n: int = 100, seed: int = 0, lut: LatencyLUT | None = None, progress: bool = True,
-                           named: dict[str, Architecture] | None = None) -> dict[str, Any]:
+                           named: dict[str, Architecture] | None = None,
+                           drift_references: int = DEFAULT_REFERENCES) -> dict[str, Any]:
     """Measure ``n`` random networks end to end on ``backend`` and compare them with the LUT runtime model.
 
     Every measurement (ops and networks) uses the backend's procedure: each loaded in ``sessions`` sessions, each
@@ -154,7 +158,8 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
     calibrated model (``sum_s scale_s * stage sum_s + per_op_ms * kept + per_se_op_ms * SE + overhead``, fitted
     on calibration networks that are *not* the validation networks), one row per network, and one row per
     ``named`` network (e.g. the published ones, SE-free or skip-heavy designs) measured in the same rounds. The
-    LUT used is returned under ``"lut"``.
+    LUT used is returned under ``"lut"``. In lut mode ``drift_references`` of the LUT's calibration networks are
+    measured in the same rounds (``drift``, and ``calibrated_drift``: the metrics of the rescaled predictions).
     """
     cal_archs = calibration_architectures(space, backend.calibration_networks) \
         if lut is None and backend.calibration_networks > 0 else []
@@ -169,6 +174,7 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
     extra = {f"named_{name}": network(f"named_{name}", a, name) for name, a in named.items()}
     rounds = backend.repeats
     samples: dict[str, list[list[float]]] = {}
+    drift, why_none = None, "joint mode: the LUT is measured with the networks"
     if lut is None:
         mode = "joint"
         ops = required_ops(space, in_channels, num_classes)
@@ -187,7 +193,11 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
         mode = "lut"
         lut.check_space(space.name, space.digest)
         lut.check_groups(cost_groups(space)[3], space.name)
-        measured = profile_ops({**nets, **extra}, backend, progress, rounds=rounds, samples_out=samples)
+        refs, why_none = reference_networks(space, lut, in_channels, num_classes, drift_references)
+        measured = profile_ops({**{k: r.op for k, r in refs.items()}, **nets, **extra}, backend, progress,
+                               rounds=rounds, samples_out=samples)
+        if refs:
+            drift = estimate_drift(refs, {k: measured[k].ms for k in refs}, calibration_error_band(lut))
 
     model = RuntimeModel(space, lut, in_channels, num_classes)  # the one price: RuntimeModel.predict
 
@@ -216,6 +226,9 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
         "calibration_networks": int(lut.meta.get("calibration", {}).get("networks", 0)),
         "plain_sum": runtime_model_metrics(np.array([r["predicted_plain_ms"] for r in rows]), meas),
         "calibrated": runtime_model_metrics(np.array([r["predicted_ms"] for r in rows]), meas),
+        "drift": drift.to_dict() if drift is not None else None, "drift_note": why_none if drift is None else "",
+        "calibrated_drift": runtime_model_metrics(drift.factor * np.array([r["predicted_ms"] for r in rows]), meas)
+        if drift is not None else None,
         "repeatability": repeatability(samples, list(nets), backend.statistic),
         "named": named_rows,
         "rows": rows,

@@ -11,15 +11,15 @@ times the network with the LUT's procedure (warm-up, interleaved timed runs afte
 statistic) and reports its spread (inter-quartile range) and the device's repeatability on it: the statistic of
 its even-numbered sessions' runs against that of its odd-numbered ones (of its even- against its odd-numbered
 runs with ``hardware.backend.sessions=1``), the floor below which no prediction can be checked. With
-``remeasure=true`` (default) the network's own ops are measured again in the same interleaved rounds as the
-network and priced with the LUT's calibration: a prediction free of the machine's drift since the LUT was
-profiled (on a shared machine that drift can exceed the model's error). Writes ``latency.json`` to the
+``drift_references=N`` (default 8, 0: off) N of the LUT's calibration networks are measured again in the same
+interleaved rounds as the network (``nas.cost.drift``): their times now against the LUT's give the drift since the
+LUT was profiled, which rescales the prediction and gives the range the measurement should fall in (on a shared
+machine that drift can exceed the model's error). Writes ``latency.json`` to the
 run folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any
@@ -28,11 +28,12 @@ from omegaconf import DictConfig
 
 from nas.cli import hydra_command
 from nas.cost.backends import build_backend, summarize
-from nas.cost.profiler import obtain_lut, profile_ops
+from nas.cost.drift import describe_drift, drift_fields, measure_network
+from nas.cost.profiler import obtain_lut
 from nas.cost.runtime_model import RuntimeModel
-from nas.cost.signatures import OpSpec, network_op_keys, required_ops
+from nas.cost.signatures import OpSpec
 from nas.cost.validation import split_halves
-from nas.errors import ConfigError
+from nas.errors import ConfigError, whole_number
 from nas.run_shell import Task
 from nas.space.networks import build_child
 from nas.space.references import load_architecture
@@ -44,6 +45,10 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
     in_channels, num_classes = int(cfg.in_channels), int(cfg.num_classes)
     if in_channels < 1 or num_classes < 1:
         raise ConfigError(f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}")
+    references = whole_number(cfg.get("drift_references", 0))
+    if references is None or references < 0:
+        raise ConfigError(f"drift_references must be an integer >= 0 (0: no drift check), got "
+                          f"{cfg.get('drift_references')!r}")
     arch = load_architecture(str(cfg.arch), space, in_channels, num_classes)
     backend = build_backend(cfg.hardware.backend)
     lut = obtain_lut(space, backend, in_channels, num_classes, cache_dir=cfg.paths.cache_dir,
@@ -71,12 +76,8 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
         load_before = os.getloadavg()
         start = time.perf_counter()
         op = OpSpec("network", (in_channels, space.resolution, space.resolution), lambda: net.eval(), "network")
-        keys = set(network_op_keys(space, arch, in_channels, num_classes))
-        ops = ({k: o for k, o in required_ops(space, in_channels, num_classes).items() if k in keys}
-               if cfg.get("remeasure", True) else {})
-        measured = profile_ops({**ops, "network": op}, backend, progress=False, rounds=backend.repeats,
-                               samples_out=samples)
-        entry = measured["network"]
+        entry, drift, why_none = measure_network(op, space, lut, backend, in_channels, num_classes,
+                                                 references, samples_out=samples)
         statistic = getattr(backend, "statistic", "median")
         first, second, between = split_halves(samples["network"])
         halves = [summarize(first, statistic).ms, summarize(second, statistic).ms] if first and second \
@@ -91,11 +92,7 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
             "load_average": {"before": [round(v, 2) for v in load_before],
                              "after": [round(v, 2) for v in os.getloadavg()]},
         })
-        if ops:  # the same calibration on the network's ops measured now, alongside it
-            fresh = dataclasses.replace(lut, entries={**lut.entries, **{k: measured[k] for k in ops}})
-            remeasured = RuntimeModel(space, fresh, in_channels, num_classes).predict(arch)
-            result.update({"remeasured_prediction_ms": remeasured,
-                           "remeasured_error_pct": 100 * (remeasured - entry.ms) / entry.ms})
+        result.update(drift_fields(drift, result["predicted_ms"], entry.ms))
         label = f"measured ({statistic} of {entry.runs} runs):"
         print(f"{label:<40}{entry.ms:10.4f} ms  (spread: IQR {entry.iqr_ms:.4f} ms; calibrated prediction "
               f"{result['error_pct']:+.2f} %, plain sum {result['plain_error_pct']:+.2f} %)")
@@ -103,10 +100,7 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
         print(f"{f'device repeatability ({split}):':<40}{result['repeatability_ms']:10.4f} ms  "
               f"({result['repeatability_pct']:.2f} % of the measurement; load average {load_before[0]:.2f} -> "
               f"{os.getloadavg()[0]:.2f})")
-        if ops:
-            print(f"{'predicted from ops measured alongside:':<40}{result['remeasured_prediction_ms']:10.4f} ms  "
-                  f"({result['remeasured_error_pct']:+.2f} %: the LUT's calibration on its {len(ops)} distinct ops "
-                  "measured now, free of drift since the LUT)")
+        print(describe_drift(result, why_none))
     return result
 
 

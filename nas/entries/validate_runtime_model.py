@@ -27,7 +27,7 @@ from nas.cost.backends import build_backend
 from nas.cost.lut import LatencyLUT
 from nas.cost.signatures import calibration_architectures
 from nas.cost.validation import design_architectures, plot_predicted_vs_measured, validate_runtime_model
-from nas.errors import ArchitectureError
+from nas.errors import ArchitectureError, ConfigError, whole_number
 from nas.run_shell import Task
 from nas.space.architecture import Architecture
 from nas.space.references import load_architecture
@@ -57,13 +57,18 @@ def validate(cfg: DictConfig) -> dict:
     if cfg.hardware.get("lut_path"):
         lut = LatencyLUT.load(cfg.hardware.lut_path)
         lut.check_hardware(backend.fingerprint_id(), strict=bool(cfg.hardware.get("strict", False)))
+    references = whole_number(cfg.get("drift_references", 0))
+    if references is None or references < 0:
+        raise ConfigError(f"drift_references must be an integer >= 0 (0: no drift check), got "
+                          f"{cfg.get('drift_references')!r}")
     out = Path(cfg.paths.output_dir)
     calibration = calibration_architectures(space, backend.calibration_networks) if lut is None else []
     named = named_networks(cfg, space, calibration)
     load_before = os.getloadavg()
     start = time.perf_counter()
     result = validate_runtime_model(space, backend, int(cfg.in_channels), int(cfg.num_classes), n=int(cfg.n),
-                                    seed=int(cfg.seed), lut=lut, progress=bool(cfg.progress), named=named)
+                                    seed=int(cfg.seed), lut=lut, progress=bool(cfg.progress), named=named,
+                                    drift_references=references)
     result["wall_time_s"] = round(time.perf_counter() - start, 1)
     result["load_average"] = {"before": [round(v, 2) for v in load_before],
                               "after": [round(v, 2) for v in os.getloadavg()]}
@@ -83,6 +88,14 @@ def validate(cfg: DictConfig) -> dict:
         m = result[key]
         print(f"{label:<44} MAPE {m['mape_pct']:6.2f} %  max {m['max_ape_pct']:6.2f} %  RMSE {m['rmse_ms']:.4f} ms  "
               f"mean signed {m['mean_signed_error_pct']:+6.2f} %  Kendall tau {m['kendall_tau']:.3f}")
+    if result["drift"] is not None:
+        m, d = result["calibrated_drift"], result["drift"]
+        label = f"calibrated x drift {d['factor']:.3f}"
+        print(f"{label:<44} MAPE {m['mape_pct']:6.2f} %  max {m['max_ape_pct']:6.2f} %  RMSE {m['rmse_ms']:.4f} ms  "
+              f"mean signed {m['mean_signed_error_pct']:+6.2f} %  Kendall tau {m['kendall_tau']:.3f}  (drift since the "
+              f"LUT: {d['references']} reference networks {d['low']:.3f}-{d['high']:.3f}, LUT {used.created})")
+    elif result["mode"] == "lut":
+        print(f"drift since the LUT not checked: {result['drift_note']}")
     rep = result["repeatability"]
     label = f"repeatability (halves: {rep['between']})"
     print(f"{label:<44} MAPE {rep['mape_pct']:6.2f} %  Kendall tau {rep['kendall_tau']:.3f}  "

@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from models.child import ChildNet
 from nas.cli import resume_command
+from nas.cost.drift import describe_drift
 from nas.cost.measurement_core import describe_placement, describe_providers
 from nas.errors import ConfigError, Interrupted
 from nas.io import finite_or_none
@@ -217,8 +218,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         if "measured_latency_ms" in result:
             print(f"latency on {result['latency_backend']}: predicted {result['predicted_latency_ms']:.4f} ms, "
                   f"measured {result['measured_latency_ms']:.4f} ms (IQR {result['measured_latency_iqr_ms']:.4f}, "
-                  f"{result['latency_error_pct']:+.2f} %); with its ops re-measured alongside it: predicted "
-                  f"{result['remeasured_prediction_ms']:.4f} ms ({result['remeasured_error_pct']:+.2f} %)")
+                  f"{result['latency_error_pct']:+.2f} %); "
+                  + describe_drift(result))
         if "int8_onnx" in result:
             print(f"int8: {result['int8_onnx']} (onnx.checker passed; {result['int8_qdq_nodes']} QuantizeLinear/"
                   f"DequantizeLinear nodes): test accuracy {_fmt(result['int8_test_acc'])} vs fp32 "
@@ -384,44 +385,38 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
     """The runtime model's prediction for ``arch`` and the network's measured latency.
 
     ``predicted_latency_ms`` comes from the LUT the search uses for this space and hardware
-    (``hardware.lut_path`` or the cache). The network is measured in the same interleaved rounds as its own ops,
-    re-measured now (``remeasured_prediction_ms``: ``RuntimeModel.predict`` on the LUT with the fresh entries, its
-    calibration unchanged), so the second comparison is free of any drift since the LUT was profiled; both are
-    reported.
+    (``hardware.lut_path`` or the cache). The network is measured in the same interleaved rounds as the LUT's
+    reference networks (``train.export.drift_references`` of its calibration networks, :mod:`nas.cost.drift`), whose
+    times now against the LUT's give the drift since the LUT was profiled: ``drift_predicted_ms`` (the prediction
+    rescaled), ``drift_range_ms`` and whether it covers the measurement.
 
     With ``int8_model`` (train.py's ``model_int8.onnx``), that model is measured too, on the hardware backend's
     settings at int8 (``int8_measured_latency_ms``); where the hardware's precision is int8, the prediction is the
     int8 LUT's (``int8_predicted_latency_ms`` = ``predicted_latency_ms``, and ``measured_latency_ms`` is the network
     quantised as its ops were, on synthetic inputs), else there is no int8 prediction (``None``).
     """
-    import dataclasses
-
     from nas.cost.backends import build_backend
-    from nas.cost.profiler import obtain_lut, profile_ops
+    from nas.cost.drift import DEFAULT_REFERENCES, drift_fields, measure_network
+    from nas.cost.profiler import obtain_lut
     from nas.cost.runtime_model import RuntimeModel
-    from nas.cost.signatures import OpSpec, network_op_keys, required_ops
+    from nas.cost.signatures import OpSpec
 
     backend = build_backend(cfg.hardware.backend)
     lut = obtain_lut(space, backend, in_channels, num_classes, cache_dir=cfg.paths.cache_dir,
                      lut_path=cfg.hardware.get("lut_path"), strict=bool(cfg.hardware.get("strict", False)),
                      progress=bool(cfg.get("progress", True)))
     predicted = RuntimeModel(space, lut, in_channels, num_classes).predict(arch)
-    keys = network_op_keys(space, arch, in_channels, num_classes)
-    ops = {k: op for k, op in required_ops(space, in_channels, num_classes).items() if k in keys}
-    ops["network"] = OpSpec("network", (in_channels, space.resolution, space.resolution), lambda: net.eval(),
-                            "trained network")
-    measured = profile_ops(ops, backend, progress=False, rounds=backend.repeats)
-    entry = measured["network"]
-    fresh = dataclasses.replace(lut, entries={**lut.entries, **{k: measured[k] for k in keys}})
-    remeasured = RuntimeModel(space, fresh, in_channels, num_classes).predict(arch)
+    network = OpSpec("network", (in_channels, space.resolution, space.resolution), lambda: net.eval(),
+                     "trained network")
+    references = int(cfg.train.export.get("drift_references", DEFAULT_REFERENCES))
+    entry, drift, _ = measure_network(network, space, lut, backend, in_channels, num_classes, references)
     precision = getattr(backend, "precision", "fp32")
     result = {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
               "latency_precision": precision,
               "predicted_latency_ms": predicted, "measured_latency_ms": entry.ms,
               "measured_latency_iqr_ms": entry.iqr_ms,
               "latency_error_pct": 100 * (predicted - entry.ms) / entry.ms,
-              "remeasured_prediction_ms": remeasured,
-              "remeasured_error_pct": 100 * (remeasured - entry.ms) / entry.ms}
+              **drift_fields(drift, predicted, entry.ms)}
     if int8_model is not None:
         result.update(measure_int8_model(backend, int8_model, (in_channels, space.resolution, space.resolution),
                                          predicted if precision == "int8" else None))
