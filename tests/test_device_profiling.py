@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import onnx
 import pytest
 
 from nas.cost.backends import MacsProxy, OnnxRuntimeCPU
@@ -87,6 +88,28 @@ def test_round_trip_export_runner_lut_search(export, tmp_path):
         expected = (data["scale"] * op_sum + data["per_op_ms"] * len(kept)
                     + data["per_se_op_ms"] * sum(c.se_ratio > 0 for c in kept) + data["overhead_ms"])
         assert model.predict(arch) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fp32_export_keeps_the_manifest_and_fingerprint_of_before_precisions(export, tmp_path):
+    """An fp32 export is a version-1 manifest without precision fields, its files plain fp32 ONNX, and its LUT's
+    fingerprint the fp32 backend's (no precision); ``--precision int8`` on it is one error line."""
+    _, folder, manifest = export
+    assert manifest["version"] == 1 and not {"precision", "quantization"} & set(manifest)
+    assert list(manifest) == ["format", "version", "space", "in_channels", "num_classes", "settings", "ops",
+                              "networks"]
+    model = onnx.load(str(folder / manifest["ops"][0]["file"]))
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {node.op_type for node in model.graph.node}
+    proc = run_runner(folder, "--out", str(tmp_path / "lut.json"), "--repeats", "1", "--precision", "fp32",
+                      "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    hardware = json.loads((tmp_path / "lut.json").read_text())["hardware"]
+    assert "precision" not in hardware and "precision" not in hardware["fingerprint"]
+    assert hardware["fingerprint"] == backend().fingerprint()
+    proc = run_runner(folder, "--out", str(tmp_path / "lut8.json"), "--precision", "int8", "--no-progress",
+                      cwd=tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "holds fp32 models" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "lut8.json").exists()
 
 
 def test_lut_from_other_settings_warns_or_fails_when_strict(export, tmp_path):

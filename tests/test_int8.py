@@ -1,5 +1,6 @@
 """int8 latency: ``hardware.backend.precision=int8`` (static QDQ quantisation with onnxruntime.quantization) in the
-fingerprint, the op models, a tiny LUT profiled, searched and trained end to end, and train.py's model_int8.onnx.
+fingerprint, the op models, a tiny LUT profiled, searched and trained end to end, train.py's model_int8.onnx, and the
+device export at int8 with its runner's LUT.
 
 Quantisation is real (nothing mocked); the runs are small (the tiny space, 2 calibration networks, 1 epoch).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,8 +23,9 @@ from nas.cli import compose_config
 from nas.cost.backends import OnnxRuntimeCPU, build_backend, export_onnx
 from nas.cost.device_export import export_space_ops
 from nas.cost.lut import LatencyLUT
-from nas.cost.measurement_core import fingerprint_id
-from nas.cost.profiler import cache_path
+from nas.cost.measurement_core import cpu_fingerprint, fingerprint_id
+from nas.cost.profiler import cache_path, obtain_lut
+from nas.cost.quantization import INT8_RECIPE
 from nas.cost.signatures import required_ops
 from nas.errors import ConfigError, LUTError
 from nas.search.data import DigitsDataModule
@@ -30,7 +33,8 @@ from nas.search.training import export_int8_and_check, int8_export_requested
 from nas.space.networks import build_child
 from nas.space.search_space import SearchSpace
 from tests.conftest import MICRO_SPACE, ROOT
-from tests.test_providers import legacy_fingerprint
+from tests.test_device_profiling import run_runner
+from tests.test_providers import AZURE, CPU, legacy_fingerprint
 
 CPU_ONNX = OmegaConf.load(ROOT / "nas" / "conf" / "hardware" / "cpu_onnx.yaml")
 SMALL = ["hardware.backend.warmup=1", "hardware.backend.repeats=3", "hardware.backend.calibration_networks=2"]
@@ -113,10 +117,102 @@ def test_int8_op_model_is_quantised_qdq_and_runs():
     assert len(runs) == backend.sessions and backend.time_calls(runs[0], 2)[0] > 0
 
 
-def test_export_ops_refuses_int8(tmp_path):
-    space = SearchSpace.from_config(MICRO_SPACE)
-    with pytest.raises(ConfigError, match="precision=int8 is not supported by export-ops"):
-        export_space_ops(space, OnnxRuntimeCPU(precision="int8"), 1, 10, tmp_path / "ops", progress=False)
+def int8_backend(**overrides) -> OnnxRuntimeCPU:
+    return OnnxRuntimeCPU(**{"precision": "int8", "warmup": 1, "repeats": 2, "calibration_networks": 2, **overrides})
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory):
+    """An int8 export of the micro space with 3x3 kernels and no SE (a few ops and 2 calibration networks)."""
+    space = SearchSpace.from_config({**MICRO_SPACE, "candidates": {**MICRO_SPACE["candidates"], "kernels": [3],
+                                                                   "se_ratios": [0]}})
+    folder = tmp_path_factory.mktemp("int8_export") / "ops_micro"
+    manifest = export_space_ops(space, int8_backend(), 1, 10, folder, rounds=1, progress=False)
+    return space, folder, json.loads(manifest.read_text())
+
+
+def test_int8_export_ships_qdq_models_quantised_as_the_backend_measures_them(int8_export):
+    space, folder, manifest = int8_export
+    backend = int8_backend()
+    assert manifest["version"] == 2 and manifest["precision"] == "int8"
+    assert manifest["quantization"] == INT8_RECIPE == backend.fingerprint()["quantization"]
+    assert [op["key"] for op in manifest["ops"]] == list(required_ops(space, 1, 10)) and len(manifest["networks"]) == 2
+    ops = required_ops(space, 1, 10)
+    for item in manifest["ops"] + manifest["networks"]:
+        model = onnx.load(str(folder / item["file"]))
+        assert QDQ <= {node.op_type for node in model.graph.node}, item["file"]
+        assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in model.graph.initializer)
+    # the same function and recipe as the int8 backend: the same graph as its model of the op
+    first = manifest["ops"][1]
+    shipped = onnx.load(str(folder / first["file"]))
+    measured = onnx.load_from_string(backend.model_bytes(ops[first["key"]].build(), tuple(first["input_shape"])))
+    assert [n.op_type for n in shipped.graph.node] == [n.op_type for n in measured.graph.node]
+    session = ort.InferenceSession(str(folder / first["file"]), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(first["input_shape"]).astype(np.float32)
+    assert np.isfinite(session.run(None, {session.get_inputs()[0].name: x})[0]).all()
+
+
+def test_runner_lut_of_an_int8_export_has_the_framework_int8_fingerprint(int8_export, tmp_path):
+    space, folder, manifest = int8_export
+    proc = run_runner(folder, "--out", str(tmp_path / "lut.json"), "--precision", "int8", "--no-progress",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "int8" in proc.stdout
+    data = json.loads((tmp_path / "lut.json").read_text())
+    assert data["hardware"]["precision"] == "int8" and set(data["entries"]) == {op["key"] for op in manifest["ops"]}
+    assert data["hardware"]["fingerprint"] == int8_backend().fingerprint()
+    assert data["hardware"]["fingerprint_id"] == int8_backend().fingerprint_id()
+    lut = obtain_lut(space, int8_backend(), 1, 10, lut_path=tmp_path / "lut.json", strict=True)
+    assert lut.hardware["fingerprint_id"] == int8_backend().fingerprint_id()
+    with pytest.raises(LUTError, match="precision=int8"):
+        obtain_lut(space, OnnxRuntimeCPU(warmup=1, repeats=2), 1, 10, lut_path=tmp_path / "lut.json", strict=True)
+    if AZURE in ort.get_available_providers():  # node placement on an int8 export: counted, in the fingerprint
+        proc = run_runner(folder, "--out", str(tmp_path / "azure.json"), "--providers", f"{AZURE},{CPU}",
+                          "--repeats", "1", "--no-progress", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads((tmp_path / "azure.json").read_text())
+        assert data["meta"]["node_placement"]["fallback_nodes"] > 0
+        assert data["hardware"]["fingerprint_id"] == int8_backend(repeats=1, providers=[AZURE, CPU]).fingerprint_id()
+
+
+def test_runner_refuses_a_precision_mismatch_or_an_inconsistent_int8_manifest(int8_export, tmp_path):
+    _, folder, manifest = int8_export
+    proc = run_runner(folder, "--out", str(tmp_path / "lut.json"), "--precision", "fp32", "--no-progress",
+                      cwd=tmp_path)
+    one_error_line(proc, "--precision fp32", "holds int8 models", "quantises nothing")
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    for broken, message in (({**manifest, "version": 1}, "precision int8 needs manifest version 2"),
+                            ({k: v for k, v in manifest.items() if k != "quantization"}, "'quantization' must be"),
+                            ({**manifest, "precision": "int4"}, "'precision' must be one of"),
+                            ({**manifest, "version": 3}, "manifest version 3 is not supported by this runner")):
+        (bad / "manifest.json").write_text(json.dumps(broken))
+        one_error_line(run_runner(bad, "--out", str(tmp_path / "lut.json"), "--no-progress", cwd=tmp_path), message)
+    assert not (tmp_path / "lut.json").exists()
+
+
+def test_int8_fingerprint_needs_its_recipe():
+    with pytest.raises(ValueError, match="needs the quantisation recipe"):
+        cpu_fingerprint("onnxruntime-cpu", 1, 1, 0.0, "median", {}, precision="int8")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        cpu_fingerprint("onnxruntime-cpu", 1, 1, 0.0, "median", {}, precision="fp16")
+
+
+def test_export_ops_command_int8_records_the_target_providers(tmp_path):
+    """``spnas export-ops`` at int8 with a provider list of another device: this build lacks one, the export records
+    it (the device's runner checks it there, one error line here)."""
+    providers = "hardware.backend.providers=[NoSuchExecutionProvider, CPUExecutionProvider]"
+    proc = run("-m", "nas.command", "export-ops", "hardware=cpu_onnx_int8", providers, f"out={tmp_path}/ops",
+               "space=tiny", *NARROW, "hardware.backend.calibration_networks=0", "progress=false",
+               f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "int8 ops" in proc.stdout and "NoSuchExecutionProvider not in this onnxruntime build" in proc.stdout
+    manifest = json.loads((tmp_path / "ops" / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["quantization"] == INT8_RECIPE
+    assert [p["name"] for p in manifest["settings"]["providers"]] == ["NoSuchExecutionProvider", CPU]
+    assert QDQ <= {node.op_type for node in onnx.load(str(tmp_path / "ops" / manifest["ops"][0]["file"])).graph.node}
+    one_error_line(run_runner(tmp_path / "ops", "--out", str(tmp_path / "lut.json"), "--no-progress", cwd=tmp_path),
+                   "NoSuchExecutionProvider not in this onnxruntime")
 
 
 def test_train_export_int8_setting():

@@ -29,6 +29,7 @@ from nas.cost.lut import LatencyEntry
 
 # the standalone measurement core holds the measurement rules the framework and the device runner share
 from nas.cost.measurement_core import (
+    PRECISIONS,
     STATISTICS,
     cpu_fingerprint,
     create_session,
@@ -187,10 +188,12 @@ class LatencyBackend:
         return f"{type(self).__name__}(threads={self.threads}, batch_size={self.batch_size})"
 
 
-def onnx_providers(providers: Any, setting: str = "hardware.backend.providers") -> list[dict[str, Any]]:
+def onnx_providers(providers: Any, setting: str = "hardware.backend.providers",
+                   available_only: bool = True) -> list[dict[str, Any]]:
     """The normalised execution providers (:func:`~nas.cost.measurement_core.normalize_providers`), checked against
-    the installed onnxruntime build: a malformed list or a provider the build lacks is a one-line
-    :class:`~nas.errors.ConfigError` naming the providers it has."""
+    the installed onnxruntime build: a malformed list or (with ``available_only``) a provider the build lacks is a
+    one-line :class:`~nas.errors.ConfigError` naming the providers it has. ``available_only=False`` is for
+    providers of another device (``export-ops``: its runner checks them there)."""
     import onnxruntime as ort
 
     if providers is not None and not isinstance(providers, (str, bytes)):
@@ -204,7 +207,7 @@ def onnx_providers(providers: Any, setting: str = "hardware.backend.providers") 
         raise ConfigError(f"{setting} {err}") from None
     available = ort.get_available_providers()
     missing = missing_providers(normalized, available)
-    if missing:
+    if missing and available_only:
         raise ConfigError(f"{setting}: execution provider(s) {', '.join(missing)} not in this onnxruntime "
                           f"{ort.__version__} build; it has: {', '.join(available)}")
     return normalized
@@ -212,8 +215,8 @@ def onnx_providers(providers: Any, setting: str = "hardware.backend.providers") 
 
 def check_precision(precision: Any, setting: str = "hardware.backend.precision") -> str:
     """``precision`` (``fp32`` or ``int8``), or a one-line :class:`~nas.errors.ConfigError`."""
-    if precision not in ("fp32", "int8"):
-        raise ConfigError(f"{setting} must be fp32 or int8, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{setting} must be {' or '.join(PRECISIONS)}, got {precision!r}")
     return str(precision)
 
 
@@ -249,15 +252,20 @@ class OnnxRuntimeCPU(LatencyBackend):
 
         return {"onnxruntime": onnxruntime.__version__}
 
-    def fingerprint(self) -> dict[str, Any]:
-        fingerprint = cpu_fingerprint(self.name, self.threads, self.batch_size, self.cache_flush_mb, self.statistic,
-                                      self.versions(), self.providers)
-        if self.precision != "fp32":  # fp32 keeps the fingerprint (and cache key) of LUTs cached before precisions
-            from nas.cost.quantization import INT8_RECIPE
+    @property
+    def quantization(self) -> dict[str, Any] | None:
+        """The quantisation recipe of the measured models (:data:`nas.cost.quantization.INT8_RECIPE`); ``None`` at
+        fp32."""
+        if self.precision == "fp32":
+            return None
+        from nas.cost.quantization import INT8_RECIPE
 
-            fingerprint["precision"] = self.precision
-            fingerprint["quantization"] = dict(INT8_RECIPE)
-        return fingerprint
+        return dict(INT8_RECIPE)
+
+    def fingerprint(self) -> dict[str, Any]:
+        # fp32 keeps the fingerprint (and cache key) of LUTs cached before precisions (cpu_fingerprint)
+        return cpu_fingerprint(self.name, self.threads, self.batch_size, self.cache_flush_mb, self.statistic,
+                               self.versions(), self.providers, self.precision, self.quantization)
 
     def hardware_record(self) -> dict[str, Any]:
         record = {**super().hardware_record(), "providers": self.providers}
@@ -265,14 +273,15 @@ class OnnxRuntimeCPU(LatencyBackend):
             record["precision"] = self.precision
         return record
 
-    def model_bytes(self, module: nn.Module, shape: tuple[int, ...]) -> bytes:
+    def model_bytes(self, module: nn.Module, shape: tuple[int, ...], opset: int = 17) -> bytes:
         """The ONNX model this backend measures for ``module`` on ``shape``: the fp32 export, quantised to int8
-        (calibrated on a seeded synthetic set of ``shape``) when ``precision`` is int8."""
-        data = export_onnx(module, shape)
+        (:func:`~nas.cost.quantization.quantize_synthetic`: calibrated on a seeded synthetic set of ``shape``) when
+        ``precision`` is int8. ``export-ops`` ships exactly these models to the device."""
+        data = export_onnx(module, shape, opset=opset)
         if self.precision == "int8":
-            from nas.cost.quantization import quantize_int8, synthetic_batches
+            from nas.cost.quantization import quantize_synthetic
 
-            data = quantize_int8(data, synthetic_batches(shape))
+            data = quantize_synthetic(data, shape)
         return data
 
     def model_sessions(self, model_bytes: bytes, shape: tuple[int, ...]) -> list[Callable[[], object]]:

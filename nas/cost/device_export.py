@@ -5,7 +5,7 @@ It receives a folder of small ONNX files, ``manifest.json`` and copies of ``nas/
 ``nas/cost/measurement_core.py`` (onnxruntime, numpy and the standard library only; :func:`ship_runner`), which
 time them there and write a LUT JSON that ``search.py`` reads with ``hardware.lut_path=...``.
 
-Manifest (``format: spnas-op-export``, ``version: 1``)::
+Manifest (``format: spnas-op-export``, ``version: 1`` for fp32 models, ``2`` for int8)::
 
     {
       "format": "spnas-op-export", "version": 1,
@@ -22,6 +22,14 @@ Manifest (``format: spnas-op-export``, ``version: 1``)::
 
 ``networks`` are the calibration networks of the LUT's network calibration (see ``nas.cost.lut``); ``groups``
 (optional for the runner) names each op's cost group, for the per-stage scales.
+
+int8 (``hardware.backend.precision=int8``): every file is quantised here, by the backend's own
+:meth:`~nas.cost.backends.OnnxRuntimeCPU.model_bytes` (the fp32 export quantised by
+:func:`nas.cost.quantization.quantize_synthetic`), so the device runs exactly the models ``profile-lut`` measures
+at int8 and needs no quantiser. The manifest is then version 2 and adds ``"precision": "int8"`` and
+``"quantization": {...}`` (the recipe, :data:`nas.cost.quantization.INT8_RECIPE`), which the runner puts in its
+LUT's fingerprint as the framework's int8 backend does. An fp32 export is version 1, without these fields, as
+before precisions existed.
 """
 
 from __future__ import annotations
@@ -35,11 +43,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from nas.cost import device_runner, measurement_core
-from nas.cost.backends import LatencyBackend, export_onnx
-from nas.cost.measurement_core import MANIFEST_FORMAT, MANIFEST_VERSION
+from nas.cost.backends import LatencyBackend, OnnxRuntimeCPU
+from nas.cost.measurement_core import MANIFEST_FORMAT, normalize_providers
 from nas.cost.signatures import calibration_network_groups, calibration_networks, required_ops
 from nas.errors import ConfigError
-from nas.io import atomic_write_json
+from nas.io import atomic_write_bytes, atomic_write_json
 from nas.space.search_space import SearchSpace
 
 MANIFEST_NAME = "manifest.json"
@@ -57,21 +65,19 @@ def ship_runner(out_dir: str | os.PathLike) -> list[Path]:
 
 def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: int, num_classes: int,
                      out_dir: str | os.PathLike, *, rounds: int = 10, opset: int = 17,
-                     progress: bool = True) -> Path:
+                     providers: list[dict[str, Any]] | None = None, progress: bool = True) -> Path:
     """Write ``out_dir/ops/*.onnx``, ``out_dir/networks/*.onnx`` and ``out_dir/manifest.json``, and ship the runner
     beside them (:func:`ship_runner`); return the manifest.
 
-    The measurement settings (threads, batch size, warm-up, repeats, rounds, sessions, cache flush, execution
-    providers) are taken from
-    ``backend`` (the ``hardware=`` config) and recorded in the manifest, which the runner follows by default.
+    Each file is the model ``backend`` measures (:meth:`~nas.cost.backends.OnnxRuntimeCPU.model_bytes`: fp32, or
+    quantised to int8 here when its precision is int8). The measurement settings (threads, batch size, warm-up,
+    repeats, rounds, sessions, cache flush, execution providers) are taken from ``backend`` (the ``hardware=``
+    config) and recorded in the manifest, which the runner follows by default; ``providers`` (normalised) replaces
+    the backend's: the target device's, which this machine's onnxruntime need not have.
     """
-    if backend.name != "onnxruntime-cpu":
-        raise ConfigError(f"device export measures with ONNX Runtime; select hardware=cpu_onnx (got backend "
-                          f"'{backend.name}')")
-    if getattr(backend, "precision", "fp32") != "fp32":
-        raise ConfigError("the device export ships fp32 ONNX models and its runner measures them as they are; "
-                          "hardware.backend.precision=int8 is not supported by export-ops yet (profile int8 LUTs "
-                          "on the target with profile-lut hardware=cpu_onnx_int8)")
+    if not isinstance(backend, OnnxRuntimeCPU):
+        raise ConfigError(f"device export measures with ONNX Runtime; select hardware=cpu_onnx or cpu_onnx_int8 (got "
+                          f"backend '{backend.name}')")
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()):
         if not (out / MANIFEST_NAME).exists():
@@ -81,26 +87,30 @@ def export_space_ops(space: SearchSpace, backend: LatencyBackend, in_channels: i
     ops = required_ops(space, in_channels, num_classes)
     networks, network_keys = calibration_networks(space, in_channels, num_classes, backend.calibration_networks)
     network_groups = calibration_network_groups(space, backend.calibration_networks)
+    precision = backend.precision
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
+        "version": 1 if precision == "fp32" else 2,  # fp32: the manifest of before precisions (MANIFEST_VERSIONS)
         "space": {"name": space.name, "digest": space.digest},
         "in_channels": in_channels,
         "num_classes": num_classes,
+        **({} if precision == "fp32" else {"precision": precision, "quantization": backend.quantization}),
         "settings": {"threads": backend.threads, "batch_size": backend.batch_size, "warmup": backend.warmup,
                      "repeats": backend.repeats, "rounds": rounds, "sessions": backend.sessions,
                      "cache_flush_mb": backend.cache_flush_mb,
                      "statistic": backend.statistic,
-                     "providers": backend.providers},
+                     "providers": normalize_providers(backend.providers if providers is None else providers)},
         "ops": [],
         "networks": [],
     }
     items = [("ops", f"ops/{i:04d}.onnx", op) for i, op in enumerate(ops.values())]
     items += [("networks", f"networks/{name}.onnx", op) for name, op in networks.items()]
-    for group, rel, op in tqdm(items, desc=f"Exporting {len(ops)} ops + {len(networks)} networks to ONNX",
+    action = "Exporting" if precision == "fp32" else f"Exporting and quantising to {precision}"
+    for group, rel, op in tqdm(items, desc=f"{action} {len(ops)} ops + {len(networks)} networks (ONNX)",
                                unit="file", disable=not progress, leave=False):
         shape = [backend.batch_size, *op.input_shape]
-        data = export_onnx(op.build(), tuple(shape), out / rel, opset=opset)
+        data = backend.model_bytes(op.build(), tuple(shape), opset=opset)
+        atomic_write_bytes(out / rel, data)
         record = {"file": rel, "input_shape": shape, "sha256": hashlib.sha256(data).hexdigest()}
         if group == "ops":
             manifest["ops"].append({"key": op.key, **record, "origin": op.origin})

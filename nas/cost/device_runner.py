@@ -5,7 +5,7 @@
 device, then::
 
     python3 <export folder>/device_runner.py <export folder> --out lut.json [--threads N] [--repeats N]
-        [--providers OpenVINOExecutionProvider:device_type=CPU,CPUExecutionProvider]
+        [--providers OpenVINOExecutionProvider:device_type=CPU,CPUExecutionProvider] [--precision int8]
 
 and hand ``lut.json`` back to the search: ``python search.py hardware.lut_path=lut.json``. Nothing else leaves
 the device, and nothing but the ONNX files and these two files reaches it (no torch, no framework, no data).
@@ -24,8 +24,12 @@ the export set the LUT's network calibration (``fit_network_calibration``; a net
 machine matches it exactly. With providers other than the CPU's, the nodes ONNX Runtime leaves to a provider other
 than the first are counted (``meta.node_placement``, a warning).
 
-Exit status 2 with ``error: ...`` on a missing, corrupt or inconsistent export, or an execution provider this
-onnxruntime build lacks.
+int8 exports (manifest version 2, ``precision: int8``) hold models quantised by the framework; they are measured
+as shipped (nothing is quantised here), and the manifest's precision and quantisation recipe enter the fingerprint
+as in the framework's int8 backend. ``--precision`` only checks the export's precision.
+
+Exit status 2 with ``error: ...`` on a missing, corrupt or inconsistent export, an execution provider this
+onnxruntime build lacks, or an export of another precision than ``--precision``.
 """
 
 from __future__ import annotations
@@ -83,9 +87,19 @@ def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
     _require(manifest.get("format") == core.MANIFEST_FORMAT,
              f"{path}: 'format' is {manifest.get('format')!r}, expected {core.MANIFEST_FORMAT!r}; this is not an op "
              "export of scripts/export_ops.py")
-    _require(manifest.get("version") == core.MANIFEST_VERSION,
-             f"{path}: manifest version {manifest.get('version')!r} is not supported by this runner (expected "
-             f"{core.MANIFEST_VERSION}); use the device_runner.py of the same framework version")
+    version = manifest.get("version")
+    _require(version in core.MANIFEST_VERSIONS and not isinstance(version, bool),
+             f"{path}: manifest version {version!r} is not supported by this runner (it reads "
+             f"{', '.join(map(str, core.MANIFEST_VERSIONS))}); use the device_runner.py of the same framework version")
+    precision = manifest.get("precision", "fp32")
+    _require(precision in core.PRECISIONS, f"{path}: 'precision' must be one of {list(core.PRECISIONS)}, got "
+                                           f"{precision!r}; {fix}")
+    _require(precision == "fp32" or version >= 2, f"{path}: precision {precision} needs manifest version 2, got "
+                                                  f"{version}; {fix}")
+    recipe = manifest.get("quantization")
+    _require((precision == "fp32" and recipe is None) or (precision != "fp32" and isinstance(recipe, dict) and recipe),
+             f"{path}: 'quantization' must be the recipe (an object) of the {precision} models, and only of int8 "
+             f"ones; got {recipe!r}; {fix}")
     for field in ("space", "settings", "ops", "in_channels", "num_classes"):
         _require(field in manifest, f"{path}: missing field {field!r}; {fix}")
     settings = manifest["settings"]
@@ -136,19 +150,22 @@ def load_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
 
 
 def hardware_record(threads: int, batch_size: int, warmup: int, repeats: int, cache_flush_mb: float,
-                    statistic: str, sessions: int = 1, providers: list[dict[str, Any]] | None = None) -> dict:
-    """The LUT's ``hardware`` block; the fingerprint equals ``OnnxRuntimeCPU.fingerprint()`` on this machine."""
+                    statistic: str, sessions: int = 1, providers: list[dict[str, Any]] | None = None,
+                    precision: str = "fp32", quantization: dict[str, Any] | None = None) -> dict:
+    """The LUT's ``hardware`` block; the fingerprint equals ``OnnxRuntimeCPU.fingerprint()`` on this machine (same
+    settings, providers, precision and quantisation recipe)."""
     import onnxruntime
 
     providers = core.normalize_providers(providers)
     fingerprint = core.cpu_fingerprint(core.BACKEND, threads, batch_size, cache_flush_mb, statistic,
-                                       {"onnxruntime": onnxruntime.__version__}, providers)
+                                       {"onnxruntime": onnxruntime.__version__}, providers, precision, quantization)
     fingerprint_id_ = core.fingerprint_id(fingerprint)
     return {"backend": core.BACKEND, "threads": threads, "batch_size": batch_size, "warmup": warmup, "repeats": repeats,
             "sessions": sessions, "cache_flush_mb": float(cache_flush_mb), "statistic": statistic,
             "fingerprint": fingerprint,
             "fingerprint_id": fingerprint_id_,
             "providers": providers,
+            **({} if precision == "fp32" else {"precision": precision}),
             "measured_by": "device_runner.py"}
 
 
@@ -269,7 +286,8 @@ def measure(folder: Path, manifest: dict[str, Any], threads: int, warmup: int, r
         "unit": "ms",
         "space": manifest["space"],
         "hardware": hardware_record(threads, batch, warmup, repeats, cache_flush_mb, statistic, sessions,
-                                    runner.providers),
+                                    runner.providers, manifest.get("precision", "fp32"),
+                                    manifest.get("quantization")),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "meta": {"in_channels": manifest["in_channels"], "num_classes": manifest["num_classes"],
                  "profiled_ops": len(entries), "profile_seconds": round(time.perf_counter() - start, 2),
@@ -317,11 +335,19 @@ def main(argv: list[str] | None = None) -> int:
                         "optionally with :key=value options, comma-separated (e.g. "
                         "OpenVINOExecutionProvider:device_type=CPU,CPUExecutionProvider), or a JSON list "
                         "(default: the manifest's, else CPUExecutionProvider)")
+    parser.add_argument("--precision", choices=core.PRECISIONS,
+                        help="the precision the export must have (a check: the runner measures the shipped models "
+                             "as they are and quantises nothing; default: the manifest's)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         manifest = load_manifest(args.folder)
         settings = manifest["settings"]
+        precision = manifest.get("precision", "fp32")
+        _require(args.precision in (None, precision),
+                 f"--precision {args.precision}: {args.folder} holds {precision} models (manifest precision), and "
+                 f"the runner quantises nothing; export {args.precision} models (spnas export-ops "
+                 f"hardware.backend.precision={args.precision}) or drop --precision")
         chosen = {name: getattr(args, name) if getattr(args, name) is not None else settings.get(name, 1)
                   for name in ("threads", "warmup", "repeats", "rounds", "sessions")}
         for name, low in (("threads", 1), ("warmup", 0), ("repeats", 1), ("rounds", 1), ("sessions", 1)):
@@ -341,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     write_json_atomically(args.out, lut)
     print(f"measured {len(lut['entries'])} ops and {lut['meta']['calibration']['networks']} calibration networks "
-          f"in {lut['meta']['profile_seconds']} s (threads={chosen['threads']}, providers "
+          f"in {lut['meta']['profile_seconds']} s (threads={chosen['threads']}, {precision}, providers "
           f"{core.describe_providers(lut['hardware']['providers'])}, calibration "
           f"{lut['scale']:.3f}*sum{lut['per_op_ms']:+.4f}*ops{lut['per_se_op_ms']:+.4f}*se_ops"
           f"{lut['overhead_ms']:+.4f} ms"

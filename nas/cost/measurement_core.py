@@ -4,7 +4,8 @@ One copy of everything a LUT's numbers depend on, so that a LUT measured on a de
 one measured by the framework (``nas.cost.profiler``) are made, fitted and priced the same way:
 
 * the file-format constants of LUTs (``spnas-lut``) and op exports (``spnas-op-export``);
-* the hardware fingerprint (:func:`cpu_fingerprint`, :func:`fingerprint_id`) and the ONNX Runtime session options;
+* the hardware fingerprint (:func:`cpu_fingerprint`, :func:`fingerprint_id`; precision and quantisation recipe
+  included) and the ONNX Runtime session options;
 * the ONNX Runtime execution providers (:func:`normalize_providers`, :func:`missing_providers`) and the count of the
   nodes a provider leaves to another (:func:`node_placement`);
 * the interleaved timing schedule (:func:`time_interleaved`) and the per-op statistic (:func:`summary`);
@@ -32,7 +33,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 MANIFEST_FORMAT = "spnas-op-export"
-MANIFEST_VERSION = 1
+#: the manifest versions this core reads: 1, fp32 models; 2 adds ``precision`` and ``quantization`` (the recipe
+#: the shipped int8 models were quantised with). An export is written in the lowest version that describes it
+#: (fp32: 1, unchanged), so that a runner without precisions refuses an int8 export rather than mislabel its LUT.
+MANIFEST_VERSIONS = (1, 2)
+PRECISIONS = ("fp32", "int8")
 LUT_FORMAT = "spnas-lut"
 LUT_VERSION = 3
 BACKEND = "onnxruntime-cpu"
@@ -58,21 +63,31 @@ def cpu_model() -> str:
 
 
 def cpu_fingerprint(backend: str, threads: int, batch_size: int, cache_flush_mb: float, statistic: str,
-                    versions: dict[str, str], providers: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """What a CPU measurement depends on (device, software versions, threads, batch size, flush, statistic and the
-    ONNX Runtime execution providers with their options); the framework's CPU backends and the device runner both
-    use it, so a LUT the runner measures on the search machine matches the framework's exactly.
+                    versions: dict[str, str], providers: Sequence[Mapping[str, Any]] | None = None,
+                    precision: str = "fp32", quantization: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a CPU measurement depends on (device, software versions, threads, batch size, flush, statistic, the
+    ONNX Runtime execution providers with their options, and the models' precision with their quantisation recipe);
+    the framework's CPU backends and the device runner both use it, so a LUT the runner measures on the search
+    machine matches the framework's exactly.
 
     ``providers`` (normalised, :func:`normalize_providers`) enter only when they differ from
-    :data:`DEFAULT_PROVIDERS`, so the fingerprint of the default (CPU) measurement, and with it every LUT cached
-    before providers could be chosen, stays what it was.
+    :data:`DEFAULT_PROVIDERS`, and ``precision`` with ``quantization`` (required then) only when it is not fp32, so
+    the fingerprint of the default (CPU, fp32) measurement, and with it every LUT cached before providers and
+    precisions could be chosen, stays what it was. ``ValueError`` on an unknown precision or a missing recipe.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     fingerprint = {"backend": backend, "device": cpu_model(), "machine": platform.machine(),
                    "system": platform.system(), "logical_cpus": os.cpu_count(), "threads": threads,
                    "batch_size": batch_size, "cache_flush_mb": float(cache_flush_mb), "statistic": statistic,
                    **versions}
     if providers is not None and not is_default_providers(providers):
         fingerprint["providers"] = [{"name": p["name"], "options": dict(p["options"])} for p in providers]
+    if precision != "fp32":
+        if not isinstance(quantization, Mapping) or not quantization:
+            raise ValueError(f"a {precision} fingerprint needs the quantisation recipe, got {quantization!r}")
+        fingerprint["precision"] = precision
+        fingerprint["quantization"] = dict(quantization)
     return fingerprint
 
 

@@ -29,7 +29,6 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-PRECISIONS = ("fp32", "int8")
 #: synthetic calibration inputs per op / calibration network (seeded)
 SYNTHETIC_CALIBRATION_INPUTS = 8
 #: the quantisation recipe; part of an int8 backend's fingerprint, so a change of recipe re-profiles int8 LUTs
@@ -54,6 +53,13 @@ def synthetic_batches(shape: Sequence[int], count: int = SYNTHETIC_CALIBRATION_I
     """``count`` seeded standard normal float32 arrays of ``shape``."""
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(tuple(shape)).astype(np.float32) for _ in range(count)]
+
+
+def quantize_synthetic(model: bytes, shape: Sequence[int]) -> bytes:
+    """The int8 model of the fp32 ONNX ``model`` of an op or calibration network, calibrated on the seeded
+    synthetic set of its input ``shape`` (:func:`synthetic_batches`): what ``hardware.backend.precision=int8``
+    measures, and what ``export-ops`` ships to the device at int8."""
+    return quantize_int8(model, synthetic_batches(shape))
 
 
 def quantize_int8(model: bytes, batches: Iterable[np.ndarray], input_name: str = "input") -> bytes:
