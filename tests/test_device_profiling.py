@@ -211,3 +211,15 @@ def test_exported_folder_runs_as_shipped(export, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "measurement_core.py is missing" in errors[0]
     assert "Traceback" not in proc.stderr and not (elsewhere / "lut2.json").exists()
+
+
+def test_shipped_runner_uses_its_own_measurement_core_where_spnas_is_installed(tmp_path):
+    """On a machine where spnas is importable (this one), the shipped runner must still measure, fit and price with
+    the measurement core shipped beside it (the export's), not with the installed package's."""
+    for source in RUNNER_FILES:
+        shutil.copy(source, tmp_path / source.name)
+    core = tmp_path / "measurement_core.py"
+    core.write_text(core.read_text() + '\nraise SystemExit("the shipped measurement core was imported")\n')
+    proc = subprocess.run([sys.executable, str(tmp_path / "device_runner.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert "the shipped measurement core was imported" in proc.stderr, proc.stdout + proc.stderr

@@ -47,16 +47,15 @@ from typing import Any
 
 import numpy as np
 
-try:  # part of the framework: nas.cost.device_runner
+if __package__:  # part of the framework: nas.cost.device_runner
     from nas.cost import measurement_core as core
-except ImportError:  # a script on the device: measurement_core.py was shipped beside this file
+else:  # a script: the measurement_core.py shipped beside it, even where a (maybe other) spnas is installed
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if not (Path(__file__).resolve().parent / "measurement_core.py").is_file():
         print(f"error: measurement_core.py is missing beside {Path(__file__).name}; copy the whole folder written by "
               "spnas export-ops (it holds both files)", file=sys.stderr)
         sys.exit(2)
     import measurement_core as core  # type: ignore[no-redef]
-
 
 
 class ManifestError(Exception):
