@@ -17,8 +17,9 @@ from nas.cost.profiler import profile_space
 from tests.conftest import ROOT, load_space
 from tests.test_subnet_search import fake_checkpoint
 
-BENCHMARKS = ["bench_hyperpower", "bench_search_step", "bench_solvers", "bench_subnet_search", "bench_tactics",
-              "bench_validation", "calibration_ablation", "compare_solvers", "latency_report", "supernet_truth"]
+BENCHMARKS = ["bench_hyperpower", "bench_latency_drift", "bench_search_step", "bench_solvers", "bench_subnet_search",
+              "bench_tactics", "bench_validation", "calibration_ablation", "compare_solvers", "latency_report",
+              "supernet_truth"]
 MEASUREMENTS = ROOT / "docs" / "measurements"
 
 
@@ -58,7 +59,7 @@ def test_latency_report_and_calibration_ablation_rebuild_the_docs_tables(monkeyp
     text = report(files)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert sum(line.endswith((" yes |", " yes (floor) |", " no |")) for line in rows) == len(files)
-    assert "| space | seed | network |" in text
+    assert "| space | precision | seed | network |" in text
 
     # the documented glob also catches a run whose LUT was not kept: it is skipped and named, the others scored
     scores = ablate_runs([str(f) for f in files])
@@ -72,6 +73,51 @@ def test_latency_report_and_calibration_ablation_rebuild_the_docs_tables(monkeyp
     assert len(err) == 1 and err[0].startswith("error: ") and "does not exist" in err[0]
     assert run_script("latency_report", [str(MEASUREMENTS / "no_such.json")], monkeypatch) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_latency_drift_benchmark_on_a_deterministic_backend(tmp_path, capsys):
+    """MacsProxy times never move: the temporal floor and the protocol effect it reports must be exactly none."""
+    from nas.benchmarks.latency_drift import main
+
+    doc = main(["--space", "tiny", "--hardware", "macs_proxy", "--repetitions", "2", "--interval", "0",
+                "--protocol", "smallest", "--alternations", "1", "--json", str(tmp_path / "drift.json"),
+                "+hardware.backend.calibration_networks=4"])
+    runs = doc["temporal"]["runs"]
+    assert len(runs) == 2 and doc["temporal"]["networks"] == 4 and len(runs[0]["network_ms"]) == 4
+    for part in ("networks", "ops"):
+        assert runs[1][part]["median_ratio"] == pytest.approx(1.0) and runs[1][part]["median_abs_dev_pct"] == 0
+    (pair,) = doc["protocol"]["alternations"]
+    assert pair["short_op_sum_ms"] == pytest.approx(pair["full_op_sum_ms"])
+    assert pair["op_ratio"]["median_ratio"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "drift.json").read_text())["format"] == "spnas-latency-drift"
+    assert "repetition 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["--repetitions", "1"])
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith("error: --repetitions must be 0")
+
+
+def test_latency_report_scores_int8_by_its_target_and_compares_precisions():
+    from nas.benchmarks.latency_tables import meets, precision_comparisons
+
+    def run(prec, measured, mape=1.0, max_ape=3.0, within=100.0, floor=1.0, archs=None):
+        rows = [{"architecture": a, "measured_ms": m} for a, m in zip(archs or [["x", str(i)] for i in range(4)],
+                                                                      measured)]
+        return {"space": {"name": "tiny"}, "seed": 0, "n": len(rows), "rows": rows,
+                "hardware": {"precision": prec} if prec == "int8" else {},
+                "calibrated": {"mape_pct": mape, "max_ape_pct": max_ape, "within_10_pct": within},
+                "repeatability": {"mape_pct": floor}}
+
+    assert meets(run("int8", [1] * 4)) == "yes"
+    assert meets(run("int8", [1] * 4, mape=2.0, floor=2.0)) == "yes (floor)"  # <= 1.25 x the floor
+    assert meets(run("int8", [1] * 4, within=98.0)) == "no"                    # < 99 % within +-10 %
+    assert meets(run("int8", [1] * 4, max_ape=5.5)) == "no"
+    assert meets(run(None, [1] * 4, mape=2.0, max_ape=5.5, floor=2.0)) == "yes (floor)"  # fp32's own rule
+    fp32, int8 = run(None, [1.0, 2.0, 3.0, 4.0]), run("int8", [0.5, 1.5, 1.0, 2.5])
+    (c,) = precision_comparisons([fp32, int8])
+    assert c["kendall_tau"] == pytest.approx(2 / 3) and c["ratio_median"] == pytest.approx((0.5 + 0.625) / 2)
+    assert c["int8_faster_pct"] == 100.0 and (c["ratio_min"], c["ratio_max"]) == pytest.approx((1 / 3, 0.75))
+    other = run("int8", [0.5, 1.5, 1.0, 2.5], archs=[["y", str(i)] for i in range(4)])
+    assert precision_comparisons([fp32, other]) == []  # not the same networks: nothing compared
 
 
 def test_step_benchmarks_measure_every_variant_of_a_config_space(capsys):

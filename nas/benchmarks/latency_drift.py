@@ -77,6 +77,10 @@ def _in_run_floor(samples: dict[str, list[list[float]]], names: Sequence[str], s
     return 100 * float(np.mean(values)) if values else None
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} %"
+
+
 def _ratios_summary(ratios: np.ndarray) -> dict[str, float]:
     return {"median_ratio": float(np.median(ratios)), "median_abs_dev_pct": float(100 * np.median(np.abs(ratios - 1))),
             "p90_abs_dev_pct": float(100 * np.quantile(np.abs(ratios - 1), 0.9)),
@@ -114,9 +118,9 @@ def temporal(space: SearchSpace, backend: LatencyBackend, args: argparse.Namespa
         drift = (f"networks x{run['networks']['median_ratio']:.3f} (median |dev| "
                  f"{run['networks']['median_abs_dev_pct']:.2f} %), ops x{run['ops']['median_ratio']:.3f} "
                  f"(median |dev| {run['ops']['median_abs_dev_pct']:.2f} %)" if k else "reference")
+        floors = ", ".join(f"{part} {_pct(run[f'in_run_floor_{part}_pct'])}" for part in ("networks", "ops"))
         print(f"repetition {k} at {run['minutes']:.1f} min ({run['seconds']:.0f} s, load {run['load_before']:.2f} -> "
-              f"{run['load_after']:.2f}): in-run floor networks {run['in_run_floor_networks_pct']:.2f} %, ops "
-              f"{run['in_run_floor_ops_pct']:.2f} %; against repetition 0: {drift}", flush=True)
+              f"{run['load_after']:.2f}): in-run floor {floors}; against repetition 0: {drift}", flush=True)
     return {"ops": len(ops), "networks": len(nets), "interval_s": args.interval, "runs": runs}
 
 
