@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
                       "Study B: Study A's best searched network retrained longer vs published results"),
     "study-truth": ("study_truth", "main", None,
                     "truth study: supernet-measured vs retrained error of Study A's networks, per supernet variant"),
+    "gpu-check": ("gpu_check", "main", "gpu_check",
+                  "on a CUDA GPU: the cuda backend, ONNX Runtime's CUDA provider, a trainer=gpu search, NVML power"),
 }
 
 

@@ -244,3 +244,4 @@ def test_every_hydra_command_runs_in_the_run_shell():
         summaries[name] = app.task.summary
     assert summaries["search"] == "summary.json" and summaries["train"] == "train_summary.json"
     assert summaries["hyperpower"] == "hyperpower.json" and summaries["latency"] == "latency.json"
+    assert summaries["gpu-check"] == "gpu_check.json"

@@ -81,7 +81,7 @@ def test_help_lists_every_subcommand(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     for name in ("search", "train", "subnet-search", "hyperpower", "profile-lut", "export-ops",
-                 "validate-runtime-model", "latency", "popdb", "evaluate-predictor"):
+                 "validate-runtime-model", "latency", "popdb", "evaluate-predictor", "gpu-check"):
         assert name in COMMANDS
         assert sum(line.split()[:1] == [name] for line in lines) == 1, name
     assert not list(tmp_path.iterdir())
