@@ -119,14 +119,18 @@ def _profile(seed: int = 0):
 @pytest.mark.parametrize("features", ["linear", "quadratic"])
 @pytest.mark.parametrize("seed", [0, 3])
 def test_hyperpower_cost_models_cross_validate_as_before(features, seed):
-    """Eq 3.2-3.3 / Table 3.1: the out-of-fold predictions and RMSPE of the estimator the cost models always used."""
+    """Eq 3.2-3.3 / Table 3.1: the out-of-fold predictions and RMSPE of the estimator the cost models always used
+    (``scale=linear``), and of the same estimator fitted to log(cost) (``scale=log``, the default)."""
     X, y = _profile()
     old = LinearRegression() if features == "linear" else make_pipeline(
         PolynomialFeatures(degree=2, include_bias=False), StandardScaler(), Ridge(alpha=1e-3))
-    expected = cross_val_predict(old, X, y, cv=KFold(n_splits=10, shuffle=True, random_state=seed))
-    model = CostModel.fit("memory_mb", X, y, ["a", "b", "c"], folds=10, features=features, seed=seed)
-    assert model.cv_predictions == [float(v) for v in expected]
-    assert model.rmspe_cv == pytest.approx(100 * np.sqrt(np.mean(((y - expected) / y) ** 2)), rel=1e-12)
+    cv = KFold(n_splits=10, shuffle=True, random_state=seed)
+    for scale, estimator in [("linear", old), ("log", TransformedTargetRegressor(regressor=old, func=np.log,
+                                                                                  inverse_func=np.exp))]:
+        expected = cross_val_predict(estimator, X, y, cv=cv)
+        model = CostModel.fit("memory_mb", X, y, ["a", "b", "c"], folds=10, features=features, seed=seed, scale=scale)
+        assert model.cv_predictions == [float(v) for v in expected]
+        assert model.rmspe_cv == pytest.approx(100 * np.sqrt(np.mean(((y - expected) / y) ** 2)), rel=1e-12)
 
 
 def test_hyperpower_cost_models_file_keeps_its_layout_and_refuses_another_version(tmp_path):
@@ -137,9 +141,16 @@ def test_hyperpower_cost_models_file_keeps_its_layout_and_refuses_another_versio
     doc = json.loads(path.read_text())
     assert (doc["format"], doc["version"]) == (FORMAT, VERSION) == ("spnas-hyperpower-cost-models", 1)
     assert list(doc) == ["format", "version", "configs", "models"]
-    assert set(doc["models"]["memory_mb"]) >= {"coefficients", "intercept", "rmspe_cv_pct", "actual", "cv_predictions"}
+    assert set(doc["models"]["memory_mb"]) >= {"coefficients", "intercept", "rmspe_cv_pct", "actual", "cv_predictions",
+                                               "scale"}
     again = CostModels.load(path, ["a", "b", "c"], lambda c: X[c["i"]])
     assert again.models["memory_mb"].cv_predictions == models.models["memory_mb"].cv_predictions
+    linear = CostModels.fit(configs, {"memory_mb": list(y)}, X, ["a", "b", "c"], folds=5, scale="linear")
+    assert CostModels.load(linear.save(tmp_path / "linear.json"), ["a", "b", "c"],
+                           lambda c: X[c["i"]]).models["memory_mb"].scale == "linear"  # refit on its own scale
+    del doc["models"]["memory_mb"]["scale"]  # a file of an earlier version: refit on the default, log, scale
+    path.write_text(json.dumps(doc))
+    assert CostModels.load(path, ["a", "b", "c"], lambda c: X[c["i"]]).models["memory_mb"].scale == "log"
     path.write_text(json.dumps({**doc, "version": 2}))
     with pytest.raises(ConfigError, match=r"hyperpower.cost_models.path .*cost_models.json: version 2 is not supp"):
         CostModels.load(path, ["a", "b", "c"], lambda c: X[c["i"]])

@@ -98,12 +98,139 @@ def test_linear_cost_model_recovers_a_linear_cost_and_reports_cv_rmspe():
     rng = np.random.default_rng(0)
     X = rng.integers(1, 9, size=(30, 3)).astype(float)
     y = 0.5 + X @ np.array([0.1, 0.2, 0.05])
-    model = CostModel.fit("memory_mb", X, y, ["a", "b", "c"], folds=10)
+    model = CostModel.fit("memory_mb", X, y, ["a", "b", "c"], folds=10, scale="linear")  # Eq 3.2-3.3 as written
     assert model.rmspe_cv < 1e-6 and len(model.cv_predictions) == 30
     assert np.allclose(model.predict(X[:2]), y[:2])
     noisy = CostModel.fit("memory_mb", X, y * rng.uniform(0.9, 1.1, size=30), ["a", "b", "c"], folds=10)
     assert 1.0 < noisy.rmspe_cv < 15.0
+    exponential = CostModel.fit("memory_mb", X, np.exp(X @ np.array([0.1, 0.2, 0.05])), ["a", "b", "c"], folds=10)
+    assert exponential.scale == "log" and exponential.rmspe_cv < 1e-6  # the default scale: linear in log(cost)
     assert rmspe_pct(np.array([1.0, 2.0]), np.array([1.1, 1.8])) == pytest.approx(100 * np.sqrt((0.01 + 0.01) / 2))
+
+
+def test_no_cost_model_predicts_a_negative_cost_where_a_linear_fit_does():
+    """A cost growing faster than linearly in a knob: Eq 3.2-3.3's least-squares line crosses zero at small
+    structures (the tiny space with 12 profiled networks: -0.41 MB). The default, log-scale model is positive
+    everywhere, in and far outside the profile; the linear scale is floored at 0."""
+    from sklearn.linear_model import LinearRegression
+
+    X = np.arange(1.0, 9.0)[:, None]  # one structural knob, 8 profiled networks
+    y = 0.05 * 2.0 ** X[:, 0]  # 0.1 .. 12.8 MB
+    grid = np.linspace(-5.0, 20.0, 251)[:, None]
+    assert LinearRegression().fit(X, y).predict(X).min() < 0  # the plain linear fit: negative MB at 1 and 2
+    model = CostModel.fit("memory_mb", X, y, ["a"], folds=4)
+    assert model.scale == "log" and np.all(model.predict(grid) > 0) and min(model.cv_predictions) > 0
+    assert model.predict(X) == pytest.approx(y, rel=1e-9)  # exactly linear in log(cost)
+    linear = CostModel.fit("memory_mb", X, y, ["a"], folds=4, scale="linear")
+    assert np.all(linear.predict(grid) >= 0) and linear.predict(X[:1])[0] == 0.0 and min(linear.cv_predictions) >= 0
+    assert CostModel.fit("power_w", X, 60.0 + y, ["a"], folds=4).predict(grid).min() > 0
+
+
+def _noisy_profile(n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.integers(1, 9, size=(n, 3)).astype(float)
+    return X, (0.5 + X @ np.array([0.1, 0.2, 0.05])) * rng.uniform(1 - noise, 1 + noise, size=n)
+
+
+def test_the_default_margin_is_the_models_one_sided_cv_error_bound():
+    """``hyperpower.margin: auto`` (the default): 1 - 1/q, q the ceil((n+1) 0.95)-th smallest out-of-fold ratio
+    measured / predicted; it grows with the model's measured error and gates the sampler."""
+    from omegaconf import OmegaConf
+
+    from nas.hyperpower.cost_models import CostModels
+    from nas.hyperpower.study import make_sampler, resolve_margin, resolve_margins
+
+    hp = hyperpower_cfg("hyperpower.constraints.memory_mb=0.5").hyperpower
+    assert hp.margin == "auto" and hp.margin_confidence == 0.95 and hp.cost_models.scale == "log"
+    X, y = _noisy_profile(40, 0.15)
+    model = CostModel.fit("memory_mb", X, y, ["a", "b", "c"], folds=10)
+    ratios = np.sort(np.array(model.actual) / np.array(model.cv_predictions))
+    margin = resolve_margin(hp.margin, model, hp.margin_confidence)
+    assert margin.bound_ratio == ratios[38]  # ceil(41 x 0.95) = 39th of 40
+    assert margin.value == pytest.approx(1 - 1 / ratios[38]) and 0.05 < margin.value < 0.5
+    assert np.mean(ratios <= margin.bound_ratio) >= 0.95 and margin.warning is None and margin.enforceable
+    worse = CostModel.fit("memory_mb", X, _noisy_profile(40, 0.3)[1], ["a", "b", "c"], folds=10)
+    assert resolve_margin("auto", worse).value > margin.value  # follows the model's error
+    assert resolve_margin("rmspe", model).value == pytest.approx(model.rmspe_cv / 100)
+
+    structure = StructureSpace(MICRO_SPACE)
+    configs = structure.sample_structures(np.random.default_rng(0), 40)
+    Xs = structure.features_matrix(configs)  # noqa: N806
+    models = CostModels.fit(configs, {"memory_mb": list((1.0 + Xs.sum(1) / 100) * np.random.default_rng(1).uniform(
+        0.85, 1.15, 40))}, Xs, structure.feature_names, folds=10)
+    value = resolve_margins(hp, models, {"memory_mb": 1.0})["memory_mb"].value
+    assert value > 0.05
+    config = {**structure.sample_structures(np.random.default_rng(7), 1)[0], "lr": 0.01, "momentum": 0.9,
+              "weight_decay": 1e-3}
+    predicted = float(models.models["memory_mb"].predict(structure.features(config))[0])
+    hp_sampler = OmegaConf.merge(hp, {"n_startup_trials": 1, "n_candidates": 8})
+    for limit, ok in [(predicted / (1 - value) * 1.001, True), (predicted / (1 - value / 2), False)]:
+        assert make_sampler("hyperpower", structure, models, {"memory_mb": limit}, hp_sampler, 0).feasible(
+            [config])[0] == ok
+
+
+def test_too_few_profiled_networks_for_the_bound_is_a_warning_naming_the_fix():
+    """12 networks cannot bound the error at 95 % (that needs 19): the margin falls back to the largest
+    out-of-fold under-prediction and the one-line warning names the RMSPE and the fix (the real key names)."""
+    from nas.hyperpower.cost_models import samples_for_bound
+    from nas.hyperpower.study import resolve_margin
+
+    assert (samples_for_bound(0.95), samples_for_bound(0.9), samples_for_bound(0.99)) == (19, 9, 99)
+    X, y = _noisy_profile(12, 0.3)
+    model = CostModel.fit("memory_mb", X, y, ["a", "b", "c"], folds=3)
+    margin = resolve_margin("auto", model)
+    assert margin.bound_ratio == float("inf") and not margin.enforceable
+    assert margin.value == pytest.approx(1 - 1 / np.max(np.array(model.actual) / np.array(model.cv_predictions)))
+    warning = margin.warning
+    assert "\n" not in warning and f"CV RMSPE {model.rmspe_cv:.1f} % on 12 profiled networks" in warning
+    assert "too few to bound its error at 95 % (that needs >= 19)" in warning
+    assert "profile more networks (hyperpower.cost_models.samples=40)" in warning and "hyperpower.margin" in warning
+    assert "drop hyperpower.cost_models.path" in resolve_margin("auto", model, from_file=True).warning
+    assert resolve_margin("auto", model, confidence=0.9).warning is None  # 12 >= 9: a 90 % bound exists
+    assert resolve_margin(0.02, model, confidence=0.9).warning  # a fixed margin below that bound
+
+
+def test_margin_zero_is_eq_3_4_as_written_with_a_warning():
+    """``margin: 0.0``: feasible iff predicted <= limit, exactly (the gate of Eq 3.4); the model's error is still
+    named on the console."""
+    from omegaconf import OmegaConf
+
+    from nas.hyperpower.cost_models import CostModels
+    from nas.hyperpower.study import make_sampler, resolve_margins
+
+    structure = StructureSpace(MICRO_SPACE)
+    configs = structure.sample_structures(np.random.default_rng(0), 24)
+    X = structure.features_matrix(configs)
+    models = CostModels.fit(configs, {"memory_mb": list((1.0 + X.sum(1) / 100) * np.random.default_rng(1).uniform(
+        0.9, 1.1, 24))}, X, structure.feature_names, folds=4)
+    hp = OmegaConf.create({"n_startup_trials": 1, "n_candidates": 8, "margin": 0.0})
+    everything = [{**c, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3} for c in structure.enumerate_structures()]
+    predicted = models.models["memory_mb"].predict(structure.features_matrix(everything))
+    limit = float(np.median(predicted))
+    feasible = make_sampler("hyperpower", structure, models, {"memory_mb": limit}, hp, 0).feasible(everything)
+    assert np.array_equal(feasible, predicted <= limit)  # I[M(â) <= M_T], nothing more
+    at = everything[int(np.argmin(np.abs(predicted - limit)))]
+    exact = float(models.models["memory_mb"].predict(structure.features(at))[0])
+    assert make_sampler("hyperpower", structure, models, {"memory_mb": exact}, hp, 0).feasible([at])[0]
+    assert not make_sampler("hyperpower", structure, models, {"memory_mb": np.nextafter(exact, 0)}, hp, 0).feasible(
+        [at])[0]
+    margin = resolve_margins(hp, models, {"memory_mb": limit})["memory_mb"]
+    assert margin.value == 0.0 and "hyperpower.margin=0.0 (Eq 3.4 as written)" in margin.warning
+
+
+def test_a_margin_that_leaves_nothing_predicted_feasible_is_refused_with_the_fix():
+    from nas.hyperpower.cost_models import CostModels
+    from nas.hyperpower.study import best_predicted, resolve_margin
+
+    structure = StructureSpace(MICRO_SPACE)
+    configs = structure.sample_structures(np.random.default_rng(0), 12)
+    X = structure.features_matrix(configs)
+    models = CostModels.fit(configs, {"memory_mb": list(1.0 + X.sum(1) / 100)}, X, structure.feature_names, folds=4)
+    limit = {"memory_mb": float(np.max(models.models["memory_mb"].actual))}
+    assert best_predicted(structure, models, limit, 0, {"memory_mb": resolve_margin(0.0, models.models["memory_mb"])})
+    with pytest.raises(ConfigError, match=r"less the margin of 90.0 % kept for the cost model's error .*"
+                                          r"profile more networks .*or raise the limit"):
+        best_predicted(structure, models, limit, 0, {"memory_mb": resolve_margin(0.9, models.models["memory_mb"])})
 
 
 def test_a_cost_model_needs_at_least_as_many_samples_as_folds():
@@ -229,15 +356,36 @@ def test_hyperpower_trains_only_predicted_feasible_networks(hyperpower_run):
     report = strict_json(tmp / "hp" / "hyperpower.json")
     assert report["format"] == "spnas-hyperpower" and report["method"] == "hyperpower"
     assert report["num_trials"] == 3 and len(report["trials"]) == 3
+    models = strict_json(tmp / "hp" / "cost_models.json")
+    profiled = {json.dumps(c, sort_keys=True): y for c, y in zip(models["configs"],
+                                                                  models["models"]["memory_mb"]["actual"])}
+    margin = report["margins"]["memory_mb"]["margin"]
     for trial in report["trials"]:
         assert trial["predicted_feasible"] and trial["trained"]  # Eq 3.4: never an infeasible proposal
-        assert trial["predicted"]["memory_mb"] <= 0.45
+        structural = json.dumps({k: v for k, v in trial["params"].items()
+                                 if k not in ("lr", "momentum", "weight_decay")}, sort_keys=True)
+        # predicted within the limit less the margin, or a profiled structure measured within the limit
+        assert trial["predicted"]["memory_mb"] <= 0.45 * (1 - margin) or profiled.get(structural, 1e9) <= 0.45
         assert (trial["measured"]["memory_mb"] > 0.45) == bool(trial["violated"])
     assert report["violating_trained"] == len(report["model_errors"])
-    models = strict_json(tmp / "hp" / "cost_models.json")
+    assert models["models"]["memory_mb"]["folds"] == 5 and models["models"]["memory_mb"]["scale"] == "log"
     assert models["models"]["memory_mb"]["folds"] == 5 and len(models["models"]["memory_mb"]["actual"]) == 10
     assert report["cost_models"]["memory_mb"]["rmspe_cv_pct"] > 0
     assert "HyperPower (hyperpower, seed 0): 3 evaluations" in proc.stdout
+
+
+def test_an_unenforceable_cost_model_is_a_console_warning_and_in_the_summary(hyperpower_run):
+    """10 profiled networks (FAST) cannot bound the memory model's error at 95 %: one ``warning:`` line on
+    stderr (not only the log), repeated under the summary on stdout, and recorded in hyperpower.json."""
+    tmp, proc = hyperpower_run
+    report = strict_json(tmp / "hp" / "hyperpower.json")
+    margin = report["margins"]["memory_mb"]
+    assert margin["setting"] == "auto" and margin["bound_ratio"] is None and not margin["enforceable"]
+    assert margin["samples"] == 10 and margin["samples_needed_for_bound"] == 19 and 0 < margin["margin"] < 1
+    assert report["warnings"] == [margin["warning"]]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("warning: memory_mb cost model")]
+    assert lines == [f"warning: {margin['warning']}"]
+    assert "hyperpower.cost_models.samples=40" in lines[0] and f"warning: {margin['warning']}" in proc.stdout
 
 
 def test_baseline_reuses_the_cost_models_and_skips_measured_violations(hyperpower_run, tmp_path):
@@ -248,6 +396,7 @@ def test_baseline_reuses_the_cost_models_and_skips_measured_violations(hyperpowe
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = strict_json(tmp_path / "rs" / "hyperpower.json")
     assert report["violating_trained"] == 0  # a baseline measures first and never trains a violator
+    assert report["margins"] == {} and report["warnings"] == []  # no model gates its proposals
     for trial in report["trials"]:
         assert trial["trained"] == (not trial["violated"])
 
@@ -268,6 +417,13 @@ def hyperpower_cfg(*overrides, tmp_path="/tmp"):
     (["hyperpower.constraints.memory_mb=0.5", "hyperpower.method=grid"], "hyperpower.method must be one of"),
     ([], "HyperPower needs at least one constraint"),
     (["hyperpower.constraints.memory_mb=0.5", "storage=hp.db"], "storage='hp.db' is neither an Optuna storage URL"),
+    (["hyperpower.constraints.memory_mb=0.5", "hyperpower.margin=often"],
+     r"hyperpower.margin must be 'auto', 'rmspe' or a fraction in \[0, 1\), got 'often'"),
+    (["hyperpower.constraints.memory_mb=0.5", "hyperpower.margin=1.0"], "hyperpower.margin must be 'auto'"),
+    (["hyperpower.constraints.memory_mb=0.5", "hyperpower.margin_confidence=1"],
+     "hyperpower.margin_confidence must lie strictly between 0 and 1, got 1"),
+    (["hyperpower.constraints.memory_mb=0.5", "hyperpower.cost_models.scale=cubic"],
+     r"hyperpower.cost_models.scale must be one of \['log', 'linear'\]"),
 ])
 def test_bad_settings_are_refused_before_any_work(overrides, message):
     from nas.hyperpower.study import check_config

@@ -5,7 +5,10 @@
 1. check the inputs (objective, method, constraints, GPU for power / CUDA memory, profiling size vs folds);
 2. profile ``cost_models.samples`` random networks and fit the cost models of the constrained metrics
    (Eq 3.2-3.3, 10-fold CV RMSPE), or load them (``cost_models.path``);
-3. refuse a constraint no configuration meets (the best predicted value is in the message);
+3. resolve each constraint's margin (``hyperpower.margin``, default ``auto``: the model's one-sided 95 % CV error
+   bound, :func:`resolve_margins`), warn on the console and in ``hyperpower.json`` where the model is too
+   inaccurate to enforce its limit, and refuse a constraint no configuration meets (the best predicted value is
+   in the message);
 4. run ``n_trials`` evaluations of Eq 3.1 (minimise validation error, or maximise ``objective=``, subject to
    the constraints) with one of the methods:
 
@@ -32,7 +35,9 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,7 +54,14 @@ from nas import shared_study
 from nas.cli import SignalStop, resume_command, stop_on_signals
 from nas.cost.vocabulary import UNITS
 from nas.errors import ConfigError, Interrupted
-from nas.hyperpower.cost_models import CostModels, check_samples
+from nas.hyperpower.cost_models import (
+    DEFAULT_SCALE,
+    CostModel,
+    CostModels,
+    check_form,
+    check_samples,
+    samples_for_bound,
+)
 from nas.hyperpower.measure import GPU_METRICS, METRICS, measure, require_gpu
 from nas.hyperpower.samplers import ConstraintAwareSampler, RandomWalkSampler
 from nas.hyperpower.structure import StructureSpace
@@ -63,6 +75,10 @@ FORMAT = "spnas-hyperpower"
 VERSION = 1
 METHODS = ("hyperpower", "vanilla_bo", "random", "random_walk")
 ENUMERATE_LIMIT = 200_000
+MARGIN_RULES = ("auto", "rmspe")  # hyperpower.margin, besides a fraction of the limit
+DEFAULT_MARGIN = "auto"
+DEFAULT_CONFIDENCE = 0.95  # hyperpower.margin_confidence
+SUGGESTED_SAMPLES = 40  # hyperpower.cost_models.samples' default: the least a warning suggests
 
 
 class PruningCallback(pl.Callback):
@@ -121,9 +137,8 @@ def check_config(cfg: DictConfig) -> tuple[Objective, dict[str, float], str]:
         require_gpu(metric)
     if hp.cost_models.get("path") is None:
         check_samples(int(hp.cost_models.samples), int(hp.cost_models.folds))
-    margin = hp.get("margin", 0.0)
-    if margin != "rmspe" and (isinstance(margin, (str, bool)) or not 0.0 <= float(margin or 0.0) < 1.0):
-        raise ConfigError(f"hyperpower.margin must be a fraction in [0, 1) or 'rmspe', got {margin!r}")
+        check_form(hp.cost_models.get("features", "linear"), hp.cost_models.get("scale", DEFAULT_SCALE))
+    check_margin(hp.get("margin", DEFAULT_MARGIN), hp.get("margin_confidence", DEFAULT_CONFIDENCE))
     if int(hp.n_trials) < 1:
         raise ConfigError(f"hyperpower.n_trials must be >= 1, got {hp.n_trials}")
     shared_study.check_storage(cfg.get("storage"))
@@ -142,7 +157,7 @@ def make_structure(cfg: DictConfig) -> StructureSpace:
 
 def profile_cost_models(structure: StructureSpace, metrics: list[str], input_shape: tuple[int, ...],
                         in_channels: int, num_classes: int, samples: int, folds: int, features: str, seed: int,
-                        backend: Any = None) -> CostModels:
+                        backend: Any = None, scale: str = DEFAULT_SCALE) -> CostModels:
     """Measure ``samples`` distinct random networks and fit one cost model per metric (Eq 3.2-3.3)."""
     rng = np.random.default_rng(seed)
     configs: list[dict[str, Any]] = []
@@ -162,12 +177,14 @@ def profile_cost_models(structure: StructureSpace, metrics: list[str], input_sha
         for m in metrics:
             measured[m].append(values[m])
     return CostModels.fit(configs, measured, structure.features_matrix(configs), structure.feature_names, folds,
-                          features, seed)
+                          features, seed, scale)
 
 
 def best_predicted(structure: StructureSpace, models: CostModels, constraints: dict[str, float],
-                   seed: int) -> dict[str, float]:
-    """Smallest predicted value of each constrained metric over the structural space; refuses unmeetable limits."""
+                   seed: int, margins: dict[str, Margin] | None = None) -> dict[str, float]:
+    """Smallest predicted value of each constrained metric over the structural space; refuses unmeetable limits,
+    and (with ``margins``, HyperPower's) limits no structure is predicted to meet less the margin."""
+    margins = margins or {}
     if structure.num_structures() <= ENUMERATE_LIMIT:
         configs, how = structure.enumerate_structures(), "all"
     else:
@@ -179,9 +196,18 @@ def best_predicted(structure: StructureSpace, models: CostModels, constraints: d
             raise ConfigError(f"no configuration can meet {m} <= {limit:g} {UNITS[m]}: the best predicted value over "
                               f"{how} {len(configs)} configurations is {best[m]:.4g} {UNITS[m]} (cost model RMSPE "
                               f"{models.models[m].rmspe_cv:.1f} %); raise the limit or widen the space")
-    joint = np.ones(len(configs), bool)
+    allowed = {m: limit * (1.0 - margins[m].value) if m in margins else limit for m, limit in constraints.items()}
     for m, limit in constraints.items():
-        joint &= predictions[m] <= limit
+        if best[m] > allowed[m]:
+            raise ConfigError(f"no configuration is predicted to meet {m} <= {limit:g} {UNITS[m]} less the margin of "
+                              f"{100 * margins[m].value:.1f} % kept for the cost model's error (<= {allowed[m]:.4g} "
+                              f"{UNITS[m]}): the best predicted value over {how} {len(configs)} configurations is "
+                              f"{best[m]:.4g} {UNITS[m]}; {margins[m].profile_more} for a more accurate model and a "
+                              "smaller margin, set a smaller hyperpower.margin (0.0: Eq 3.4 as written), or raise "
+                              "the limit")
+    joint = np.ones(len(configs), bool)
+    for m in constraints:
+        joint &= predictions[m] <= allowed[m]
     if not joint.any():
         raise ConfigError(f"no configuration meets all constraints {constraints} together, though each alone can "
                           f"be met (best predicted values {best}); loosen one of them")
@@ -208,27 +234,123 @@ class KnownCosts:
         return self.values.get(self.key(params), {}).get(metric)
 
 
-def resolve_margin(margin: Any, models: CostModels, metric: str) -> float:
-    """``hyperpower.margin``: a fraction of the limit kept free for model error, or ``rmspe`` (the model's CV RMSPE)."""
-    if isinstance(margin, str):
-        if margin != "rmspe":
-            raise ConfigError(f"hyperpower.margin must be a fraction in [0, 1) or 'rmspe', got {margin!r}")
-        return models.models[metric].rmspe_cv / 100.0
-    margin = float(margin or 0.0)
-    if not 0.0 <= margin < 1.0:
-        raise ConfigError(f"hyperpower.margin must be a fraction in [0, 1) or 'rmspe', got {margin}")
-    return margin
+def check_margin(margin: Any, confidence: Any) -> None:
+    """``hyperpower.margin``: ``auto``, ``rmspe`` or a fraction in [0, 1); ``margin_confidence`` in (0, 1)."""
+    fraction = isinstance(margin, (int, float)) and not isinstance(margin, bool) and 0.0 <= margin < 1.0
+    if margin not in MARGIN_RULES and not fraction:
+        raise ConfigError(f"hyperpower.margin must be 'auto', 'rmspe' or a fraction in [0, 1), got {margin!r}")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
+        raise ConfigError(f"hyperpower.margin_confidence must lie strictly between 0 and 1, got {confidence!r}")
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.1f} %"
+
+
+@dataclass(frozen=True)
+class Margin:
+    """The share of a constraint's limit HyperPower keeps free for its cost model's error: a structure not measured
+    yet is feasible iff ``predicted <= limit * (1 - value)`` (``value = 0``: Eq 3.4 as written).
+
+    ``bound_ratio`` is the model's one-sided ``confidence`` bound on measured / predicted cost
+    (:meth:`~nas.hyperpower.cost_models.CostModel.error_bound`; ``inf``: too few profiled networks for one), and
+    ``1 - 1 / bound_ratio`` the margin that bound asks for. ``warning`` (one line) says when the margin in use is
+    less than that, or there is no bound, i.e. the model is too inaccurate to enforce its limit (with the fix);
+    ``profile_more`` is the profiling part of a fix."""
+
+    metric: str
+    setting: Any
+    value: float
+    confidence: float
+    bound_ratio: float
+    samples: int
+    samples_needed: int
+    rmspe_cv: float
+    warning: str | None
+    profile_more: str
+
+    @property
+    def bound_margin(self) -> float:
+        """The margin the bound asks for, ``1 - 1 / bound_ratio`` (0 where the model never under-predicts)."""
+        return max(0.0, 1.0 - 1.0 / self.bound_ratio)
+
+    @property
+    def enforceable(self) -> bool:
+        return self.warning is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"setting": self.setting, "margin": self.value, "confidence": self.confidence,
+                "bound_ratio": self.bound_ratio if math.isfinite(self.bound_ratio) else None,
+                "bound_margin": self.bound_margin if math.isfinite(self.bound_ratio) else None,
+                "samples": self.samples, "samples_needed_for_bound": self.samples_needed,
+                "rmspe_cv_pct": self.rmspe_cv, "enforceable": self.enforceable, "warning": self.warning}
+
+
+def resolve_margin(setting: Any, model: CostModel, confidence: float = DEFAULT_CONFIDENCE,
+                   from_file: bool = False) -> Margin:
+    """The margin of ``hyperpower.margin`` for ``model``'s metric.
+
+    ``auto`` (default): ``1 - 1 / q`` with ``q`` the model's one-sided ``confidence`` bound on measured /
+    predicted cost from its out-of-fold predictions, so a structure predicted at the margin is within the limit
+    with probability >= ``confidence`` where the bound's assumption holds (a structure like the randomly profiled
+    ones; see :meth:`~nas.hyperpower.cost_models.CostModel.error_bound`). Fewer profiled networks than the bound
+    needs (:func:`~nas.hyperpower.cost_models.samples_for_bound`: 19 at 95 %): the largest out-of-fold
+    under-prediction instead, with a warning. ``rmspe``: the model's CV RMSPE as a fraction. A number: that
+    fraction (0: Eq 3.4 as written). Any margin below the bound's, or without a bound, carries a warning.
+    """
+    check_margin(setting, confidence)
+    metric, n, rmspe = model.metric, model.n_samples, model.rmspe_cv
+    needed, bound = samples_for_bound(confidence), model.error_bound(confidence)
+    if setting == "auto":
+        ratio = bound if math.isfinite(bound) else model.largest_ratio()
+        value = max(0.0, 1.0 - 1.0 / ratio)
+    elif setting == "rmspe":
+        value = min(rmspe / 100.0, 1.0)
+    else:
+        value = float(setting)
+    conf = f"{100 * confidence:g} %"
+    more = max(SUGGESTED_SAMPLES, 2 * (n if math.isfinite(bound) else needed))
+    profile_more = (f"{'drop hyperpower.cost_models.path and ' if from_file else ''}profile more networks "
+                    f"(hyperpower.cost_models.samples={more})")
+    head = f"{metric} cost model (CV RMSPE {rmspe:.1f} % on {n} profiled networks)"
+    if not math.isfinite(bound):
+        fix = f"{profile_more} or set hyperpower.margin to a larger fraction than {value:.3f}"
+        reason = (f"{n} profiled networks are too few to bound its error at {conf} (that needs >= {needed})"
+                  if n < needed else "an out-of-fold prediction of 0 leaves its error unbounded")
+        used = (f"its margin is the largest out-of-fold under-prediction, {_pct(value)} of the limit"
+                if setting == "auto" else f"hyperpower.margin={setting} keeps {_pct(value)} of the limit free")
+        warning: str | None = (f"{head} is too inaccurate to enforce the {metric} limit: {reason}; {used}, so networks "
+                               f"over the limit may be trained. Fix: {fix}")
+    else:
+        need = max(0.0, 1.0 - 1.0 / bound)
+        fix = (f"set hyperpower.margin=auto (here {need:.3f}) or a fraction >= {need:.3f}, or {profile_more} for a "
+               "more accurate model")
+        warning = None
+        if value < need - 1e-12:
+            eq = " (Eq 3.4 as written)" if value == 0 else ""
+            warning = (f"{head} is too inaccurate to enforce the {metric} limit with hyperpower.margin={setting}"
+                       f"{eq}: it keeps {_pct(value)} of the limit free, its {conf} error bound needs {_pct(need)}, "
+                       f"so networks over the limit may be trained. Fix: {fix}")
+    return Margin(metric, setting, value, confidence, bound, n, needed, rmspe, warning, profile_more)
+
+
+def resolve_margins(hp: DictConfig, models: CostModels, constraints: dict[str, float]) -> dict[str, Margin]:
+    """:func:`resolve_margin` of ``hyperpower.margin`` / ``margin_confidence`` for every constrained metric."""
+    setting = hp.get("margin", DEFAULT_MARGIN)
+    confidence = float(hp.get("margin_confidence", DEFAULT_CONFIDENCE))
+    from_file = (hp.get("cost_models") or {}).get("path") is not None
+    return {m: resolve_margin(setting, models.models[m], confidence, from_file) for m in constraints}
 
 
 def make_sampler(method: str, structure: StructureSpace, models: CostModels, constraints: dict[str, float],
-                 hp: DictConfig, seed: int, known: KnownCosts | None = None,
-                 shared: bool = False) -> optuna.samplers.BaseSampler:
+                 hp: DictConfig, seed: int, known: KnownCosts | None = None, shared: bool = False,
+                 margins: dict[str, Margin] | None = None) -> optuna.samplers.BaseSampler:
     """The sampler of ``method``. ``shared`` (workers on one study, one seed): HyperPower's and the random walk's
     proposals are drawn from ``(seed, trial number)``, Optuna's samplers are seeded per process, so no two workers
-    propose the same points."""
+    propose the same points. ``margins``: HyperPower's (default: :func:`resolve_margins` of ``hp``)."""
     distributions = structure.distributions()
     if method == "hyperpower":
-        margins = {m: resolve_margin(hp.get("margin", 0.0), models, m) for m in constraints}
+        margins = margins or resolve_margins(hp, models, constraints)
 
         def feasible(configs: list[dict[str, Any]]) -> np.ndarray:
             """Eq 3.4's indicators: predicted cost (measured where known) within the limit (less the margin)."""
@@ -237,7 +359,8 @@ def make_sampler(method: str, structure: StructureSpace, models: CostModels, con
             for m, limit in constraints.items():
                 for i, config in enumerate(configs):
                     value = known.get(config, m) if known is not None else None
-                    ok[i] &= (value <= limit) if value is not None else predictions[m][i] <= limit * (1 - margins[m])
+                    ok[i] &= (value <= limit) if value is not None else (
+                        predictions[m][i] <= limit * (1 - margins[m].value))
             return ok
 
         return ConstraintAwareSampler(distributions, feasible, int(hp.n_startup_trials), int(hp.n_candidates), seed,
@@ -309,7 +432,9 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
     study_name = str(cfg.get("study_name") or f"hyperpower-{method}-{seed}")
     study = optuna.create_study(direction="minimize", storage=storage, study_name=study_name, load_if_exists=True)
     if shared:
-        check_same_settings(study, {"method": method, "constraints": constraints, "margin": hp.get("margin", 0.0),
+        check_same_settings(study, {"method": method, "constraints": constraints,
+                                    "margin": hp.get("margin", DEFAULT_MARGIN),
+                                    "margin_confidence": hp.get("margin_confidence", DEFAULT_CONFIDENCE),
                                     "space": str(cfg.space.name)})
     if hp.get("threads"):
         # tiny networks gain nothing from intra-op threads, and spinning threads collapse on a loaded machine
@@ -341,7 +466,8 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
         log.info("Profiling %d networks for the cost models of %s", int(hp.cost_models.samples), metrics)
         models = profile_cost_models(structure, metrics, input_shape, datamodule.in_channels,
                                      datamodule.num_classes, int(hp.cost_models.samples),
-                                     int(hp.cost_models.folds), str(hp.cost_models.features), seed, backend)
+                                     int(hp.cost_models.folds), str(hp.cost_models.features), seed, backend,
+                                     str(hp.cost_models.get("scale", DEFAULT_SCALE)))
     if shared:
         if "cost_models" not in study.user_attrs:
             study.set_user_attr("cost_models", null_non_finite(models.document()))
@@ -354,9 +480,19 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
                           "profile again")
     models.save(out / "cost_models.json")
     for m, model in models.models.items():
-        log.info("Cost model %s: %d-fold CV RMSPE %.2f %% on %d networks", m, model.folds, model.rmspe_cv,
-                 model.n_samples)
-    best_pred = best_predicted(structure, models, constraints, seed)
+        log.info("Cost model %s (%s scale): %d-fold CV RMSPE %.2f %% on %d networks", m, model.scale, model.folds,
+                 model.rmspe_cv, model.n_samples)
+    # HyperPower's gate is the models: the margin each limit keeps for their error, and a warning where it falls short
+    margins = resolve_margins(hp, models, constraints) if method == "hyperpower" else {}
+    for m, margin in margins.items():
+        log.info("Margin %s: %.2f %% of the limit (hyperpower.margin=%s; %g %% bound: %s)", m, 100 * margin.value,
+                 margin.setting, 100 * margin.confidence, "none" if not math.isfinite(margin.bound_ratio) else
+                 f"measured <= {margin.bound_ratio:.3f} x predicted")
+    warning_lines = [margin.warning for margin in margins.values() if margin.warning]
+    for line in warning_lines:  # on the console, not only in the log: the run may train networks over the limit
+        log.warning(line)
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    best_pred = best_predicted(structure, models, constraints, seed, margins)
 
     known = KnownCosts(structure)
     for i, config in enumerate(models.configs):
@@ -372,7 +508,7 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
             study.tell(number, state=optuna.trial.TrialState.FAIL)  # the evaluation a stop cut short
     if stale:
         log.info("Marked %d stopped evaluation(s) failed: trial(s) %s", len(stale), stale)
-    sampler = make_sampler(method, structure, models, constraints, hp, seed, known, shared)
+    sampler = make_sampler(method, structure, models, constraints, hp, seed, known, shared, margins)
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     distributions = structure.distributions()
     trial = None
@@ -403,7 +539,8 @@ def run_hyperpower(cfg: DictConfig) -> dict[str, Any]:
         raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} after {done} of {n_trials} evaluations"
                           f" (kept in {trials_path} and {where})\n"
                           f"resume with: {resume_command('resume', str(out))}") from None
-    result = summarise(study_records(study, trials), method, seed, constraints, models, best_pred, objective)
+    result = summarise(study_records(study, trials), method, seed, constraints, models, best_pred, objective,
+                       margins)
     if shared:
         workers = {r.get("worker") for r in result["trials"]}
         result["study"] = {"name": study_name, "storage": shared_study.redact(storage_url), "workers": len(workers),
@@ -513,7 +650,10 @@ def structure_resolution(cfg: DictConfig) -> int:
 
 
 def summarise(trials: list[dict[str, Any]], method: str, seed: int, constraints: dict[str, float],
-              models: CostModels, best_pred: dict[str, float], objective: Objective) -> dict[str, Any]:
+              models: CostModels, best_pred: dict[str, float], objective: Objective,
+              margins: dict[str, Margin] | None = None) -> dict[str, Any]:
+    """``hyperpower.json``: every trial, the cost models, HyperPower's margins and their warnings, the curve."""
+    margins = margins or {}
     trained = [t for t in trials if t["trained"]]
     completed = [t for t in trained if not t["pruned"]]
     best = min(completed, key=lambda t: t["val_error"]) if completed else None
@@ -528,7 +668,9 @@ def summarise(trials: list[dict[str, Any]], method: str, seed: int, constraints:
         "format": FORMAT, "version": VERSION, "method": method, "seed": seed, "objective": objective.name,
         "constraints": constraints, "best_predicted": best_pred,
         "cost_models": {m: {"rmspe_cv_pct": model.rmspe_cv, "n_samples": model.n_samples, "folds": model.folds,
-                            "features": model.features} for m, model in models.models.items()},
+                            "features": model.features, "scale": model.scale} for m, model in models.models.items()},
+        "margins": {m: margin.to_dict() for m, margin in margins.items()},
+        "warnings": [margin.warning for margin in margins.values() if margin.warning],
         "num_trials": len(trials), "num_trained": len(trained), "num_pruned": len(trained) - len(completed),
         "violating_proposals": sum(bool(t["violated"]) for t in trials),
         "violating_trained": len(model_errors), "model_errors": model_errors,
@@ -546,6 +688,10 @@ def format_summary(result: dict[str, Any], out: Path) -> str:
              f"{result['violating_proposals']} violating proposals, {result['violating_trained']} violating "
              f"networks trained",
              f"cost models ({next(iter(result['cost_models'].values()))['folds']}-fold CV RMSPE): {rmspe}"]
+    if result.get("margins"):
+        lines.append("margins (share of the limit kept for model error): " + ", ".join(
+            f"{m} {100 * v['margin']:.1f} % (hyperpower.margin={v['setting']})" for m, v in result["margins"].items()))
+    lines += [f"warning: {line}" for line in result.get("warnings", [])]
     if "study" in result:
         study = result["study"]
         lines.append(f"study {study['name']} ({study['storage']}): {result['num_trials']} evaluations by "
