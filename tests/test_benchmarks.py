@@ -46,7 +46,7 @@ def test_benchmark_scripts_print_their_help_and_refuse_a_bad_flag_in_one_line(na
 
 
 def test_every_benchmark_script_is_listed_here():
-    thin_aliases = {"evaluate_predictor", "export_ops", "latency", "popdb", "profile_lut", "study_anchors",
+    thin_aliases = {"evaluate_predictor", "export_ops", "gpu_check", "latency", "popdb", "profile_lut", "study_anchors",
                     "study_solvers", "study_truth", "validate_runtime_model"}
     assert sorted(p.stem for p in (ROOT / "scripts").glob("*.py") if p.stem not in thin_aliases) == BENCHMARKS
 

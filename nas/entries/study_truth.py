@@ -23,7 +23,10 @@ def run_truth_study(cfg: Any) -> None:
     from nas.io import read_jsonl
     from nas.studies.truth_study import TruthStudy, write_truth_report
 
-    records = read_jsonl(cfg.records, "truth record") if cfg.report_only else TruthStudy(cfg).run()
+    if not cfg.report_only:
+        TruthStudy(cfg).run()
+    # the report is of every record in the file, those another study process appended meanwhile included
+    records = read_jsonl(cfg.records, "truth record")
     print(write_truth_report(records, cfg))
     print(f"records {cfg.records}; table {cfg.table}; figure {cfg.figure}")
 
