@@ -170,5 +170,9 @@ class OptunaSweeper(Sweeper):
         else:
             results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values}
                                                        for t in study.best_trials]}
-        OmegaConf.save(OmegaConf.create(results), f"{self.config.hydra.sweep.dir}/optimization_results.yaml")
+        from nas.io import atomic_write_text
+
+        # the sweep folder does not exist when this process ran no trial (a shared study already at n_trials)
+        atomic_write_text(f"{self.config.hydra.sweep.dir}/optimization_results.yaml",
+                          OmegaConf.to_yaml(OmegaConf.create(results)))
         log.info("Best: %s", results.get("best_params", results.get("solutions")))
