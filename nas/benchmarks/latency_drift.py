@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _in_run_floor(samples: dict[str, list[list[float]]], names: Sequence[str], statistic: str) -> float | None:
-    """Median |first half - second half| / mean of ``names``' sessions (the validation's floor), in %."""
+    """Mean over ``names`` of |first half - second half| / their mean (halves as the validation's floor splits
+    them, :func:`~nas.cost.validation.split_halves`), in %."""
     values = []
     for name in names:
         first, second, _ = split_halves(samples[name])

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from nas.benchmarks import benchmark_command, command_parser
+from nas.cost.validation import runtime_model_metrics
 from nas.errors import ConfigError
 from nas.estimation import kendall_tau
 
@@ -38,7 +39,8 @@ def within_10(result: dict) -> float | None:
     rows = result.get("rows") or []
     if not rows:
         return result["calibrated"].get("within_10_pct")
-    return 100 * float(np.mean([abs(r["predicted_ms"] - r["measured_ms"]) <= 0.1 * r["measured_ms"] for r in rows]))
+    return runtime_model_metrics(np.array([r["predicted_ms"] for r in rows]),
+                                 np.array([r["measured_ms"] for r in rows]))["within_10_pct"]
 
 
 def meets(result: dict) -> str:

@@ -29,6 +29,7 @@ from nas.cost.lut import LatencyEntry, LatencyLUT
 from nas.cost.measurement_core import calibrated_ms
 from nas.cost.profiler import profile_ops
 from nas.cost.signatures import OpSpec, calibration_networks
+from nas.errors import ConfigError, whole_number
 from nas.space.search_space import SearchSpace
 
 #: reference networks re-measured by default (spread over the range of the LUT's calibration networks)
@@ -129,17 +130,35 @@ def estimate_drift(references: dict[str, DriftReference], measured_ms: dict[str,
                  high=float(values.max()), error_band=float(error_band))
 
 
+def check_references(value: Any) -> int:
+    """``drift_references`` as an integer >= 0 (0: no drift check); one-line :class:`ConfigError` otherwise."""
+    references = whole_number(value)
+    if references is None or references < 0:
+        raise ConfigError(f"drift_references must be an integer >= 0 (0: no drift check), got {value!r}")
+    return references
+
+
+def measure_with_references(ops: dict[str, OpSpec], space: SearchSpace, lut: LatencyLUT, backend: LatencyBackend,
+                            in_channels: int, num_classes: int, references: int = DEFAULT_REFERENCES,
+                            progress: bool = False, samples_out: dict[str, list[list[float]]] | None = None
+                            ) -> tuple[dict[str, LatencyEntry], Drift | None, str]:
+    """Measure ``ops`` with the backend's procedure, in the same interleaved rounds as ``references`` of the LUT's
+    calibration networks (:func:`reference_networks`); returns their entries (the references' too), the
+    :class:`Drift` since the LUT (``None`` when the LUT has no references, or ``references=0``) and, then, why."""
+    refs, why_none = reference_networks(space, lut, in_channels, num_classes, references)
+    measured = profile_ops({**{k: r.op for k, r in refs.items()}, **ops}, backend, progress=progress,
+                           rounds=backend.repeats, samples_out=samples_out)
+    drift = estimate_drift(refs, {k: measured[k].ms for k in refs}, calibration_error_band(lut)) if refs else None
+    return measured, drift, why_none
+
+
 def measure_network(network: OpSpec, space: SearchSpace, lut: LatencyLUT, backend: LatencyBackend,
                     in_channels: int, num_classes: int, references: int = DEFAULT_REFERENCES,
                     samples_out: dict[str, list[list[float]]] | None = None
                     ) -> tuple[LatencyEntry, Drift | None, str]:
-    """Measure ``network`` with the backend's procedure, in the same interleaved rounds as ``references`` of the
-    LUT's calibration networks (:func:`reference_networks`); returns its entry, the :class:`Drift` since the LUT
-    (``None`` when the LUT has no references, or ``references=0``) and, then, why."""
-    refs, why_none = reference_networks(space, lut, in_channels, num_classes, references)
-    measured = profile_ops({**{k: r.op for k, r in refs.items()}, network.key: network}, backend, progress=False,
-                           rounds=backend.repeats, samples_out=samples_out)
-    drift = estimate_drift(refs, {k: measured[k].ms for k in refs}, calibration_error_band(lut)) if refs else None
+    """:func:`measure_with_references` of one network: its entry, the drift since the LUT and, without one, why."""
+    measured, drift, why_none = measure_with_references({network.key: network}, space, lut, backend, in_channels,
+                                                        num_classes, references, samples_out=samples_out)
     return measured[network.key], drift, why_none
 
 

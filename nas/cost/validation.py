@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from nas.cost.backends import LatencyBackend
-from nas.cost.drift import DEFAULT_REFERENCES, calibration_error_band, estimate_drift, reference_networks
+from nas.cost.drift import DEFAULT_REFERENCES, measure_with_references
 from nas.cost.lut import LatencyLUT
 from nas.cost.profiler import calibrate_networks, profile_ops
 from nas.cost.runtime_model import RuntimeModel
@@ -195,11 +195,8 @@ def validate_runtime_model(space: SearchSpace, backend: LatencyBackend, in_chann
         mode = "lut"
         lut.check_space(space.name, space.digest)
         lut.check_groups(cost_groups(space)[3], space.name)
-        refs, why_none = reference_networks(space, lut, in_channels, num_classes, drift_references)
-        measured = profile_ops({**{k: r.op for k, r in refs.items()}, **nets, **extra}, backend, progress,
-                               rounds=rounds, samples_out=samples)
-        if refs:
-            drift = estimate_drift(refs, {k: measured[k].ms for k in refs}, calibration_error_band(lut))
+        measured, drift, why_none = measure_with_references({**nets, **extra}, space, lut, backend, in_channels,
+                                                            num_classes, drift_references, progress, samples)
 
     model = RuntimeModel(space, lut, in_channels, num_classes)  # the one price: RuntimeModel.predict
 

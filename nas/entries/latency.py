@@ -28,12 +28,12 @@ from omegaconf import DictConfig
 
 from nas.cli import hydra_command
 from nas.cost.backends import build_backend, summarize
-from nas.cost.drift import describe_drift, drift_fields, measure_network
+from nas.cost.drift import check_references, describe_drift, drift_fields, measure_network
 from nas.cost.profiler import obtain_lut
 from nas.cost.runtime_model import RuntimeModel
 from nas.cost.signatures import OpSpec
 from nas.cost.validation import split_halves
-from nas.errors import ConfigError, whole_number
+from nas.errors import ConfigError
 from nas.run_shell import Task
 from nas.space.networks import build_child
 from nas.space.references import load_architecture
@@ -45,10 +45,7 @@ def latency(cfg: DictConfig) -> dict[str, Any]:
     in_channels, num_classes = int(cfg.in_channels), int(cfg.num_classes)
     if in_channels < 1 or num_classes < 1:
         raise ConfigError(f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}")
-    references = whole_number(cfg.get("drift_references", 0))
-    if references is None or references < 0:
-        raise ConfigError(f"drift_references must be an integer >= 0 (0: no drift check), got "
-                          f"{cfg.get('drift_references')!r}")
+    references = check_references(cfg.get("drift_references", 0))
     arch = load_architecture(str(cfg.arch), space, in_channels, num_classes)
     backend = build_backend(cfg.hardware.backend)
     lut = obtain_lut(space, backend, in_channels, num_classes, cache_dir=cfg.paths.cache_dir,

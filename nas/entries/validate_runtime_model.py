@@ -24,10 +24,11 @@ from omegaconf import DictConfig
 
 from nas.cli import hydra_command
 from nas.cost.backends import build_backend
+from nas.cost.drift import check_references
 from nas.cost.lut import LatencyLUT
 from nas.cost.signatures import calibration_architectures
 from nas.cost.validation import design_architectures, plot_predicted_vs_measured, validate_runtime_model
-from nas.errors import ArchitectureError, ConfigError, whole_number
+from nas.errors import ArchitectureError
 from nas.run_shell import Task
 from nas.space.architecture import Architecture
 from nas.space.references import load_architecture
@@ -57,10 +58,7 @@ def validate(cfg: DictConfig) -> dict:
     if cfg.hardware.get("lut_path"):
         lut = LatencyLUT.load(cfg.hardware.lut_path)
         lut.check_hardware(backend.fingerprint_id(), strict=bool(cfg.hardware.get("strict", False)))
-    references = whole_number(cfg.get("drift_references", 0))
-    if references is None or references < 0:
-        raise ConfigError(f"drift_references must be an integer >= 0 (0: no drift check), got "
-                          f"{cfg.get('drift_references')!r}")
+    references = check_references(cfg.get("drift_references", 0))
     out = Path(cfg.paths.output_dir)
     calibration = calibration_architectures(space, backend.calibration_networks) if lut is None else []
     named = named_networks(cfg, space, calibration)
@@ -84,17 +82,16 @@ def validate(cfg: DictConfig) -> dict:
           f"{result['wall_time_s']} s, load average {result['load_average']['before'][0]:.2f} -> "
           f"{result['load_average']['after'][0]:.2f}")
     calibrated = f"calibrated ({used.describe_calibration()})"
-    for label, key in (("per-op sum (Eq 5.8)", "plain_sum"), (calibrated, "calibrated")):
+    lines = [("per-op sum (Eq 5.8)", "plain_sum", ""), (calibrated, "calibrated", "")]
+    if (d := result["drift"]) is not None:
+        lines.append((f"calibrated x drift {d['factor']:.3f}", "calibrated_drift",
+                      f"  (drift since the LUT: {d['references']} reference networks {d['low']:.3f}-{d['high']:.3f}, "
+                      f"LUT {used.created})"))
+    for label, key, note in lines:
         m = result[key]
         print(f"{label:<44} MAPE {m['mape_pct']:6.2f} %  max {m['max_ape_pct']:6.2f} %  RMSE {m['rmse_ms']:.4f} ms  "
-              f"mean signed {m['mean_signed_error_pct']:+6.2f} %  Kendall tau {m['kendall_tau']:.3f}")
-    if result["drift"] is not None:
-        m, d = result["calibrated_drift"], result["drift"]
-        label = f"calibrated x drift {d['factor']:.3f}"
-        print(f"{label:<44} MAPE {m['mape_pct']:6.2f} %  max {m['max_ape_pct']:6.2f} %  RMSE {m['rmse_ms']:.4f} ms  "
-              f"mean signed {m['mean_signed_error_pct']:+6.2f} %  Kendall tau {m['kendall_tau']:.3f}  (drift since the "
-              f"LUT: {d['references']} reference networks {d['low']:.3f}-{d['high']:.3f}, LUT {used.created})")
-    elif result["mode"] == "lut":
+              f"mean signed {m['mean_signed_error_pct']:+6.2f} %  Kendall tau {m['kendall_tau']:.3f}{note}")
+    if d is None and result["mode"] == "lut":
         print(f"drift since the LUT not checked: {result['drift_note']}")
     rep = result["repeatability"]
     label = f"repeatability (halves: {rep['between']})"

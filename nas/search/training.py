@@ -396,7 +396,7 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
     quantised as its ops were, on synthetic inputs), else there is no int8 prediction (``None``).
     """
     from nas.cost.backends import build_backend
-    from nas.cost.drift import DEFAULT_REFERENCES, drift_fields, measure_network
+    from nas.cost.drift import DEFAULT_REFERENCES, check_references, drift_fields, measure_network
     from nas.cost.profiler import obtain_lut
     from nas.cost.runtime_model import RuntimeModel
     from nas.cost.signatures import OpSpec
@@ -408,7 +408,7 @@ def predicted_vs_measured(cfg: DictConfig, space: SearchSpace, arch: Architectur
     predicted = RuntimeModel(space, lut, in_channels, num_classes).predict(arch)
     network = OpSpec("network", (in_channels, space.resolution, space.resolution), lambda: net.eval(),
                      "trained network")
-    references = int(cfg.train.export.get("drift_references", DEFAULT_REFERENCES))
+    references = check_references(cfg.train.export.get("drift_references", DEFAULT_REFERENCES))
     entry, drift, _ = measure_network(network, space, lut, backend, in_channels, num_classes, references)
     precision = getattr(backend, "precision", "fp32")
     result = {"latency_backend": backend.name, "latency_threads": backend.threads, "lut": lut.source,
