@@ -209,6 +209,47 @@ def test_subnet_benchmark_and_truth_check_on_a_supernet_checkpoint(tmp_path, cap
     assert stop.value.code == 2 and "expected label=path" in capsys.readouterr().err
 
 
+def test_tactics_benchmark_compares_predictors_random_search_and_keeps_every_runs_files(tmp_path, capsys):
+    from nas.benchmarks import subnet_tactics
+
+    ckpt = fake_checkpoint(tmp_path / "supernet.ckpt", load_space("tiny"), seed=1)
+    common = ["--supernet", str(ckpt), "--val-batches", "1", "--cache-dir", str(tmp_path / "cache")]
+    doc = subnet_tactics.main([
+        *common, "--seeds", "0", "1", "--reference-seeds", "0", "--reference-budget", "100", "--compare-at", "50",
+        "--random-budget", "50", "--concurrent-iterations", "2", "--predictor", "ridge", "constant", "--no-full",
+        "--out", str(tmp_path / "bench"), "--runs-dir", str(tmp_path / "runs")])
+    runs = doc["runs"]
+    assert sorted(runs) == sorted(f"{name}/seed{s}" for s in (0, 1) for name in
+                                  ("validation", "random", "concurrent-ridge", "concurrent-constant"))
+    # only the reference seed's validation run goes to the reference budget; the rest stop at --compare-at
+    assert [runs[f"validation/seed{s}"]["validations"] for s in (0, 1)] == [100, 50]
+    assert all(runs[f"random/seed{s}"]["validations"] == 50 for s in (0, 1))
+    assert all(r["validations"] == 40 for k, r in runs.items() if k.startswith("concurrent"))
+    assert doc["validation_samples"] <= 1000  # one validation batch of the digits' split
+    for label, run in runs.items():
+        folder = tmp_path / "runs" / label
+        pareto = json.loads((folder / "pareto.json").read_text())
+        assert pareto["format"] == "spnas-pareto" and pareto["seed"] == run["seed"]
+        assert pareto["devices"]["macs_proxy"]["validations"] == run["validations"]
+        assert pareto["devices"]["macs_proxy"]["hypervolume"] == pytest.approx(run["curve"][-1][1])
+        assert (folder / "hv.csv").read_text().splitlines()[-1].split(",")[2] == str(run["validations"])
+    row = doc["summary"]["per_seed"][0]
+    assert row["random_at_random_budget"] == pytest.approx(runs["random/seed0"]["curve"][-1][1])
+    assert row["concurrent_constant_over_validation_pct"] == pytest.approx(
+        100 * row["concurrent_constant_at_100"] / row["validation_at_compare"])
+    assert doc["summary"]["reference_hypervolume"] == pytest.approx(runs["validation/seed0"]["curve"][-1][1])
+    assert json.loads((tmp_path / "bench" / "bench.json").read_text())["runs"] == json.loads(json.dumps(runs))
+    capsys.readouterr()
+    for bad, message in ((["--reference-seeds", "5"], "--reference-seeds [5] names none of --seeds [0]"),
+                         (["--predictor", "ridge", "ridge"], "lists a predictor twice"),
+                         (["--val-batches", "0"], "--val-batches must be >= 1")):
+        with pytest.raises(SystemExit) as stop:
+            subnet_tactics.main([*common, "--seeds", "0", *bad, "--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not (tmp_path / "bad").exists()  # refused before the supernet was loaded
+
+
 def test_validation_throughput_measures_validate_against_its_forward_passes(tmp_path, capsys):
     from nas.benchmarks import validation_throughput
 
@@ -227,3 +268,22 @@ def test_validation_throughput_measures_validate_against_its_forward_passes(tmp_
     with pytest.raises(SystemExit) as stop:
         validation_throughput.main(["--archs", "0"])
     assert stop.value.code == 2 and capsys.readouterr().err.startswith("error: --archs")
+
+
+def test_hyperpower_benchmark_counts_evaluations_to_within_the_given_points_of_the_best():
+    from nas.benchmarks.hyperpower_vs_baselines import markdown, summary_rows
+
+    def run(method: str, curve: list[float | None]) -> dict:
+        return {"method": method, "seed": 0, "num_trials": len(curve), "num_trained": len(curve), "num_pruned": 0,
+                "violating_proposals": 0, "violating_trained": 0, "model_errors": {}, "wall_time_s": 1.0,
+                "best": {"val_error": curve[-1]}, "best_error_curve": curve}
+
+    runs = [run("hyperpower", [None, 0.30, 0.204, 0.204, 0.20]), run("vanilla_bo", [0.40, 0.26, 0.22, 0.216, 0.21])]
+    rows = {r["method"]: r for r in summary_rows(runs, [0], within=0.5)}
+    assert rows["hyperpower"]["evals_to_within_own_best"] == 3        # 0.204 <= 0.20 + 0.005
+    assert rows["vanilla_bo"]["evals_to_within_own_best"] == 5        # 0.216 > 0.21 + 0.005
+    assert rows["vanilla_bo"]["evals_to_within_best_of_all_methods"] is None  # never within 0.5 pt of 0.20
+    wide = {r["method"]: r for r in summary_rows(runs, [0], within=1.0)}
+    assert wide["vanilla_bo"]["evals_to_within_best_of_all_methods"] == 5
+    text = markdown({"summary": list(rows.values()), "within_points": 0.5})
+    assert "evals to own best + 0.5 pt" in text and "| hyperpower | 0 | 20.00 % | 3 |" in text

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from nas.benchmarks import benchmark_command, command_parser
-from nas.benchmarks.trained_supernet import device_target, digits_supernet, hypervolume_at, output_folder
+from nas.benchmarks.trained_supernet import device_target, hypervolume_at, keep_run, output_folder, trained_supernet
+from nas.errors import ConfigError
 from nas.io import agg_figure, atomic_write_json, write_figure
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch
@@ -37,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     ap = command_parser(__doc__)
     ap.add_argument("--supernet", required=True)
     ap.add_argument("--space", default="tiny")
+    ap.add_argument("--data", default="digits", help="data=... the supernet was trained on (seed 0's split)")
+    ap.add_argument("--val-batches", type=int, default=None, help="validation batches per sub-network (default all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--population", type=int, default=50)
@@ -48,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--via", default="child", choices=["child", "supernet"])
     ap.add_argument("--cache-dir", default=".cache/spnas")
     ap.add_argument("--out", default="outputs/bench_subnet")
+    ap.add_argument("--store", default=None, help="validations.jsonl shared with other benchmarks of this supernet "
+                                                   "(default <out>/validations.jsonl)")
+    ap.add_argument("--runs-dir", default=None, help="keep each run's hv.csv and pareto.json under this folder")
     ap.add_argument("--docs", default=None, help="folder for the figures (e.g. docs)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-warm", action="store_true", help="only NSGA-II vs random search on device A")
@@ -56,16 +62,20 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every search, write ``bench.json`` (and the figures with ``--docs``); returns the report."""
+    if args.val_batches is not None and args.val_batches < 1:
+        raise ConfigError(f"--val-batches must be >= 1, got {args.val_batches}")
     out = output_folder(args.out, args.threads)
 
-    space, datamodule, evaluator = digits_supernet(args.space, args.supernet, args.bn_batches, args.via)
+    space, datamodule, evaluator = trained_supernet(args.space, args.supernet, args.bn_batches, args.via, args.data,
+                                                    args.val_batches)
     codec = GenomeCodec(space)
     targets = {name: device_target(name, space, datamodule, args.cache_dir, lut_path)
                for name, lut_path in ((args.device_a, args.lut_a), (args.device_b, args.lut_b))}
     objectives = ObjectiveSpace.build(codec, ["error", "latency"], list(targets.values()), datamodule.in_channels,
                                       datamodule.num_classes)
     norms = {n: Normalisation.build(objectives.names, objectives.bounds(n)) for n in targets}
-    store = ValidationStore(out / "validations.jsonl", file_digest(args.supernet), space.digest,
+    store = ValidationStore(Path(args.store) if args.store else out / "validations.jsonl", file_digest(args.supernet),
+                            space.digest,
                             {n: t.fingerprint for n, t in targets.items()})
     validator = TimedValidator(evaluator)
     runs: dict[str, dict] = {}
@@ -79,6 +89,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "curve": [[h.generation, h.validations, h.hypervolume] for h in result.history],
                        "front": [{"key": result.keys[i], "error": float(result.F[i][0]),
                                   "latency_ms": float(result.F[i][1])} for i in result.front()]}
+        if args.runs_dir:
+            keep_run(Path(args.runs_dir) / label.replace("/", "_"), result, codec, objectives, norms[device],
+                     {"supernet": args.supernet, "data": args.data, "algorithm": algorithm, "seed": seed,
+                      "warm": initial is not None, "validation_samples": evaluator.num_val_samples,
+                      "bn_batches": args.bn_batches})
         print(f"{label}: hypervolume {result.history[-1].hypervolume:.4f} after {result.consumed} validations "
               f"({len(result.history)} generations); supernet evaluations so far {validator.count}", flush=True)
         return [result.genes[i] for i in result.front()]
@@ -92,6 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    initial=np.array(front_a))
 
     report = {"supernet": args.supernet, "supernet_digest": file_digest(args.supernet), "space": space.name,
+              "data": args.data,
               "budget": args.budget, "population": args.population, "seeds": args.seeds,
               "devices": {n: {"lut_fingerprint": t.fingerprint, "normalisation": norms[n].describe()}
                           for n, t in targets.items()},

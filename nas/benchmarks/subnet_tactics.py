@@ -15,6 +15,15 @@ Per seed, on one device (``--device``, default ``macs_proxy``: deterministic pri
 * with ``--popdb``: a PopDB mask from the history of the first seed's validation run (the defaults of
   ``nas/conf/popdb.yaml``, as ``scripts/popdb.py`` makes it), then ``tactic=concurrent`` inside the mask.
 
+* ``--reference-seeds`` runs only those seeds' validation runs to ``--reference-budget`` (the others to
+  ``--compare-at``): a cheaper reference, from fewer seeds; ``--no-full`` skips ``tactic=full``;
+* with ``--random-budget N``: random search (``algorithm=random``) with N validations, against NSGA-II's
+  hypervolume at N read from the validation run's curve (N a whole number of generations);
+* ``--predictor`` takes several predictors (``ridge auto mlp constant``): the concurrent and full runs of each.
+
+``--data fashion_mnist`` measures a supernet trained on that data (its held-out split, seed 0); ``--val-batches``
+scores the first batches of it only (a cheaper, noisier validation, the same for every run). ``--runs-dir`` keeps
+every run's ``hv.csv`` and ``pareto.json`` (as ``subnet_search.py`` writes them) in ``<runs-dir>/<tactic>/seed<s>``.
 The reference hypervolume is the best ``tactic=validation`` hypervolume at ``--reference-budget`` over the seeds.
 All runs share one validation store (same supernet, same BatchNorm batches), so a sub-network is validated once
 for the whole benchmark and every run computes what a standalone ``subnet_search.py`` run computes. Writes
@@ -34,12 +43,14 @@ from typing import Any
 from nas.benchmarks import benchmark_command, command_parser
 from nas.benchmarks.trained_supernet import (
     device_target,
-    digits_supernet,
     group_settings,
     hypervolume_at,
+    keep_run,
     output_folder,
+    trained_supernet,
 )
 from nas.cli import compose_config
+from nas.errors import ConfigError
 from nas.io import agg_figure, atomic_write_json, atomic_write_text, write_figure
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch
@@ -65,10 +76,18 @@ def parser() -> argparse.ArgumentParser:
     ap = command_parser(__doc__)
     ap.add_argument("--supernet", required=True)
     ap.add_argument("--space", default="tiny")
+    ap.add_argument("--data", default="digits", help="data=... the supernet was trained on (seed 0's split)")
+    ap.add_argument("--val-batches", type=int, default=None, help="validation batches per sub-network (default all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--device", default="macs_proxy")
-    ap.add_argument("--predictor", default="ridge")
+    ap.add_argument("--predictor", nargs="+", default=["ridge"], dest="predictors",
+                    help="predictor(s) of the concurrent and full runs, e.g. ridge auto mlp constant")
+    ap.add_argument("--random-budget", type=int, default=0, help="random search with this many validations (0: none)")
     ap.add_argument("--reference-budget", type=int, default=2000)
+    ap.add_argument("--reference-seeds", type=int, nargs="+", default=None,
+                    help="seeds whose validation run goes to --reference-budget (default all); the others stop at "
+                         "--compare-at (or --random-budget if larger)")
+    ap.add_argument("--no-full", action="store_true", help="skip tactic=full")
     ap.add_argument("--compare-at", type=int, default=800, help="validation-tactic budget to compare with")
     ap.add_argument("--concurrent-iterations", type=int, default=20)
     ap.add_argument("--popdb", action="store_true")
@@ -77,16 +96,35 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--bn-batches", type=int, default=1)
     ap.add_argument("--cache-dir", default=".cache/spnas")
     ap.add_argument("--out", default="outputs/bench_tactics")
+    ap.add_argument("--store", default=None, help="validations.jsonl shared with other benchmarks of this supernet "
+                                                   "(default <out>/validations.jsonl)")
+    ap.add_argument("--runs-dir", default=None, help="keep each run's hv.csv and pareto.json under this folder")
     ap.add_argument("--docs", default=None)
     ap.add_argument("--threads", type=int, default=1)
     return ap
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse settings that cannot be benchmarked, before the supernet is loaded."""
+    if args.val_batches is not None and args.val_batches < 1:
+        raise ConfigError(f"--val-batches must be >= 1, got {args.val_batches}")
+    if args.reference_seeds is not None and not set(args.reference_seeds) & set(args.seeds):
+        raise ConfigError(f"--reference-seeds {args.reference_seeds} names none of --seeds {args.seeds}")
+    if args.random_budget < 0:
+        raise ConfigError(f"--random-budget must be >= 0, got {args.random_budget}")
+    for name in args.predictors:
+        group_settings("predictor", name)  # an unknown predictor is one error line naming the choices
+    if len(set(args.predictors)) != len(args.predictors):
+        raise ConfigError(f"--predictor lists a predictor twice: {args.predictors}")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every tactic for every seed (and PopDB), write ``bench.json`` (``tactics_hv.png`` with ``--docs``)."""
+    check_args(args)
     out = output_folder(args.out, args.threads)
 
-    space, datamodule, evaluator = digits_supernet(args.space, args.supernet, args.bn_batches, "child")
+    space, datamodule, evaluator = trained_supernet(args.space, args.supernet, args.bn_batches, "child", args.data,
+                                                    args.val_batches)
     codec = GenomeCodec(space)
     target = device_target(args.device, space, datamodule, args.cache_dir)
     names = ["error", "latency"]
@@ -97,9 +135,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     objectives = objective_space(codec)
     norm = Normalisation.build(names, objectives.bounds(args.device), args.hv_reference)
     digest = file_digest(args.supernet)
-    store = ValidationStore(out / "validations.jsonl", digest, space.digest, {args.device: target.fingerprint})
+    store = ValidationStore(Path(args.store) if args.store else out / "validations.jsonl", digest, space.digest,
+                            {args.device: target.fingerprint})
     algorithm = AlgorithmConfig.from_config(group_settings("algorithm", "nsga2"))
-    predictor = group_settings("predictor", args.predictor)
+    predictors = {name: group_settings("predictor", name) for name in args.predictors}
     concurrent = TacticConfig.from_config({**group_settings("tactic", "concurrent"),
                                            "iterations": args.concurrent_iterations})
     full = TacticConfig.from_config(group_settings("tactic", "full"))
@@ -107,25 +146,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     validation_keys: dict[int, list[str]] = {}
 
-    def record(name: str, seed: int, result: Any, extra: dict[str, Any] | None = None) -> None:
-        runs[f"{name}/seed{seed}"] = {"tactic": name, "seed": seed, "validations": result.consumed,
-                                      "curve": curve(result), **(extra or {})}
-        print(f"{name:<22} seed {seed}: {result.consumed:5d} validations, hypervolume "
+    def record(name: str, seed: int, result: Any, extra: dict[str, Any] | None = None,
+               predictor: str | None = None) -> None:
+        label = name if predictor is None else f"{name}-{predictor}"
+        runs[f"{label}/seed{seed}"] = {"tactic": name, "predictor": predictor, "seed": seed,
+                                       "validations": result.consumed, "curve": curve(result), **(extra or {})}
+        if args.runs_dir:
+            keep_run(Path(args.runs_dir) / label / f"seed{seed}", result, codec, objectives, norm,
+                     {"supernet": args.supernet, "supernet_digest": digest, "data": args.data, "tactic": name,
+                      "predictor": predictor, "seed": seed, "validation_samples": evaluator.num_val_samples,
+                      "bn_batches": args.bn_batches})
+        print(f"{label:<22} seed {seed}: {result.consumed:5d} validations, hypervolume "
               f"{result.history[-1].hypervolume:.5f}  ({validator.count} supernet evaluations so far, "
               f"{time.strftime('%H:%M:%S')})", flush=True)
 
-    def predictor_search(objective_space: ObjectiveSpace, tactic: TacticConfig, seed: int) -> PredictorSearch:
+    def predictor_search(objective_space: ObjectiveSpace, tactic: TacticConfig, seed: int,
+                         predictor: str) -> PredictorSearch:
         return PredictorSearch(objective_space, args.device, validator, store, algorithm, tactic.validations(),
-                               seed, norm, progress=True, tactic=tactic, predictor_config=predictor)
+                               seed, norm, progress=True, tactic=tactic, predictor_config=predictors[predictor])
 
     for seed in args.seeds:
-        result = BudgetedSearch(objectives, args.device, validator, store, algorithm, args.reference_budget, seed,
+        budget = (args.reference_budget if args.reference_seeds is None or seed in args.reference_seeds
+                  else max(args.compare_at, args.random_budget))
+        result = BudgetedSearch(objectives, args.device, validator, store, algorithm, budget, seed,
                                 norm, progress=True).run()
         record("validation", seed, result)
         validation_keys[seed] = result.keys
-        for name, tactic in (("concurrent", concurrent), ("full", full)):
-            search = predictor_search(objectives, tactic, seed)
-            record(name, seed, search.run(), {"rounds": search.rounds})
+        if args.random_budget:
+            random = dataclasses.replace(algorithm, name="random")
+            record("random", seed, BudgetedSearch(objectives, args.device, validator, store, random,
+                                                  args.random_budget, seed, norm, progress=True).run())
+        for predictor in args.predictors:
+            for name, tactic in (("concurrent", concurrent), ("full", full))[:1 if args.no_full else 2]:
+                search = predictor_search(objectives, tactic, seed, predictor)
+                record(name, seed, search.run(), {"rounds": search.rounds}, predictor)
 
     mask_doc = None
     if args.popdb:
@@ -140,13 +194,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(format_mask_report(mask_doc))
         masked_objectives = objective_space(GenomeCodec(space, load_mask(out / "mask.json", space)))
         for seed in args.seeds:
-            search = predictor_search(masked_objectives, concurrent, seed)
-            record("concurrent_popdb", seed, search.run(), {"rounds": search.rounds})
+            search = predictor_search(masked_objectives, concurrent, seed, args.predictors[0])
+            record("concurrent_popdb", seed, search.run(), {"rounds": search.rounds}, args.predictors[0])
 
     summary = summarise(runs, args)
-    doc = {"supernet": args.supernet, "supernet_digest": digest, "space": space.name, "device": args.device,
-           "predictor": predictor, "tactics": {"concurrent": dataclasses.asdict(concurrent),
-                                               "full": dataclasses.asdict(full)},
+    doc = {"supernet": args.supernet, "supernet_digest": digest, "space": space.name, "data": args.data,
+           "device": args.device, "predictors": predictors, "random_budget": args.random_budget,
+           "tactics": {"concurrent": dataclasses.asdict(concurrent), "full": dataclasses.asdict(full)},
            "algorithm": dataclasses.asdict(algorithm), "normalisation": norm.describe(),
            "validation_samples": evaluator.num_val_samples, "bn_batches": args.bn_batches,
            "supernet_evaluations": validator.count,
@@ -160,7 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarise(runs: dict[str, Any], args: Any) -> dict[str, Any]:
-    """The reference hypervolume and, per seed, each tactic against it and against the validation tactic."""
+    """The reference hypervolume and, per seed, each tactic against it and against the validation tactic (per
+    predictor: ``concurrent_<predictor>_at_100`` ...), and NSGA-II against random search at ``--random-budget``."""
     reference = max(hypervolume_at(r["curve"], args.reference_budget) for r in runs.values()
                     if r["tactic"] == "validation")
     rows: dict[str, Any] = {"reference_hypervolume": reference, "per_seed": {}}
@@ -169,19 +224,26 @@ def summarise(runs: dict[str, Any], args: Any) -> dict[str, Any]:
         val = runs[f"validation/seed{seed}"]["curve"]
         row["validation_at_compare"] = hypervolume_at(val, args.compare_at)
         row["validation_at_100"] = hypervolume_at(val, 100)
-        row["concurrent_at_100"] = hypervolume_at(runs[f"concurrent/seed{seed}"]["curve"], 100)
-        row["full_at_100"] = hypervolume_at(runs[f"full/seed{seed}"]["curve"], 100)
-        row["concurrent_over_validation_pct"] = 100.0 * row["concurrent_at_100"] / row["validation_at_compare"]
-        for name in ("validation", "concurrent", "full", "concurrent_popdb"):
-            key = f"{name}/seed{seed}"
-            if key in runs:
-                row[f"{name}_validations_to_99pct_reference"] = needed(runs[key]["curve"], 0.99 * reference)
-        if f"concurrent_popdb/seed{seed}" in runs:
-            pop = runs[f"concurrent_popdb/seed{seed}"]["curve"][-1][1]
-            unmasked = runs[f"concurrent/seed{seed}"]["curve"][-1][1]
-            row["concurrent_popdb_final"] = pop
-            row["concurrent_final"] = unmasked
-            row["popdb_over_unmasked_pct"] = 100.0 * pop / unmasked
+        row["validation_validations_to_99pct_reference"] = needed(val, 0.99 * reference)
+        if f"random/seed{seed}" in runs:
+            row["nsga2_at_random_budget"] = hypervolume_at(val, args.random_budget)
+            row["random_at_random_budget"] = hypervolume_at(runs[f"random/seed{seed}"]["curve"], args.random_budget)
+        for p in args.predictors:
+            for name in ("concurrent", "full", "concurrent_popdb"):
+                key = f"{name}-{p}/seed{seed}"
+                if key not in runs:
+                    continue
+                c = runs[key]["curve"]
+                row[f"{name}_{p}_at_100"] = hypervolume_at(c, 100)
+                row[f"{name}_{p}_validations_to_99pct_reference"] = needed(c, 0.99 * reference)
+            row[f"concurrent_{p}_over_validation_pct"] = (100.0 * row[f"concurrent_{p}_at_100"]
+                                                          / row["validation_at_compare"])
+            popdb = runs.get(f"concurrent_popdb-{p}/seed{seed}")
+            if popdb is not None:
+                unmasked = runs[f"concurrent-{p}/seed{seed}"]["curve"][-1][1]
+                row["concurrent_popdb_final"] = popdb["curve"][-1][1]
+                row["concurrent_final"] = unmasked
+                row["popdb_over_unmasked_pct"] = 100.0 * popdb["curve"][-1][1] / unmasked
         rows["per_seed"][seed] = row
     return rows
 
@@ -196,16 +258,19 @@ def print_summary(summary: dict[str, Any], args: Any) -> None:
 
 def plot(runs: dict[str, Any], summary: dict[str, Any], path: Path, args: Any) -> None:
     """Hypervolume against validations of every run (log scale), and 99 % of the reference."""
-    colours = {"validation": "tab:blue", "concurrent": "tab:red", "full": "tab:green",
+    colours = {"validation": "tab:blue", "random": "tab:orange", "concurrent": "tab:red", "full": "tab:green",
                "concurrent_popdb": "tab:purple"}
+    styles = dict(zip(args.predictors, ["-", "--", ":", "-."] * len(args.predictors)))
     fig = agg_figure(figsize=(7, 4.5))
     ax = fig.subplots()
     seen = set()
     for r in runs.values():
         x, y = zip(*r["curve"])
-        label = f"tactic={r['tactic']}" if r["tactic"] not in seen else None
-        seen.add(r["tactic"])
-        ax.plot(x, y, marker="." if len(x) < 30 else None, color=colours[r["tactic"]], alpha=0.8, label=label)
+        name = r["tactic"] if r.get("predictor") is None else f"{r['tactic']} ({r['predictor']})"
+        label = name if name not in seen else None
+        seen.add(name)
+        ax.plot(x, y, marker="." if len(x) < 30 else None, color=colours[r["tactic"]], alpha=0.8, label=label,
+                ls=styles.get(r.get("predictor"), "-"))
     ref = summary["reference_hypervolume"]
     ax.axhline(0.99 * ref, color="0.4", ls="--", lw=1, label="99 % of the reference")
     ax.set_xscale("log")

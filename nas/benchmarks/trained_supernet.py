@@ -1,9 +1,10 @@
 """Set-up shared by the benchmarks of a trained supernet (:mod:`nas.benchmarks.subnet_search_algorithms`,
 :mod:`nas.benchmarks.subnet_tactics`, :mod:`nas.benchmarks.weight_sharing_truth`).
 
-They measure one supernet checkpoint on scikit-learn's digits with ``subnet_search.py``'s settings, composed
-by :func:`nas.cli.compose_config` (``nas/conf/subnet_search.yaml`` with ``data=digits`` and seed 0: every
-benchmark sees the same split and the same BatchNorm batches), while each keeps its own command line.
+They measure one supernet checkpoint with ``subnet_search.py``'s settings, composed by
+:func:`nas.cli.compose_config` (``nas/conf/subnet_search.yaml`` with ``data=<data>``, scikit-learn's digits by
+default, and seed 0: every benchmark sees the same split and the same BatchNorm batches), while each keeps its own
+command line.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nas.cost.backends import build_backend
 from nas.cost.profiler import obtain_lut
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, load_supernet
+from nas.subnet_search.report import write_hv_csv, write_pareto
 from nas.subnet_search.search_objectives import Target
 
 
@@ -32,9 +34,10 @@ def output_folder(out: str, threads: int) -> Path:
     return folder
 
 
-def digits_config(space: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """``subnet_search.py``'s config for ``space=<space>`` on the digits (seed 0), with ``overrides``."""
-    return compose_config("subnet_search", [f"space={space}", "data=digits", "seed=0", *overrides])
+def bench_config(space: str, overrides: Sequence[str] = (), data: str = "digits") -> DictConfig:
+    """``subnet_search.py``'s config for ``space=<space>`` and ``data=<data>`` (seed 0: the split the supernet
+    training of the same data and seed held out), with ``overrides``."""
+    return compose_config("subnet_search", [f"space={space}", f"data={data}", "seed=0", *overrides])
 
 
 def group_settings(group: str, name: str) -> dict[str, Any]:
@@ -44,23 +47,23 @@ def group_settings(group: str, name: str) -> dict[str, Any]:
 
 
 def supernet_evaluator(path: str, space: SearchSpace, datamodule: Any, bn_batches: int, via: str = "child",
-                       ckpt: dict[str, Any] | None = None) -> SupernetEvaluator:
+                       ckpt: dict[str, Any] | None = None, val_batches: int | None = None) -> SupernetEvaluator:
     """An evaluator of the supernet checkpoint ``path`` (``ckpt``: its :func:`checkpoint_info`, read if not
     given), BatchNorm re-estimated per sub-network on ``bn_batches`` batches drawn with seed 0; a checkpoint of
     another space is one ``ConfigError`` line."""
     ckpt = checkpoint_info(path, space) if ckpt is None else ckpt
     net = load_supernet(ckpt, space, datamodule.in_channels, datamodule.num_classes, path)
-    return SupernetEvaluator.from_datamodule(net, datamodule, bn_batches, seed=0, via=via)
+    return SupernetEvaluator.from_datamodule(net, datamodule, bn_batches, seed=0, val_batches=val_batches, via=via)
 
 
-def digits_supernet(space_name: str, supernet: str, bn_batches: int,
-                    via: str) -> tuple[SearchSpace, Any, SupernetEvaluator]:
-    """The space, the digits data module (seed 0, the space's resolution) and an evaluator of the supernet
-    checkpoint ``supernet``."""
-    cfg = digits_config(space_name)
+def trained_supernet(space_name: str, supernet: str, bn_batches: int, via: str, data: str = "digits",
+                     val_batches: int | None = None) -> tuple[SearchSpace, Any, SupernetEvaluator]:
+    """The space, the data module of ``data=<data>`` (seed 0, the space's resolution) and an evaluator of the
+    supernet checkpoint ``supernet`` scoring the first ``val_batches`` validation batches (``None``: all)."""
+    cfg = bench_config(space_name, data=data)
     space = SearchSpace.from_config(cfg.space)
     datamodule = instantiate(cfg.data)
-    return space, datamodule, supernet_evaluator(supernet, space, datamodule, bn_batches, via)
+    return space, datamodule, supernet_evaluator(supernet, space, datamodule, bn_batches, via, val_batches=val_batches)
 
 
 def device_target(name: str, space: SearchSpace, datamodule: Any, cache_dir: str,
@@ -70,6 +73,15 @@ def device_target(name: str, space: SearchSpace, datamodule: Any, cache_dir: str
     lut = obtain_lut(space, backend, datamodule.in_channels, datamodule.num_classes, cache_dir=cache_dir,
                      lut_path=lut_path, progress=True)
     return Target.from_lut(name, space, lut, datamodule.in_channels, datamodule.num_classes)
+
+
+def keep_run(folder: Path, result: Any, codec: Any, objectives: Any, norm: Any, header: dict[str, Any]) -> None:
+    """A benchmark run's ``hv.csv`` and ``pareto.json`` in ``folder``, as ``subnet_search.py`` writes them (the
+    members' architectures inside ``pareto.json``; no per-member files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_pareto(folder, {**header, **objectives.describe()}, [result], codec, objectives.names,
+                 {result.target: norm}, {t.name: t.fingerprint for t in objectives.targets}, arch_files=False)
+    write_hv_csv(folder / "hv.csv", [result], {result.target: norm})
 
 
 def hypervolume_at(curve: Sequence[Sequence[float]], validations: int) -> float:

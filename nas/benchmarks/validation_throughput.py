@@ -40,7 +40,7 @@ import torch
 from hydra.utils import instantiate
 
 from nas.benchmarks import benchmark_command, command_parser
-from nas.benchmarks.trained_supernet import digits_config, supernet_evaluator
+from nas.benchmarks.trained_supernet import bench_config, supernet_evaluator
 from nas.errors import ConfigError
 from nas.io import atomic_write_json
 from nas.space.architecture import Architecture
@@ -151,7 +151,7 @@ def engine_seconds(space: SearchSpace, in_ch: int, n_cls: int, budget: int, seed
 
 def measure_space(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """The figures of one space (see the module docstring)."""
-    cfg = digits_config(name, [f"eval.bn_batches={args.bn_batches}"])
+    cfg = bench_config(name, [f"eval.bn_batches={args.bn_batches}"])
     space = SearchSpace.from_config(cfg.space)
     datamodule = instantiate(cfg.data)
     if args.supernet:

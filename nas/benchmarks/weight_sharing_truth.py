@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from scipy.stats import kendalltau
 
 from nas.benchmarks import benchmark_command, command_parser
-from nas.benchmarks.trained_supernet import digits_config, output_folder, supernet_evaluator
+from nas.benchmarks.trained_supernet import bench_config, output_folder, supernet_evaluator
 from nas.errors import ConfigError
 from nas.io import agg_figure, atomic_write_json, finite_or_none, null_non_finite, write_figure
 from nas.search.training import retrain_from_scratch
@@ -84,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Retrain, measure with every checkpoint, write ``truth.json`` (and the figure); returns the report."""
     out = output_folder(args.out, args.threads)
-    cfg = digits_config(args.space)
+    cfg = bench_config(args.space)
     space = SearchSpace.from_config(cfg.space)
     bad = [item for item in args.checkpoint if "=" not in item]
     if bad:

@@ -56,13 +56,13 @@ def member_records(result: SearchResult, codec: GenomeCodec, names: Sequence[str
 
 def write_pareto(out: Path, header: Mapping[str, Any], results: Sequence[SearchResult], codec: GenomeCodec,
                  names: Sequence[str], norms: Mapping[str, Normalisation],
-                 fingerprints: Mapping[str, str]) -> dict[str, Any]:
-    """Write ``pareto.json`` and ``pareto/<device>/member_XXX.json``; return the pareto document."""
+                 fingerprints: Mapping[str, str], arch_files: bool = True) -> dict[str, Any]:
+    """Write ``pareto.json`` and (``arch_files``) ``pareto/<device>/member_XXX.json``; return the pareto document."""
     devices = {}
     for result in results:
         members = member_records(result, codec, names)
         folder = Path("pareto") / safe_name(result.target)
-        for m in members:
+        for m in members if arch_files else ():
             rel = folder / f"member_{m['rank']:03d}.json"
             arch = Architecture.from_dict(m["architecture"]).with_meta(
                 source_search="subnet_search", device=result.target, **m["objectives"])
