@@ -22,8 +22,16 @@ from typing import Any
 import numpy as np
 
 from nas.benchmarks import benchmark_command, command_parser
-from nas.benchmarks.trained_supernet import device_target, hypervolume_at, keep_run, output_folder, trained_supernet
-from nas.errors import ConfigError
+from nas.benchmarks.trained_supernet import (
+    add_supernet_arguments,
+    check_supernet_arguments,
+    device_target,
+    hypervolume_at,
+    keep_run,
+    output_folder,
+    store_path,
+    trained_supernet,
+)
 from nas.io import agg_figure, atomic_write_json, write_figure
 from nas.subnet_search.encoding import GenomeCodec
 from nas.subnet_search.engine import AlgorithmConfig, BudgetedSearch
@@ -38,8 +46,7 @@ def parser() -> argparse.ArgumentParser:
     ap = command_parser(__doc__)
     ap.add_argument("--supernet", required=True)
     ap.add_argument("--space", default="tiny")
-    ap.add_argument("--data", default="digits", help="data=... the supernet was trained on (seed 0's split)")
-    ap.add_argument("--val-batches", type=int, default=None, help="validation batches per sub-network (default all)")
+    add_supernet_arguments(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--population", type=int, default=50)
@@ -51,9 +58,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--via", default="child", choices=["child", "supernet"])
     ap.add_argument("--cache-dir", default=".cache/spnas")
     ap.add_argument("--out", default="outputs/bench_subnet")
-    ap.add_argument("--store", default=None, help="validations.jsonl shared with other benchmarks of this supernet "
-                                                   "(default <out>/validations.jsonl)")
-    ap.add_argument("--runs-dir", default=None, help="keep each run's hv.csv and pareto.json under this folder")
     ap.add_argument("--docs", default=None, help="folder for the figures (e.g. docs)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-warm", action="store_true", help="only NSGA-II vs random search on device A")
@@ -62,8 +66,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every search, write ``bench.json`` (and the figures with ``--docs``); returns the report."""
-    if args.val_batches is not None and args.val_batches < 1:
-        raise ConfigError(f"--val-batches must be >= 1, got {args.val_batches}")
+    check_supernet_arguments(args)
     out = output_folder(args.out, args.threads)
 
     space, datamodule, evaluator = trained_supernet(args.space, args.supernet, args.bn_batches, args.via, args.data,
@@ -74,8 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     objectives = ObjectiveSpace.build(codec, ["error", "latency"], list(targets.values()), datamodule.in_channels,
                                       datamodule.num_classes)
     norms = {n: Normalisation.build(objectives.names, objectives.bounds(n)) for n in targets}
-    store = ValidationStore(Path(args.store) if args.store else out / "validations.jsonl", file_digest(args.supernet),
-                            space.digest,
+    store = ValidationStore(store_path(args, out), file_digest(args.supernet), space.digest,
                             {n: t.fingerprint for n, t in targets.items()})
     validator = TimedValidator(evaluator)
     runs: dict[str, dict] = {}

@@ -13,8 +13,7 @@ Per seed, on one device (``--device``, default ``macs_proxy``: deterministic pri
   of rounds <= i);
 * ``tactic=full`` (``nas/conf/tactic/full.yaml``: 80 + 20 validations);
 * with ``--popdb``: a PopDB mask from the history of the first seed's validation run (the defaults of
-  ``nas/conf/popdb.yaml``, as ``scripts/popdb.py`` makes it), then ``tactic=concurrent`` inside the mask.
-
+  ``nas/conf/popdb.yaml``, as ``scripts/popdb.py`` makes it), then ``tactic=concurrent`` inside the mask;
 * ``--reference-seeds`` runs only those seeds' validation runs to ``--reference-budget`` (the others to
   ``--compare-at``): a cheaper reference, from fewer seeds; ``--no-full`` skips ``tactic=full``;
 * with ``--random-budget N``: random search (``algorithm=random``) with N validations, against NSGA-II's
@@ -42,11 +41,14 @@ from typing import Any
 
 from nas.benchmarks import benchmark_command, command_parser
 from nas.benchmarks.trained_supernet import (
+    add_supernet_arguments,
+    check_supernet_arguments,
     device_target,
     group_settings,
     hypervolume_at,
     keep_run,
     output_folder,
+    store_path,
     trained_supernet,
 )
 from nas.cli import compose_config
@@ -76,8 +78,7 @@ def parser() -> argparse.ArgumentParser:
     ap = command_parser(__doc__)
     ap.add_argument("--supernet", required=True)
     ap.add_argument("--space", default="tiny")
-    ap.add_argument("--data", default="digits", help="data=... the supernet was trained on (seed 0's split)")
-    ap.add_argument("--val-batches", type=int, default=None, help="validation batches per sub-network (default all)")
+    add_supernet_arguments(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--device", default="macs_proxy")
     ap.add_argument("--predictor", nargs="+", default=["ridge"], dest="predictors",
@@ -96,9 +97,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--bn-batches", type=int, default=1)
     ap.add_argument("--cache-dir", default=".cache/spnas")
     ap.add_argument("--out", default="outputs/bench_tactics")
-    ap.add_argument("--store", default=None, help="validations.jsonl shared with other benchmarks of this supernet "
-                                                   "(default <out>/validations.jsonl)")
-    ap.add_argument("--runs-dir", default=None, help="keep each run's hv.csv and pareto.json under this folder")
     ap.add_argument("--docs", default=None)
     ap.add_argument("--threads", type=int, default=1)
     return ap
@@ -106,8 +104,7 @@ def parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse settings that cannot be benchmarked, before the supernet is loaded."""
-    if args.val_batches is not None and args.val_batches < 1:
-        raise ConfigError(f"--val-batches must be >= 1, got {args.val_batches}")
+    check_supernet_arguments(args)
     if args.reference_seeds is not None and not set(args.reference_seeds) & set(args.seeds):
         raise ConfigError(f"--reference-seeds {args.reference_seeds} names none of --seeds {args.seeds}")
     if args.random_budget < 0:
@@ -135,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     objectives = objective_space(codec)
     norm = Normalisation.build(names, objectives.bounds(args.device), args.hv_reference)
     digest = file_digest(args.supernet)
-    store = ValidationStore(Path(args.store) if args.store else out / "validations.jsonl", digest, space.digest,
+    store = ValidationStore(store_path(args, out), digest, space.digest,
                             {args.device: target.fingerprint})
     algorithm = AlgorithmConfig.from_config(group_settings("algorithm", "nsga2"))
     predictors = {name: group_settings("predictor", name) for name in args.predictors}

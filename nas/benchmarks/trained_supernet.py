@@ -9,6 +9,7 @@ command line.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from nas.cli import compose_config
 from nas.cost.backends import build_backend
 from nas.cost.profiler import obtain_lut
+from nas.errors import ConfigError
 from nas.space.search_space import SearchSpace
 from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, load_supernet
 from nas.subnet_search.report import write_hv_csv, write_pareto
@@ -32,6 +34,27 @@ def output_folder(out: str, threads: int) -> Path:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def add_supernet_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every benchmark of a trained supernet shares: ``--data``, ``--val-batches``, ``--store``,
+    ``--runs-dir`` (checked by :func:`check_supernet_arguments`)."""
+    ap.add_argument("--data", default="digits", help="data=... the supernet was trained on (seed 0's split)")
+    ap.add_argument("--val-batches", type=int, default=None, help="validation batches per sub-network (default all)")
+    ap.add_argument("--store", default=None, help="validations.jsonl shared with other benchmarks of this supernet "
+                                                   "(default <out>/validations.jsonl)")
+    ap.add_argument("--runs-dir", default=None, help="keep each run's hv.csv and pareto.json under this folder")
+
+
+def check_supernet_arguments(args: argparse.Namespace) -> None:
+    """Refuse a bad :func:`add_supernet_arguments` option in one :class:`ConfigError` line, before any work."""
+    if args.val_batches is not None and args.val_batches < 1:
+        raise ConfigError(f"--val-batches must be >= 1, got {args.val_batches}")
+
+
+def store_path(args: argparse.Namespace, out: Path) -> Path:
+    """The validation store of the benchmark: ``--store``, else ``<out>/validations.jsonl``."""
+    return Path(args.store) if args.store else out / "validations.jsonl"
 
 
 def bench_config(space: str, overrides: Sequence[str] = (), data: str = "digits") -> DictConfig:
