@@ -276,7 +276,8 @@ def _truth_study(tmp_path: Path, *overrides: str):
     cfg = compose_config("study_truth", with_choices=True, overrides=[
         f"source={tmp_path}/solvers.jsonl", f"records={tmp_path}/truth.jsonl", f"work_dir={tmp_path}/work",
         f"table={tmp_path}/truth.md", f"figure={tmp_path}/truth.png", "sitting.file=null",
-        f"common={json.dumps(common)}", "eval.bn_batches=1", "bootstrap.resamples=200",
+        f"common={json.dumps(common)}", "eval.bn_batches=1", "bootstrap.resamples=200", "front.size=0",
+        f"front.file={tmp_path}/front.json", f"front.records={tmp_path}/front.jsonl",
         'supernet.overrides=["solver=supernet","seed=0","trainer.max_epochs=1","trainer.limit_train_batches=1",'
         '"trainer.limit_val_batches=1"]',
         *overrides])
@@ -292,10 +293,23 @@ def test_truth_study_trains_each_variant_once_records_every_network_and_reports_
     from nas.subnet_search.evaluation import SupernetEvaluator
 
     truth = _ground_truth(tmp_path / "solvers.jsonl")
-    study = _truth_study(tmp_path, 'variants={sandwich:[],distill:["solver.distill=true"]}')
+    # three front networks already retrained (front.file and front.records as a finished front retraining left
+    # them): they join the ground truth, from their own source
+    front = [{**r, "key": f"front/{i:03d}", "kind": "front", "test_acc": 0.7 + 0.01 * i}
+             for i, r in enumerate(_ground_truth(tmp_path / "other.jsonl", n=9)[6:9])]
+    (tmp_path / "front.json").write_text(json.dumps({"size": 3, "networks": [
+        {"key": r["key"], "architecture": r["architecture"]} for r in front]}))
+    for r in front:
+        append_jsonl(tmp_path / "front.jsonl", r)
+    study = _truth_study(tmp_path, 'variants={sandwich:[],distill:["solver.distill=true"]}', "front.size=3",
+                         "front.files=[unused]")
+    monkeypatch.setattr(SolverStudy, "retrain", lambda *a: pytest.fail("a retrained front network again"))
     records = study.run()
-    assert sorted(r["key"] for r in records) == sorted(f"{v}/cloud/{i:03d}" for v in ("sandwich", "distill")
-                                                       for i in range(6))
+    assert sorted(r["key"] for r in records) == sorted(f"{v}/{k}" for v in ("sandwich", "distill")
+                                                       for k in [*(f"cloud/{i:03d}" for i in range(6)),
+                                                                 *(r["key"] for r in front)])
+    assert {r["source"] for r in records if r["network"].startswith("front/")} == {"front.jsonl"}
+    records = [r for r in records if not r["network"].startswith("front/")]
     by_key = {r["key"]: r for r in records}
     assert by_key["distill/cloud/002"]["same_architecture"] == ["search/random/seed0"]
     for r in records:
@@ -312,17 +326,22 @@ def test_truth_study_trains_each_variant_once_records_every_network_and_reports_
     # rerun: everything is recorded, nothing is trained or validated again
     monkeypatch.setattr(SolverStudy, "_run", lambda *a: pytest.fail("a finished supernet was trained again"))
     monkeypatch.setattr(SupernetEvaluator, "validate", lambda *a: pytest.fail("a recorded network was validated"))
-    assert len(_truth_study(tmp_path, 'variants={sandwich:[],distill:["solver.distill=true"]}').run()) == 12
-    assert len(read_jsonl(tmp_path / "truth.jsonl")) == 12
+    assert len(_truth_study(tmp_path, 'variants={sandwich:[],distill:["solver.distill=true"]}', "front.size=3",
+                            "front.files=[unused]").run()) == 18
+    assert len(read_jsonl(tmp_path / "truth.jsonl")) == 18
     cfg = OmegaConf.create({"table": str(tmp_path / "truth.md"), "figure": str(tmp_path / "truth.png"),
                             "bootstrap": {"resamples": 200, "confidence": 0.95, "seed": 0}})
     table = write_truth_report(read_jsonl(tmp_path / "truth.jsonl"), cfg)
     assert (tmp_path / "truth.png").read_bytes()[:4] == b"\x89PNG"
     for variant in ("sandwich", "distill"):
-        row = next(line for line in table.splitlines() if line.startswith(f"| {variant} | 6 |"))
+        row = next(line for line in table.splitlines() if line.startswith(f"| {variant} | 9 |"))
         assert row.count("[") >= 2  # τ and ρ with their intervals (or n/a when the errors are all tied)
+        # and within each source: Study A's 6 networks, the 3 front networks
+        row = next(line for line in table.splitlines() if line.startswith(f"| {variant} | ") and "(n = 6)" in line)
+        assert row.endswith("(n = 3) |")
     # the reference row of the retrained validation error: fake errors that rank exactly as the test errors
-    assert "| reference: retrained validation error | 6 | +1.00 [+1.00, +1.00] |" in table
+    assert "| reference: retrained validation error | 6 | +1.00 [+1.00, +1.00] |" not in table  # 9 networks now
+    assert "| reference: retrained validation error | +1.00 [+1.00, +1.00] (n = 6) |" in table
 
 
 def test_truth_report_computes_tau_rho_and_a_seeded_bootstrap_interval():
@@ -381,8 +400,134 @@ def test_truth_study_resumes_a_cut_supernet_and_refuses_changed_variants(tmp_pat
         changed.train_variant("distill")
 
 
+def test_variants_that_differ_only_in_eval_share_one_supernet(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(self, entry, overrides, log_path, what):
+        calls.append(overrides)
+        run_dir = Path(dict(o.split("=", 1) for o in overrides)["hydra.run.dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text("{}")
+
+    monkeypatch.setattr(SolverStudy, "_run", fake_run)
+    study = _truth_study(tmp_path, "~variants", '+variants={distill:["solver.distill=true"],'
+                                   'distill_bn3:["solver.distill=true","eval.bn_batches=3","eval.val_batches=2"]}')
+    assert study.train_variant("distill") == tmp_path / "work" / "supernet" / "distill"
+    assert study.train_variant("distill_bn3") == tmp_path / "work" / "supernet" / "distill"
+    assert len(calls) == 1 and not any(o.startswith("eval.") for o in calls[0])
+    assert (study.variant_eval("distill_bn3").bn_batches, study.variant_eval("distill_bn3").val_batches) == (3, 2)
+    assert (study.variant_eval("distill").bn_batches, study.variant_eval("distill").val_batches) == (1, None)
+    # a variant that trains differently gets its own supernet
+    other = _truth_study(tmp_path, "~variants", '+variants={distill:["solver.distill=true"],'
+                                                'long:["solver.distill=true","trainer.max_epochs=2"]}')
+    assert other.train_variant("long") == tmp_path / "work" / "supernet" / "long" and len(calls) == 2
+
+
+def _pareto(path: Path, members: list[tuple[list[str], float]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": "spnas-pareto", "version": 1, "devices": {"macs_proxy": {"members": [
+        {"key": " ".join(keys), "objectives": {"error": error, "latency_ms": 0.1}} for keys, error in members]}}}))
+    return path
+
+
+def test_front_members_are_spread_over_macs_and_retrained_once_each(tmp_path, monkeypatch):
+    """The front networks: distinct members of the pareto files not in the source, evenly spread over MACs, kept
+    in front.file; each retrained once (Study A's recipe and record format, retrain.hardware's latency); a
+    network another live process has claimed is left to it; a re-run retrains nothing."""
+    from nas.studies.truth_study import front_members, spread_over
+    from tests.conftest import load_space
+
+    assert spread_over([5.0, 1.0, 3.0, 2.0, 4.0], 3) == [1, 2, 0]  # smallest, middle, largest
+    assert spread_over([1.0, 1.0, 2.0], 5) == [0, 1, 2] and spread_over([3.0, 1.0, 2.0], 1) == [2]
+    truth = _ground_truth(tmp_path / "solvers.jsonl")
+    space = load_space("tiny")
+    rng = __import__("random").Random(7)
+    sampled = {}
+    while len(sampled) < 5:
+        arch = space.sample(rng)
+        if arch.keys not in [t["architecture"] for t in truth]:
+            sampled.setdefault(tuple(arch.keys), arch)
+    archs = [list(k) for k in sampled]
+    a = _pareto(tmp_path / "runs" / "seed0" / "pareto.json", [(archs[0], 0.2), (archs[1], 0.3),
+                                                             (truth[0]["architecture"], 0.1)])
+    _pareto(tmp_path / "runs" / "seed1" / "pareto.json", [(archs[1], 0.25), *[(k, 0.3) for k in archs[2:]]])
+    members = front_members([a, tmp_path / "runs" / "seed1" / "pareto.json"])
+    assert len(members) == 6 and members[tuple(archs[1])]["error"] == 0.25
+    assert len(members[tuple(archs[1])]["files"]) == 2
+
+    trained = []
+
+    def fake_run(self, entry, overrides, log_path, what):
+        assert entry == "train"
+        given = dict(o.split("=", 1) for o in overrides)
+        trained.append(given)
+        run_dir = Path(given["hydra.run.dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "train_summary.json").write_text(json.dumps(
+            {"val_acc": 0.9, "test_acc": 0.88, "parameters": 1234, "measured_latency_ms": 0.07}))
+
+    monkeypatch.setattr(SolverStudy, "_run", fake_run)
+    overrides = ["front.size=3", f"front.files=[{tmp_path}/runs/seed*/pareto.json]", "front.only=true"]
+    # front/001 (the middle one) is being retrained by another live process: its claim stays
+    claimed = tmp_path / "work" / "train" / "front_001.claim"
+    claimed.parent.mkdir(parents=True)
+    parent = __import__("os").getppid()
+    from nas.threads import start_time
+    claimed.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": parent,
+                                   "start": start_time(parent)}))
+    _truth_study(tmp_path, *overrides).run()
+    drawn = json.loads((tmp_path / "front.json").read_text())
+    assert [n["key"] for n in drawn["networks"]] == ["front/000", "front/001", "front/002"]
+    assert drawn["candidates"] == 5  # the member in the source is not a candidate
+    macs = [n["macs"] for n in drawn["networks"]]
+    assert macs == sorted(macs) and all(n["architecture"] in archs for n in drawn["networks"])
+    records = read_jsonl(tmp_path / "front.jsonl")
+    assert [r["key"] for r in records] == ["front/000", "front/002"]
+    assert all(r["kind"] == "front" and r["format"] == "spnas-study-network" and r["test_acc"] == 0.88
+               and r["hardware"] == "cpu_onnx" and r["recipe"] == "fashion_mnist" for r in records)
+    assert {t["hardware"] for t in trained} == {"cpu_onnx"} and {t["recipe"] for t in trained} == {"fashion_mnist"}
+    assert not (tmp_path / "work" / "train" / "front_000.claim").exists()  # released
+    # the claim's owner has gone (a dead process's claim is stale): the next run takes it over, and nothing else
+    claimed.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": parent,
+                                   "start": -1}))
+    _truth_study(tmp_path, *overrides).run()
+    assert [r["key"] for r in read_jsonl(tmp_path / "front.jsonl")] == ["front/000", "front/002", "front/001"]
+    assert len(trained) == 3
+    assert not claimed.exists()  # taken over, then released
+    with pytest.raises(ConfigError, match="holds 3 front networks, not front.size=4"):
+        _truth_study(tmp_path, "front.size=4", f"front.files=[{tmp_path}/runs/seed*/pareto.json]").run()
+
+
+def test_a_claim_is_held_until_released_and_a_dead_owner_is_stale(tmp_path):
+    import os
+    import socket
+
+    from nas.studies.claims import claim, claim_is_stale, release
+    from nas.threads import start_time
+
+    path = tmp_path / "job.claim"
+    assert claim(path) and claim(path)  # ours, twice
+    release(path)
+    assert not path.exists()
+    parent = os.getppid()
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": parent, "start": start_time(parent)}))
+    assert not claim_is_stale(path) and not claim(path)  # a live process holds it
+    release(path)
+    assert path.exists()  # someone else's claim is left alone
+    path.write_text(json.dumps({"host": "another-host", "pid": 1, "start": 0}))
+    assert not claim(path)  # another machine's claim is never taken over from here
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": parent, "start": -1}))
+    assert claim_is_stale(path) and claim(path)  # its process id now belongs to another process: stale
+    path.write_text('{"host": "torn')
+    assert claim(path)  # a torn claim is stale
+
+
 @pytest.mark.parametrize("overrides, message", [
     (['+variants.bad=["solver.sampling=uniform","solver.distill=true"]'], "needs solver.sampling=sandwich"),
+    (['+variants.bn=["eval.bn_batch=3"]'], "variants.bn: ['eval.bn_batch=3'] does not fit eval"),
+    (['+variants.bn=["eval.bn_batches=-1"]'], "variants.bn: eval.bn_batches must be an integer >= 0"),
+    (["front.size=2", "front.files=[]"], "front.size > 0 needs front.files"),
+    (["front.size=2", "front.files=[nowhere/*.json]"], "nowhere/*.json matches no file"),
     (['+variants.single=["solver=single_path"]'], "not a weight-sharing supernet"),
     (["~variants", "+variants={a.b:[]}"], "variant name 'a.b'"),
     (["~variants", "+variants={}"], "variants must map a name"),

@@ -1,8 +1,11 @@
-"""Truth study: supernet-measured error against the retrained test error of Study A's networks (issue 19).
+"""Truth study: supernet-measured error against the retrained test error of Study A's networks and of networks
+of sub-network search fronts (issue 19).
 
     spnas study-truth                              # run or continue; nas/conf/study_truth.yaml
     spnas study-truth '+variants.t2=["solver.distill=true","solver.distill_temperature=2.0"]'
+    spnas study-truth '+variants.bn16=["solver.distill=true","eval.bn_batches=16"]'   # distill's supernet, measured
     spnas study-truth ~variants.sandwich           # drop a variant of the config
+    spnas study-truth front.only=true              # only retrain the front networks (run one per core: they split them)
     spnas study-truth report_only=true             # table and figure from the records
 
 Overrides are Hydra's ``key=value`` on nas/conf/study_truth.yaml (a variant is a list of search.py overrides).

@@ -179,6 +179,11 @@ class SolverStudy:
         cfg = self.cfg
         return [f"space={cfg.space}", f"data={cfg.data}", f"hardware={cfg.hardware}", *cfg.common]
 
+    def retrain_base_overrides(self) -> list[str]:
+        """Space, data, hardware (whose backend measures the retrained network's latency) and common settings of
+        every retraining: the study's own."""
+        return self.base_overrides()
+
     def solver_overrides(self, solver: str) -> list[str]:
         """A search's settings: the study's (``search.overrides``), then the solver's own (``search.per_solver``)."""
         return [*self.cfg.search.overrides, *self.cfg.search.per_solver.get(solver, []), f"solver={solver}"]
@@ -374,7 +379,8 @@ class SolverStudy:
         run_dir = self.work / "train" / key.replace("/", "_")
         summary_path = run_dir / "train_summary.json"
         if not summary_path.is_file():
-            overrides = [*self.base_overrides(), f"recipe={self.cfg.retrain.recipe}", *self.cfg.retrain.overrides,
+            overrides = [*self.retrain_base_overrides(), f"recipe={self.cfg.retrain.recipe}",
+                         *self.cfg.retrain.overrides,
                          f"seed={int(self.cfg.retrain.seed)}", f"arch={arch_path}"]
             self._run_in(run_dir, "train", overrides, f"retraining of {key}")
         s = json.loads(self._summary(summary_path, f"retraining of {key}", run_dir).read_text())
@@ -444,10 +450,13 @@ def study_config(cfg: DictConfig, args: list[str] | None = None) -> DictConfig:
     for key in ("records", "figure", "table", "work_dir", "source"):
         if key in plain:  # type: ignore[operator]
             plain[key] = str(Path(plain[key]).absolute())  # type: ignore[index]
-    for group in ("lambda_search", "cloud", "sitting"):
+    for group in ("lambda_search", "cloud", "sitting", "front"):
         node = plain.get(group) or {}  # type: ignore[union-attr]
-        if node.get("file"):
-            node["file"] = str(Path(node["file"]).absolute())
+        for key in ("file", "records"):
+            if node.get(key):
+                node[key] = str(Path(node[key]).absolute())
+        if node.get("files"):
+            node["files"] = [str(Path(f).absolute()) for f in node["files"]]
     return OmegaConf.create(plain)
 
 

@@ -1,8 +1,8 @@
 """Truth study: does the supernet rank sub-networks as retraining them does? (issue 19, "truth check at scale").
 
 Ground truth: the networks of Study A (``docs/evidence/fashion_mnist_solvers.jsonl``: searched networks and a
-random cloud over the whole latency range), each retrained from scratch with the studies' recipe; their test
-error is the truth. Nothing is retrained here. For each supernet *variant* of the config (a list of ``search.py``
+random cloud over the whole latency range), each retrained from scratch with the studies' recipe, and the front
+networks below; their test error is the truth. For each supernet *variant* of the config (a list of ``search.py``
 overrides on top of the common ones: ``solver.distill=true``, more epochs, ...):
 
 1. the supernet is trained once (``search.py solver=supernet``, a separate process: :meth:`SolverStudy._run_in`;
@@ -15,6 +15,12 @@ overrides on top of the common ones: ``solver.distill=true``, more epochs, ...):
 
 Architectures that occur more than once in the source (two searches finding the same network) count once: the
 retraining is deterministic, so their records agree. Re-running skips recorded (variant, network) pairs.
+
+More ground truth (``front``): members of the NSGA-II fronts of sub-network searches (``pareto.json``), the
+networks a train-once-search-many user would deploy, ``size`` of them evenly spread over MACs, retrained here with
+Study A's recipe (``retrain``) into a records file of Study A's format. Several processes may retrain them side by
+side (:mod:`nas.studies.claims`). A variant's ``eval.*`` entries change how its supernet is measured (BatchNorm
+batches, validation images), not how it is trained: variants that train alike share one supernet.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas.errors import ConfigError
 from nas.io import append_jsonl, read_jsonl
+from nas.studies.claims import claim, release
+from nas.studies.solver_study import RECORD_FORMAT as STUDY_RECORD_FORMAT
+from nas.studies.solver_study import RECORD_VERSION as STUDY_RECORD_VERSION
 from nas.studies.solver_study import SolverStudy, cpu_seconds, read_sitting, with_sitting
 
 RECORD_FORMAT = "spnas-truth-network"
@@ -65,6 +74,38 @@ def ground_truth(records: list[dict[str, Any]], space: str, data: str) -> list[d
                           "latency_ms": r.get("measured_latency_ms"), "params": r.get("params"),
                           "macs": r.get("macs")}
     return list(networks.values())
+
+
+def front_members(files: Sequence[str | os.PathLike]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """The distinct members of the fronts in ``pareto.json`` files (every device's), in file order:
+    ``{architecture keys: {"files": [...], "error": the lowest error a front gave it}}``."""
+    from nas.io import read_json_document
+
+    members: dict[tuple[str, ...], dict[str, Any]] = {}
+    for f in files:
+        doc = read_json_document(f, "front.files", "spnas-pareto", 1, "sub-network search front",
+                                 "pass the pareto.json of a subnet_search.py run")
+        for device in (doc.get("devices") or {}).values():
+            for m in device.get("members") or []:
+                arch = tuple(str(m["key"]).split())
+                entry = members.setdefault(arch, {"files": [], "error": None})
+                if str(f) not in entry["files"]:
+                    entry["files"].append(str(f))
+                error = (m.get("objectives") or {}).get("error")
+                if error is not None and (entry["error"] is None or error < entry["error"]):
+                    entry["error"] = float(error)
+    return members
+
+
+def spread_over(values: Sequence[float], size: int) -> list[int]:
+    """Indices of ``size`` items evenly spread over the sorted ``values`` (ties broken by position), both ends
+    included; every index when ``size >= len(values)``."""
+    order = sorted(range(len(values)), key=lambda i: (values[i], i))
+    if size >= len(order):
+        return order
+    if size == 1:
+        return [order[len(order) // 2]]
+    return [order[int(round(k * (len(order) - 1) / (size - 1)))] for k in range(size)]
 
 
 # ---------------------------------------------------------------------- statistics
@@ -147,6 +188,7 @@ class TruthStudy(SolverStudy):
             plain = OmegaConf.to_container(overrides) if OmegaConf.is_config(overrides) else overrides
             if not isinstance(plain, list) or not all(isinstance(o, str) and "=" in o for o in plain):
                 raise ConfigError(f"variants.{name} must be a list of search.py overrides (key=value), got {plain!r}")
+            self.check_eval(self.variant_eval(str(name)), f"variants.{name}: eval")
         common = OmegaConf.to_container(cfg.supernet.overrides) if OmegaConf.is_config(cfg.supernet.overrides) \
             else cfg.supernet.overrides
         if not isinstance(common, list) or not all(isinstance(o, str) and "=" in o for o in common):
@@ -156,18 +198,54 @@ class TruthStudy(SolverStudy):
             raise ConfigError(f"bootstrap.resamples must be an integer >= 100, got {boot.resamples!r}")
         if not isinstance(boot.confidence, float) or not 0.0 < boot.confidence < 1.0:
             raise ConfigError(f"bootstrap.confidence must lie in (0, 1), got {boot.confidence!r}")
-        ev = cfg.eval
+        self.check_eval(cfg.eval, "eval")
+        front = cfg.get("front") or {}
+        size = front.get("size", 0)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(f"front.size must be an integer >= 0, got {size!r}")
+        if size and not front.get("files"):
+            raise ConfigError("front.size > 0 needs front.files: the pareto.json files of sub-network searches, "
+                              "e.g. 'front.files=[docs/evidence/fashion_mnist_subnet/runs/validation/seed*/"
+                              "pareto.json]'")
+        if size and not (front.get("file") and front.get("records")):
+            raise ConfigError("front.size > 0 needs front.file (the drawn networks) and front.records (their "
+                              "retrainings)")
+
+    @staticmethod
+    def check_eval(ev: DictConfig, where: str) -> None:
+        """The evaluator settings ``ev`` (``where`` names them in messages) are usable."""
         if isinstance(ev.bn_batches, bool) or not isinstance(ev.bn_batches, int) or ev.bn_batches < 0:
-            raise ConfigError(f"eval.bn_batches must be an integer >= 0, got {ev.bn_batches!r}")
+            raise ConfigError(f"{where}.bn_batches must be an integer >= 0, got {ev.bn_batches!r}")
         if ev.val_batches is not None and (not isinstance(ev.val_batches, int) or ev.val_batches < 1):
-            raise ConfigError(f"eval.val_batches must be an integer >= 1 or null, got {ev.val_batches!r}")
+            raise ConfigError(f"{where}.val_batches must be an integer >= 1 or null, got {ev.val_batches!r}")
         if ev.via not in ("supernet", "child"):
-            raise ConfigError(f"eval.via must be 'supernet' or 'child', got {ev.via!r}")
+            raise ConfigError(f"{where}.via must be 'supernet' or 'child', got {ev.via!r}")
+
+    def variant_training(self, name: str) -> list[str]:
+        """The variant's own ``search.py`` overrides (its entries without ``eval.``)."""
+        return [o for o in self.cfg.variants[name] if not o.split("=", 1)[0].startswith("eval.")]
+
+    def variant_eval(self, name: str) -> DictConfig:
+        """How the variant's supernet is measured: ``eval`` with the variant's ``eval.*`` entries on top (an
+        unknown key is a :class:`ConfigError`)."""
+        own = [o for o in self.cfg.variants[name] if o.split("=", 1)[0].startswith("eval.")]
+        merged = OmegaConf.merge(self.cfg.eval, {})
+        OmegaConf.set_struct(merged, True)
+        try:
+            return OmegaConf.merge(merged, OmegaConf.from_dotlist([o[len("eval."):] for o in own]))  # type: ignore[return-value]
+        except Exception as err:  # omegaconf's ConfigKeyError and parse errors
+            raise ConfigError(f"variants.{name}: {own} does not fit eval ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0]}); known keys: {sorted(self.cfg.eval)}") from None
 
     def variant_overrides(self, name: str) -> list[str]:
         """``search.py``'s overrides of a variant: the study's (space, data, hardware, common), the supernet's
-        (``supernet.overrides``), then the variant's own."""
-        return [*self.base_overrides(), *self.cfg.supernet.overrides, *self.cfg.variants[name]]
+        (``supernet.overrides``), then the variant's own (without its ``eval.*`` entries)."""
+        return [*self.base_overrides(), *self.cfg.supernet.overrides, *self.variant_training(name)]
+
+    def retrain_base_overrides(self) -> list[str]:
+        """The front networks' retraining: Study A's space, data and latency measurement (``retrain.hardware``)."""
+        cfg = self.cfg
+        return [f"space={cfg.space}", f"data={cfg.data}", f"hardware={cfg.retrain.hardware}", *cfg.common]
 
     def check_variant(self, name: str) -> DictConfig:
         """The composed ``search.py`` config of a variant; a variant that does not train ``solver=supernet`` or
@@ -195,16 +273,32 @@ class TruthStudy(SolverStudy):
         source = Path(self.cfg.source)
         if not source.is_file():
             raise ConfigError(f"source={source} does not exist; run spnas study-solvers first (or pass its records)")
-        truth = ground_truth(read_jsonl(source, "study network"), str(self.cfg.space), str(self.cfg.data))
+        base = compose_config("search", self.base_overrides())
+        self.space = SearchSpace.from_config(base.space)
+        datamodule = instantiate(base.data)
+        datamodule.check_available()
+        self.in_channels, self.num_classes = datamodule.in_channels, datamodule.num_classes
+        source_records = read_jsonl(source, "study network")
+        composed = {name: self.check_variant(str(name)) for name in self.cfg.variants}
+        front = self.front_networks(source_records)
+        if front:
+            self.retrain_front(front)
+            if self.cfg.front.get("only"):
+                return list(read_jsonl(self.records_path, "truth record"))
+        front_path = Path(self.cfg.front.records) if front else None
+        front_records = read_jsonl(front_path, "study network") if front_path else []
+        truth = ground_truth(source_records, str(self.cfg.space), str(self.cfg.data))
+        in_source = {n["key"] for n in truth}
+        drawn = {tuple(n["architecture"]) for n in front}
+        truth += [n for n in ground_truth(front_records, str(self.cfg.space), str(self.cfg.data))
+                  if tuple(n["architecture"]) in drawn and n["key"] not in in_source]
         if len(truth) < 3:
             raise ConfigError(f"{source} holds {len(truth)} distinct networks of space={self.cfg.space} "
                               f"data={self.cfg.data} with a test accuracy; the truth study needs at least 3")
-        base = compose_config("search", self.base_overrides())
-        self.space = SearchSpace.from_config(base.space)
+        for net in truth:
+            net["source"] = front_path.name if front_path and net["key"] not in in_source else source.name
         archs = {net["key"]: self.space.architecture([LayerChoice.from_key(k) for k in net["architecture"]])
                  for net in truth}  # a network outside the space fails here, before any training
-        instantiate(base.data).check_available()
-        composed = {name: self.check_variant(str(name)) for name in self.cfg.variants}
         sitting = read_sitting((self.cfg.get("sitting") or {}).get("file"))
         latency = {r["key"]: r["measured_latency_ms"] for r in with_sitting(
             [{"key": n["key"], "architecture": n["architecture"], "measured_latency_ms": n["latency_ms"]}
@@ -219,7 +313,7 @@ class TruthStudy(SolverStudy):
                 continue
             run_dir = self.train_variant(name)
             ckpt_path = run_dir / "checkpoints" / "last.ckpt"
-            evaluator, digest = self.evaluator(ckpt_path, variant_cfg)
+            evaluator, digest = self.evaluator(ckpt_path, variant_cfg, self.variant_eval(name))
             recorded = {r.get("supernet_digest") for r in done.values() if r.get("variant") == name}
             if recorded - {digest}:
                 raise ConfigError(f"records of variant {name} in {self.records_path} were measured on supernet "
@@ -237,14 +331,16 @@ class TruthStudy(SolverStudy):
                           "measured_latency_ms": latency[net["key"]], "params": net["params"], "macs": net["macs"],
                           "eval_s": round(time.perf_counter() - start, 3),
                           "eval_cpu_s": round(time.process_time() - cpu, 3),
-                          "supernet_digest": digest, "supernet_overrides": list(self.cfg.variants[name]),
+                          "supernet_digest": digest, "supernet": run_dir.name,
+                          "supernet_overrides": list(self.cfg.variants[name]),
                           "common_overrides": [*self.cfg.supernet.overrides],
                           "supernet_wall_s": summary.get("wall_time_s"),
                           "supernet_cpu_s": cpu_seconds(run_dir.with_suffix(".log")),
                           "supernet_epochs": summary.get("epochs"), "supernet_steps": summary.get("steps"),
-                          "eval": {**OmegaConf.to_container(self.cfg.eval, resolve=True),  # type: ignore[dict-item]
+                          "eval": {**OmegaConf.to_container(self.variant_eval(name),  # type: ignore[dict-item]
+                                                            resolve=True),
                                    "val_samples": evaluator.num_val_samples},
-                          "space": self.cfg.space, "data": self.cfg.data, "source": source.name,
+                          "space": self.cfg.space, "data": self.cfg.data, "source": net["source"],
                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 append_jsonl(self.records_path, record)
                 done[record["key"]] = record
@@ -252,12 +348,27 @@ class TruthStudy(SolverStudy):
                       f"{net['test_error']:.4f} ({record['eval_s']:.1f} s)", flush=True)
         return list(done.values())
 
+    def supernet_dir(self, name: str) -> Path:
+        """The variant's supernet folder: its own (``work_dir/supernet/<name>``), or the folder of a supernet trained
+        with the same overrides (a variant that differs from it only in ``eval.*``)."""
+        overrides = self.variant_overrides(name)
+        own = self.work / "supernet" / name
+        if not own.with_suffix(".json").is_file():
+            for marker in sorted((self.work / "supernet").glob("*.json")):
+                try:
+                    if json.loads(marker.read_text()).get("overrides") == overrides:
+                        return marker.with_suffix("")
+                except (OSError, ValueError):
+                    continue
+        return own
+
     def train_variant(self, name: str) -> Path:
-        """The run folder of the variant's supernet, trained (or its killed training resumed) unless finished. The
-        overrides it was trained with are kept beside it: a variant whose overrides changed is an error."""
+        """The run folder of the variant's supernet (:meth:`supernet_dir`), trained (or its killed training resumed)
+        unless finished. The overrides it was trained with are kept beside it: a variant whose overrides changed is
+        an error."""
         from nas.io import atomic_write_json
 
-        run_dir = self.work / "supernet" / name
+        run_dir = self.supernet_dir(name)
         overrides = self.variant_overrides(name)
         marker = run_dir.with_suffix(".json")
         if marker.is_file():
@@ -268,15 +379,16 @@ class TruthStudy(SolverStudy):
         else:
             atomic_write_json(marker, {"variant": name, "overrides": overrides})
         if not (run_dir / "summary.json").is_file():
-            print(f"supernet {name}: training ({' '.join(self.cfg.variants[name]) or 'common settings'})",
+            print(f"supernet {name}: training ({' '.join(self.variant_training(name)) or 'common settings'})",
                   flush=True)
             self._run_in(run_dir, "search", overrides, f"supernet {name}")
         self._summary(run_dir / "summary.json", f"supernet {name}", run_dir)
         return run_dir
 
-    def evaluator(self, ckpt_path: Path, variant_cfg: DictConfig) -> tuple[Any, str]:
+    def evaluator(self, ckpt_path: Path, variant_cfg: DictConfig, ev: DictConfig) -> tuple[Any, str]:
         """A :class:`SupernetEvaluator` of the checkpoint on the variant's own data (its validation split is held
-        out of the supernet's training), and the checkpoint's digest."""
+        out of the supernet's training) with the settings ``ev`` (:meth:`variant_eval`), and the checkpoint's
+        digest."""
         from hydra.utils import instantiate
 
         from nas.subnet_search.evaluation import SupernetEvaluator, checkpoint_info, file_digest, load_supernet
@@ -284,11 +396,90 @@ class TruthStudy(SolverStudy):
         ckpt = checkpoint_info(ckpt_path, self.space)
         datamodule = instantiate(variant_cfg.data)
         net = load_supernet(ckpt, self.space, datamodule.in_channels, datamodule.num_classes, str(ckpt_path))
-        ev = self.cfg.eval
         evaluator = SupernetEvaluator.from_datamodule(net, datamodule, int(ev.bn_batches), int(ev.seed),
                                                       batch_size=ev.get("batch_size"),
                                                       val_batches=ev.get("val_batches"), via=str(ev.via))
         return evaluator, file_digest(ckpt_path)
+
+
+    # ------------------------------------------------------------------ front networks
+    def front_networks(self, source_records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The front networks of ``front`` (``[]`` when ``front.size`` is 0): drawn once from the members of
+        ``front.files`` not in the source (:func:`front_members`, :func:`spread_over` their MACs) and kept in
+        ``front.file``, so a continued study retrains the same networks; ``{"key", "architecture", "macs",
+        "files", "front_error"}`` each."""
+        import glob
+
+        from nas.io import atomic_write_json
+        from nas.space.architecture import LayerChoice
+
+        front = self.cfg.front
+        size = int(front.size)
+        if not size:
+            return []
+        path = Path(front.file)
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("size") != size:
+                raise ConfigError(f"{path} holds {saved.get('size')} front networks, not front.size={size}; keep "
+                                  "that size or use another front.file (and front.records)")
+            return saved["networks"]
+        files: list[str] = []
+        for pattern in front.files:
+            found = sorted(glob.glob(str(pattern)))
+            if not found:
+                raise ConfigError(f"front.files: {pattern} matches no file; pass the pareto.json of subnet_search.py "
+                                  "runs")
+            files += [f for f in found if f not in files]
+        in_source = {tuple(r["architecture"]) for r in source_records if r.get("architecture")}
+        # kept relative to the project folder where they lie in it (the records travel with the repository)
+        files = [os.path.relpath(f) if Path(f).absolute().is_relative_to(Path.cwd()) else f for f in files]
+        members = [(arch, m) for arch, m in front_members(files).items() if arch not in in_source]
+        if not members:
+            raise ConfigError(f"front.files ({len(files)} files) have no member outside {self.cfg.source}")
+        for arch, _ in members:  # a member outside the space fails here, before any retraining
+            self.space.architecture([LayerChoice.from_key(k) for k in arch])
+        macs = [self.macs(self.space.architecture([LayerChoice.from_key(k) for k in arch])) for arch, _ in members]
+        chosen = sorted(spread_over(macs, size), key=lambda i: (macs[i], i))
+        networks = [{"key": f"front/{n:03d}", "architecture": list(members[i][0]), "macs": macs[i],
+                     "files": members[i][1]["files"], "front_error": members[i][1]["error"]}
+                    for n, i in enumerate(chosen)]
+        atomic_write_json(path, {"size": size, "files": files, "candidates": len(members), "networks": networks})
+        return networks
+
+    def retrain_front(self, networks: list[dict[str, Any]]) -> None:
+        """Retrain every front network not yet in ``front.records`` with ``retrain`` (Study A's recipe), one record
+        each. A network another process has claimed (:func:`nas.studies.claims.claim`) is left to it."""
+        from nas.space.architecture import LayerChoice
+
+        path = Path(self.cfg.front.records)
+        done = {r.get("key") for r in read_jsonl(path, "study network")}
+        todo = [n for n in networks if n["key"] not in done]
+        print(f"Front networks: {len(networks)} drawn, {len(networks) - len(todo)} retrained in {path}", flush=True)
+        for net in todo:
+            claim_path = self.work / "train" / (net["key"].replace("/", "_") + ".claim")
+            if not claim(claim_path):
+                print(f"{net['key']}: claimed by another process, skipped", flush=True)
+                continue
+            try:
+                if net["key"] in {r.get("key") for r in read_jsonl(path, "study network")}:
+                    continue  # another process finished it meanwhile
+                arch = self.space.architecture([LayerChoice.from_key(k) for k in net["architecture"]])
+                arch_path = self.work / "front" / f"{net['key'].split('/')[1]}.json"
+                if not arch_path.is_file():
+                    arch.save(arch_path)
+                trained = self.retrain(net["key"], arch_path)
+                record = {"format": STUDY_RECORD_FORMAT, "version": STUDY_RECORD_VERSION, "key": net["key"],
+                          "kind": "front", "solver": None, "seed": None, "architecture": net["architecture"],
+                          "timm": self.timm_string(arch), "front_files": net["files"],
+                          "front_error": net["front_error"], **trained, "macs": net["macs"],
+                          "space": self.cfg.space, "data": self.cfg.data, "hardware": self.cfg.retrain.hardware,
+                          "recipe": self.cfg.retrain.recipe, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                append_jsonl(path, record)
+                print(f"{net['key']}: test acc {record['test_acc']:.4f} (front error {net['front_error']})",
+                      flush=True)
+            finally:
+                release(claim_path)
 
 
 # ---------------------------------------------------------------------- report
@@ -314,6 +505,40 @@ def variant_stats(records: list[dict[str, Any]], cfg: DictConfig) -> dict[str, d
                                                      [r["retrained_test_error"] for r in rs], int(boot.resamples),
                                                      float(boot.confidence), int(boot.seed))
     return stats
+
+
+def source_table(records: list[dict[str, Any]], cfg: DictConfig) -> str:
+    """Markdown: Kendall's τ with its bootstrap interval and n per variant (and per reference ranking) within each
+    ground-truth source (Study A's networks, the retrained front networks, ...); empty with fewer than two
+    sources."""
+    boot = cfg.bootstrap
+    sources = list(dict.fromkeys(r.get("source") for r in records))
+    if len(sources) < 2:
+        return ""
+
+    def cell(xs: list[float], ys: list[float]) -> str:
+        if len(xs) < 3:
+            return f"n/a (n = {len(xs)})"
+        a = agreement(xs, ys, int(boot.resamples), float(boot.confidence), int(boot.seed))
+        return f"{_ci(a['kendall_tau'], a['kendall_ci'])} (n = {a['n']})"
+
+    lines = ["| Kendall τ within | " + " | ".join(f"`{src}`" for src in sources) + " |",
+             "|---|" + "---|" * len(sources)]
+    for name in dict.fromkeys(r["variant"] for r in records):
+        cells = []
+        for src in sources:
+            rs = [r for r in records if r["variant"] == name and r.get("source") == src
+                  and r.get("supernet_error") is not None]
+            cells.append(cell([r["supernet_error"] for r in rs], [r["retrained_test_error"] for r in rs]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    networks = {r["network"]: r for r in records}
+    for label, field, sign in REFERENCES:
+        cells = []
+        for src in sources:
+            rs = [r for r in networks.values() if r.get("source") == src and r.get(field) is not None]
+            cells.append(cell([sign * r[field] for r in rs], [r["retrained_test_error"] for r in rs]))
+        lines.append(f"| reference: {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _ci(value: float | None, ci: dict[str, Any]) -> str:
@@ -361,7 +586,7 @@ def plot_truth(records: list[dict[str, Any]], stats: dict[str, dict[str, Any]], 
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, name in zip(axes, names):
         rs = [r for r in records if r["variant"] == name]
-        for kind, marker, colour in (("cloud", "o", "0.5"), ("search", "*", "tab:blue")):
+        for kind, marker, colour in (("cloud", "o", "0.5"), ("search", "*", "tab:blue"), ("front", "^", "tab:red")):
             sel = [r for r in rs if r.get("kind") == kind]
             if not sel:
                 continue
@@ -388,6 +613,9 @@ def write_truth_report(records: list[dict[str, Any]], cfg: DictConfig) -> str:
     records = [r for r in records if r.get("format") == RECORD_FORMAT]
     stats = variant_stats(records, cfg)
     text = truth_table(stats, float(cfg.bootstrap.confidence), int(cfg.bootstrap.resamples))
+    by_source = source_table(records, cfg)
+    if by_source:
+        text += "\nWithin each ground-truth source (the same statistic on the networks of one file):\n\n" + by_source
     atomic_write_text(cfg.table, text)
     if any(not n.startswith("reference: ") for n in stats):
         plot_truth(records, stats, cfg.figure)
