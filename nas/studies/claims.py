@@ -4,8 +4,10 @@ A process claims a job by creating ``<job>.claim`` with ``O_CREAT | O_EXCL`` (at
 NFSv3+), holding its host name, process id and the process' start time. Another process that finds the file skips
 the job, unless the claim is stale: made on this host by a process that no longer runs (or whose id now belongs to
 a newer process). A killed study's claims therefore never block its own re-run, and a finished job's claim is
-removed by its owner. (Without ``/proc`` a process' liveness cannot be told, every claim of this host counts
-as stale, and processes on one such host do not split the work.)
+removed by its owner. Taking over a stale claim (unlink, then the atomic create again) leaves a short window in
+which two processes that both found it stale may both proceed; a study re-checks its records before the work, so
+the worst case is one job done twice after a crash. (Without ``/proc`` a process' liveness cannot be told, every
+claim of this host counts as stale, and processes on one such host do not split the work.)
 
 Hand-written because neither the standard library nor the project's dependencies offer a cross-process,
 crash-tolerant work claim (``fcntl`` locks are released on exit, but do not span NFS hosts reliably and would
