@@ -287,16 +287,16 @@ class TruthStudy(SolverStudy):
                 return list(read_jsonl(self.records_path, "truth record"))
         front_path = Path(self.cfg.front.records) if front else None
         front_records = read_jsonl(front_path, "study network") if front_path else []
-        truth = ground_truth(source_records, str(self.cfg.space), str(self.cfg.data))
+        truth = [{**n, "source": source.name}
+                 for n in ground_truth(source_records, str(self.cfg.space), str(self.cfg.data))]
         in_source = {n["key"] for n in truth}
         drawn = {tuple(n["architecture"]) for n in front}
-        truth += [n for n in ground_truth(front_records, str(self.cfg.space), str(self.cfg.data))
+        truth += [{**n, "source": Path(self.cfg.front.records).name}
+                  for n in ground_truth(front_records, str(self.cfg.space), str(self.cfg.data))
                   if tuple(n["architecture"]) in drawn and n["key"] not in in_source]
         if len(truth) < 3:
             raise ConfigError(f"{source} holds {len(truth)} distinct networks of space={self.cfg.space} "
                               f"data={self.cfg.data} with a test accuracy; the truth study needs at least 3")
-        for net in truth:
-            net["source"] = front_path.name if front_path and net["key"] not in in_source else source.name
         archs = {net["key"]: self.space.architecture([LayerChoice.from_key(k) for k in net["architecture"]])
                  for net in truth}  # a network outside the space fails here, before any training
         sitting = read_sitting((self.cfg.get("sitting") or {}).get("file"))
@@ -313,7 +313,8 @@ class TruthStudy(SolverStudy):
                 continue
             run_dir = self.train_variant(name)
             ckpt_path = run_dir / "checkpoints" / "last.ckpt"
-            evaluator, digest = self.evaluator(ckpt_path, variant_cfg, self.variant_eval(name))
+            ev = self.variant_eval(name)
+            evaluator, digest = self.evaluator(ckpt_path, variant_cfg, ev)
             recorded = {r.get("supernet_digest") for r in done.values() if r.get("variant") == name}
             if recorded - {digest}:
                 raise ConfigError(f"records of variant {name} in {self.records_path} were measured on supernet "
@@ -337,8 +338,7 @@ class TruthStudy(SolverStudy):
                           "supernet_wall_s": summary.get("wall_time_s"),
                           "supernet_cpu_s": cpu_seconds(run_dir.with_suffix(".log")),
                           "supernet_epochs": summary.get("epochs"), "supernet_steps": summary.get("steps"),
-                          "eval": {**OmegaConf.to_container(self.variant_eval(name),  # type: ignore[dict-item]
-                                                            resolve=True),
+                          "eval": {**OmegaConf.to_container(ev, resolve=True),  # type: ignore[dict-item]
                                    "val_samples": evaluator.num_val_samples},
                           "space": self.cfg.space, "data": self.cfg.data, "source": net["source"],
                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -437,8 +437,7 @@ class TruthStudy(SolverStudy):
         members = [(arch, m) for arch, m in front_members(files).items() if arch not in in_source]
         if not members:
             raise ConfigError(f"front.files ({len(files)} files) have no member outside {self.cfg.source}")
-        for arch, _ in members:  # a member outside the space fails here, before any retraining
-            self.space.architecture([LayerChoice.from_key(k) for k in arch])
+        # a member outside the space fails here, before any retraining
         macs = [self.macs(self.space.architecture([LayerChoice.from_key(k) for k in arch])) for arch, _ in members]
         chosen = sorted(spread_over(macs, size), key=lambda i: (macs[i], i))
         networks = [{"key": f"front/{n:03d}", "architecture": list(members[i][0]), "macs": macs[i],
@@ -497,14 +496,22 @@ def variant_stats(records: list[dict[str, Any]], cfg: DictConfig) -> dict[str, d
                        "overrides": rs[0].get("supernet_overrides", []), "supernet_error": [min(x), max(x)],
                        "supernet_cpu_s": rs[0].get("supernet_cpu_s"), "supernet_wall_s": rs[0].get("supernet_wall_s"),
                        "eval_cpu_s": float(np.mean([r.get("eval_cpu_s") or 0.0 for r in rs]))}
-    networks = {r["network"]: r for r in records}
-    for label, field, sign in REFERENCES:
-        rs = [r for r in networks.values() if r.get(field) is not None]
-        if len(rs) >= 3:
-            stats[f"reference: {label}"] = agreement([sign * r[field] for r in rs],
-                                                     [r["retrained_test_error"] for r in rs], int(boot.resamples),
-                                                     float(boot.confidence), int(boot.seed))
+    for label, x, y in reference_rankings(records):
+        if len(x) >= 3:
+            stats[f"reference: {label}"] = agreement(x, y, int(boot.resamples), float(boot.confidence),
+                                                     int(boot.seed))
     return stats
+
+
+def reference_rankings(records: list[dict[str, Any]]) -> list[tuple[str, list[float], list[float]]]:
+    """Per ranking of :data:`REFERENCES`: its label, the signed quantity (lower: ranked as lower error) and the
+    retrained test error of the distinct networks of ``records`` that have it."""
+    networks = {r["network"]: r for r in records}.values()
+    out = []
+    for label, field, sign in REFERENCES:
+        rs = [r for r in networks if r.get(field) is not None]
+        out.append((label, [sign * r[field] for r in rs], [r["retrained_test_error"] for r in rs]))
+    return out
 
 
 def source_table(records: list[dict[str, Any]], cfg: DictConfig) -> str:
@@ -531,12 +538,9 @@ def source_table(records: list[dict[str, Any]], cfg: DictConfig) -> str:
                   and r.get("supernet_error") is not None]
             cells.append(cell([r["supernet_error"] for r in rs], [r["retrained_test_error"] for r in rs]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    networks = {r["network"]: r for r in records}
-    for label, field, sign in REFERENCES:
-        cells = []
-        for src in sources:
-            rs = [r for r in networks.values() if r.get("source") == src and r.get(field) is not None]
-            cells.append(cell([sign * r[field] for r in rs], [r["retrained_test_error"] for r in rs]))
+    by_source = {src: reference_rankings([r for r in records if r.get("source") == src]) for src in sources}
+    for i, (label, _, _) in enumerate(REFERENCES):
+        cells = [cell(*by_source[src][i][1:]) for src in sources]
         lines.append(f"| reference: {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
